@@ -1,0 +1,96 @@
+"""The nano3 evaluation flow: serve the model once, map one task per benchmark, record the scores.
+
+Reads like the picture in DESIGN.md; every step is one call into a domain module (`nemotron.*`).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.artifacts import update_progress_artifact
+from prefect.futures import as_completed
+from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from nemotron import benchmarks, models, results, runtime, serving
+from nemotron.benchmarks import BenchmarkPlan
+from nemotron.config import EvalConfig
+from nemotron.results import BenchmarkResult, SuiteResult
+from nemotron.serving import Endpoint
+
+
+@task(task_run_name="{bench.name}", tags=["benchmark"])
+async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str]) -> BenchmarkResult:
+    """One `nemo-evaluator run_eval` against the shared endpoint (retries and timeout from config)."""
+    log = get_run_logger()
+    log.info("running %s (%s) into %s", bench.name, bench.task_type, bench.output_dir)
+    result = await benchmarks.run_benchmark(bench, endpoint, env, on_line=log.warning)
+    for s in result.scores:
+        log.info("%s %s = %.4f ± %s (n=%s)", s.benchmark, s.metric, s.value, s.stderr, s.samples)
+    return result
+
+
+@flow(name="nano3-eval", flow_run_name="eval-{config.run.model}", log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=4))
+def nano3_eval(config: EvalConfig, tasks: list[str] | None = None) -> SuiteResult:
+    """Evaluate one model on the configured benchmarks, serving it once for the whole suite."""
+    log = get_run_logger()
+    say = log.info
+    ev = config.evaluation
+
+    # 1. resolve the model reference to a checkpoint path
+    model = models.resolve(models.parse(config), say)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / stamp
+    hf_home = runtime.writable_hf_home(Path(ev.hf_home), say) if ev.hf_home else None
+
+    # 2. plan: registry lookup, harness configs, offline data check
+    plans = benchmarks.plan(config, benchmarks.select_tasks(config, tasks), model.path, run_dir, hf_home)
+    say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
+    progress = create_progress_artifact(0.0, key="nano3-eval-progress", description="benchmarks finished")
+
+    # 3. serve once, 4. map the benchmarks over the endpoint
+    outcomes: dict[str, BenchmarkResult] = {}
+    if config.deployment.venv == "managed":
+        runtime.ensure_serve_venv(say)
+    with serving.serve(config.deployment, model.path, run_dir, say) as server:
+        env = benchmarks.harness_env(hf_home, config.offline)
+        futures = {
+            run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
+                                       timeout_seconds=p.timeout)
+            .submit(p, server.endpoint, env): p
+            for p in plans
+        }
+        started = time.monotonic()
+        for future in as_completed(list(futures)):
+            bench = futures[future]
+            outcomes[bench.name] = _outcome(future, bench, time.monotonic() - started)
+            update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
+
+    # 5. record: summary files and Prefect artifacts (the W&B export subflow plugs in here)
+    suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
+    summary = results.write_summary(suite)
+    create_table_artifact(results.score_rows(suite), key="nano3-eval-scores",
+                          description=f"Scores of {model.ref}")
+    create_markdown_artifact(results.render_markdown(suite), key="nano3-eval-summary",
+                             description=f"Evaluation of {model.ref}")
+    say(f"scores of {model.ref}:\n{results.render_table(suite)}\nresults: {summary}")
+
+    if suite.failed:
+        return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
+                      f"the others are recorded in {summary}", data=suite)
+    return suite
+
+
+def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:
+    """A finished future as a result record; a failure keeps its error text."""
+    try:
+        return future.result()
+    except BaseException as e:  # noqa: BLE001 - the failure is the record
+        error = f"{type(e).__name__}: {e}"
+    return BenchmarkResult(bench.name, "failed", bench.output_dir, seconds, error=error,
+                           attempts=bench.retries + 1)

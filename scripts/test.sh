@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README Quick start, .ci/run): installs what the tests need, then runs pytest.
+# Idempotent: the Python deps come from uv.lock; the vLLM CPU venv and the built-in model are
+# provisioned once under $NEMOTRON_HOME (default ~/.cache/nemotron) and reused.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+uv sync --frozen --quiet
+uv run nemotron nano3 setup
+
+# Benchmark data: an offline Hugging Face cache (no hub here); the project copies a read-only one.
+if [ -z "${HF_HOME:-}" ] && [ -d ../shared/hf-home ]; then
+  export HF_HOME="$(cd ../shared/hf-home && pwd)"
+fi
+export PREFECT_SERVER_ANALYTICS_ENABLED=false NEMO_EVALUATOR_TELEMETRY_LEVEL=0
+
+exec uv run pytest "$@"

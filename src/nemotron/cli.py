@@ -1,0 +1,131 @@
+"""`nemotron nano3 eval`: evaluate a checkpoint on the benchmark suite.
+
+Validation happens before anything starts: a bad key, task or value is one line on stderr and
+exit 2. `--dry-run` prints the resolved config and the plan and imports neither Prefect nor NeMo-Run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from nemotron import benchmarks, models, serving
+from nemotron.config import EvalConfig, load_config, redacted
+from nemotron.errors import ConfigError, NemotronError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    root = _Parser(prog="nemotron", description="Nemotron training pipeline CLI.")
+    family = root.add_subparsers(dest="family", required=True, parser_class=_Parser)
+    nano3 = family.add_parser("nano3", help="Nemotron nano3 recipe stages.")
+    stage = nano3.add_subparsers(dest="stage", required=True, parser_class=_Parser)
+
+    ev = stage.add_parser("eval", help="Evaluate a model on standard benchmarks.",
+                          description="Serve the model once with vLLM, run each benchmark with "
+                          "nemo-evaluator as a Prefect task, and record the scores.")
+    ev.add_argument("-c", "--config", default="default", help="config name in config/ or a YAML path")
+    ev.add_argument("-t", "--task", action="append", metavar="NAME", help="run only these task(s); repeatable")
+    ev.add_argument("-d", "--dry-run", action="store_true", help="print the resolved config and plan; start nothing")
+    mode = ev.add_mutually_exclusive_group()
+    mode.add_argument("-r", "--run", metavar="PROFILE", help="submit to a cluster profile from env.toml (attached)")
+    mode.add_argument("-b", "--batch", metavar="PROFILE", help="submit to a cluster profile (detached)")
+    ev.add_argument("--force-squash", action="store_true", help="re-import the container image to .sqsh")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    stage.add_parser("setup", help="Install the local vLLM (CPU) serving venv and the built-in model.")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.stage == "setup":
+            return setup()
+        return evaluate(args)
+    except NemotronError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def setup() -> int:
+    from nemotron import runtime
+
+    python = runtime.ensure_serve_venv()
+    model = runtime.ensure_builtin_model("smollm2-135m-instruct")
+    print(f"serving venv: {python.parent.parent}\nbuilt-in model: {model}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    if args.run or args.batch:
+        raise ConfigError("--run/--batch need cluster profiles from env.toml, which are not supported yet; "
+                          "run locally with -c local")
+    if args.force_squash:
+        raise ConfigError("--force-squash applies to container images on a cluster (--run PROFILE)")
+    cfg = load_config(args.config, args.overrides)
+    model = models.parse(cfg)
+    if model.kind == "wandb" and not args.dry_run:
+        models.resolve(model)  # raises a ConfigError until W&B resolution exists
+    hf_home = Path(cfg.evaluation.hf_home).expanduser() if cfg.evaluation.hf_home else None
+    run_dir = Path(tempfile.gettempdir()) / "nemotron-dry-run" if args.dry_run else \
+        Path(cfg.evaluation.output_dir).expanduser().resolve() / model.slug / "<timestamp>"
+    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
+                            run_dir, hf_home)
+    if args.dry_run:
+        print(render_plan(cfg, model, plans))
+        return 0
+    return run_flow(cfg, args.task)
+
+
+def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan]) -> str:
+    spec = serving.server_spec(cfg.deployment, model.path or f"<{model.ref}>")
+    endpoint = serving.Endpoint(f"http://{spec.connect_host}:{spec.port or '<free port>'}", spec.model_id)
+    doc = {
+        "config": redacted(cfg.model_dump(mode="json", exclude_none=True)),
+        "plan": {
+            "model": {"ref": model.ref, "kind": model.kind, "checkpoint_path": model.path},
+            "server": {"command": spec.command, "env": redacted(spec.env),
+                       "port": spec.port or "any free port", "startup_timeout": spec.startup_timeout},
+            "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
+                            "run_config": p.run_config(endpoint)} for p in plans],
+            "offline_hf_cache": cfg.evaluation.hf_home if cfg.offline else None,
+        },
+    }
+    return "# dry run: nothing was started\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000)
+
+
+def run_flow(cfg: EvalConfig, tasks: list[str] | None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # 20 s is tight on 2 cores
+    os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.eval import nano3_eval
+    from nemotron import results
+
+    flow = nano3_eval.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.evaluation.max_parallel))
+    state = flow(config=cfg, tasks=tasks, return_state=True)
+    suite = state.result(raise_on_failure=False)
+    if isinstance(suite, results.SuiteResult):
+        print(f"\n{results.render_table(suite)}\n\nresults written to {suite.run_dir}")
+    if not state.is_completed():
+        print(f"error: evaluation {state.name.lower()}: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

