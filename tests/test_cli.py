@@ -1,6 +1,6 @@
 import time
 
-from tests.helpers import REPO, SHARED_HF_HOME, hf_home, nemotron
+from tests.helpers import SHARED_HF_HOME, hf_home, nemotron
 
 
 def test_dry_run_is_fast_shows_the_plan_and_touches_nothing(tmp_path):

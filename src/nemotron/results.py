@@ -136,8 +136,11 @@ def render_table(suite: SuiteResult) -> str:
          "" if r["samples"] is None else str(r["samples"]), f"{r['seconds']:.0f}")
         for r in score_rows(suite)
     ]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, body)])
 
 

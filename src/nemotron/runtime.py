@@ -41,10 +41,10 @@ def _stamp(parts: tuple[str, ...]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _run(cmd: list[str], what: str, log: Path) -> None:
+def _run(cmd: list[str], what: str, log: Path, env: dict[str, str] | None = None) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise SetupError(f"{what} failed (exit {proc.returncode}); full log: {log}\n{tail}")
@@ -88,8 +88,10 @@ def ensure_builtin_model(name: str, say=print) -> Path:
     shutil.rmtree(str(out) + ".partial", ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     script = Path(__file__).parent / "scripts" / "convert_gguf.py"
+    # a private HF_HOME: the conversion needs no hub, and the user's cache may be read-only
+    env = {**os.environ, "HF_HOME": str(home() / "hf-convert"), "HF_HUB_OFFLINE": "1"}
     _run([str(python), str(script), gguf_dir, MODEL_GGUF, str(out)], "GGUF conversion",
-         home() / "logs" / "convert-model.log")
+         home() / "logs" / "convert-model.log", env)
     return out
 
 

@@ -9,11 +9,13 @@ The vLLM command line comes from config, so the same code runs `vllm serve` on a
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +175,9 @@ def serve(
     dep: DeploymentSection, model_path: str, run_dir: Path, say: Callable[[str], None] = print
 ) -> Iterator[ServerHandle]:
     """Launch the server as a NeMo-Run job (LocalExecutor), yield it once healthy, always stop it."""
-    import nemo_run as run  # heavy import: only when serving
+    with warnings.catch_warnings():  # leptonai (via nemo_run) imports a deprecated starlette module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import nemo_run as run  # heavy import: only when serving
 
     os.environ.setdefault("NEMORUN_HOME", str(runtime.home() / "nemo_run"))
     spec = server_spec(dep, model_path, port=dep.port or free_port())
@@ -181,14 +185,15 @@ def serve(
     log_path, pid_path = run_dir / "server.log", run_dir / "server.pid"
     pid_path.unlink(missing_ok=True)
     script = run.Script(inline=job_script(spec, log_path, pid_path))
-    exp = run.Experiment(f"serve-{dep.served_model_name}", executor=run.LocalExecutor(),
-                         log_level="WARN", clean_mode=True, enable_goodbye_message=False,
-                         skip_status_at_exit=True)
+    with _root_logging_kept():
+        exp = run.Experiment(f"serve-{dep.served_model_name}", executor=run.LocalExecutor(),
+                             log_level="WARN", clean_mode=True, enable_goodbye_message=False,
+                             skip_status_at_exit=True)
     handle = ServerHandle(Endpoint(f"http://{spec.connect_host}:{spec.port}", spec.model_id),
                           log_path, exp._id, pid_path)
     say(f"[serve] launching {spec.command}")
     say(f"[serve] NeMo-Run experiment {exp._id}; server log {log_path}")
-    with exp:
+    with _root_logging_kept(), exp:
         try:
             exp.add(script, name="server")
             exp.run(detach=True)  # local jobs cannot detach: run() returns after launch, __exit__ waits
@@ -197,6 +202,19 @@ def serve(
             yield handle
         finally:
             _stop(exp, handle, say)
+
+
+@contextlib.contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """NeMo-Run's Experiment replaces the root logger's handlers (basicConfig force=True) on entry
+    and removes one on exit; keep the caller's logging (Prefect's console and API handlers) intact."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _stop(exp, handle: ServerHandle, say: Callable[[str], None]) -> None:

@@ -1,0 +1,71 @@
+"""A deterministic OpenAI-compatible endpoint for fault injection only (never for the e2e test).
+
+It accepts vLLM's command line (so `deployment.command` can point at it) and can misbehave:
+--never-healthy (starts, logs, never answers), --fail-logprobs (500 on echo/logprobs requests),
+--delay S (every completion takes S seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--served-model-name", default="fake")
+    ap.add_argument("--never-healthy", action="store_true")
+    ap.add_argument("--fail-logprobs", action="store_true")
+    ap.add_argument("--delay", type=float, default=0.0)
+    args, _ = ap.parse_known_args()
+    print(f"fake server: loading model {args.served_model_name}", flush=True)
+    if args.never_healthy:
+        while True:
+            print("fake server: still loading weights", flush=True)
+            time.sleep(1)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, doc: dict) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/health":
+                self._send(200, {})
+            elif self.path == "/v1/models":
+                self._send(200, {"object": "list", "data": [{"id": args.served_model_name, "object": "model"}]})
+            else:
+                self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            time.sleep(args.delay)
+            if args.fail_logprobs and req.get("echo"):
+                self._send(500, {"error": {"message": "injected fault: logprobs unavailable"}})
+                return
+            prompts = req.get("prompt")
+            prompts = prompts if isinstance(prompts, list) else [prompts]
+            choices = [{"index": i, "text": " The answer is 42.\n\n", "finish_reason": "stop", "logprobs": None}
+                       for i in range(len(prompts))]
+            self._send(200, {"id": "cmpl-fake", "object": "text_completion", "model": args.served_model_name,
+                             "choices": choices,
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 6, "total_tokens": 7}})
+
+        def log_message(self, fmt: str, *a) -> None:
+            sys.stdout.write("fake server: " + fmt % a + "\n")
+            sys.stdout.flush()
+
+    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The flow against a fault-injecting fake endpoint: failures are named, recorded, and cleaned up.
+
+The real end-to-end path (vLLM serving SmolLM2) is tests/test_e2e.py; this fake only injects faults.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.eval import nano3_eval
+from nemotron.config import load_config
+from tests.helpers import hf_home
+
+FAKE = Path(__file__).with_name("fake_server.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def fake_config(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
+    overrides = [
+        f"deployment.command={sys.executable} {FAKE} {' '.join(fake_args)}",
+        "deployment.venv=null", "deployment.extra_args=", "deployment.startup_timeout=20",
+        f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
+        "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+        "evaluation.nemo_evaluator_config.config.params.max_retries=0",
+        "evaluation.retries=0", "evaluation.retry_delay=0", *extra,
+    ]
+    return load_config("local", overrides), list(tasks)
+
+
+def leftovers(tmp_path) -> str:
+    """Processes still running from this test's folder: servers, harness runs."""
+    out = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True).stdout
+    return "\n".join(line for line in out.splitlines() if "pgrep" not in line)
+
+
+def summary(tmp_path) -> dict:
+    (path,) = tmp_path.glob("*/*/results.json")
+    return json.loads(path.read_text())
+
+
+def test_failed_benchmark_is_named_and_the_others_recorded(tmp_path):
+    cfg, tasks = fake_config(tmp_path, "--fail-logprobs", tasks=("gsm8k", "arc_challenge"))
+    state = nano3_eval(config=cfg, tasks=tasks, return_state=True)
+    assert state.is_failed()
+    assert "1/2 benchmarks failed: arc_challenge" in state.message
+    doc = summary(tmp_path)
+    status = {r["benchmark"]: r["status"] for r in doc["results"]}
+    assert status == {"gsm8k": "completed", "arc_challenge": "failed"}
+    gsm8k = next(r for r in doc["results"] if r["benchmark"] == "gsm8k")
+    assert {s["metric"] for s in gsm8k["scores"]} >= {"exact_match__strict-match"}
+    assert not leftovers(tmp_path)
+
+
+def test_benchmark_over_its_timeout_is_stopped(tmp_path):
+    cfg, tasks = fake_config(tmp_path, "--delay 600", extra=["evaluation.timeout=45"])
+    state = nano3_eval(config=cfg, tasks=tasks, return_state=True)
+    assert state.is_failed() and "gsm8k" in state.message
+    (result,) = summary(tmp_path)["results"]
+    assert result["status"] == "failed" and "TimeoutError" in result["error"]
+    assert not leftovers(tmp_path)
+
+
+def test_server_that_never_becomes_healthy_fails_within_the_startup_timeout(tmp_path):
+    cfg, tasks = fake_config(tmp_path, "--never-healthy", extra=["deployment.startup_timeout=6"])
+    state = nano3_eval(config=cfg, tasks=tasks, return_state=True)
+    assert state.is_failed()
+    assert "not healthy after 6 s" in state.message and "still loading weights" in state.message
+    assert not leftovers(tmp_path)
+
+
+def test_ctrl_c_stops_the_server(tmp_path):
+    """SIGINT to the CLI while benchmarks run: the server job is cancelled, nothing is left."""
+    import os
+    import signal
+    import time
+
+    overrides = [f"deployment.command={sys.executable} {FAKE} --delay 600", "deployment.venv=null",
+                 "deployment.extra_args=", f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
+                 "evaluation.retries=0"]
+    proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "gsm8k",
+                             *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO", "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 120
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "running gsm8k" in line or time.monotonic() > deadline:
+                break
+        assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
+        time.sleep(3)
+        assert leftovers(tmp_path), "the fake server should be up"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1)
+    assert proc.returncode != 0
+    assert not leftovers(tmp_path)
