@@ -82,7 +82,7 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None) -> SuiteResul
                           description=f"Scores of {model.ref}")
     create_markdown_artifact(results.render_markdown(suite), key="nano3-eval-summary",
                              description=f"Evaluation of {model.ref}")
-    say(f"scores of {model.ref}:\n{results.render_table(suite)}\nresults: {summary}")
+    say(f"results: {summary} (score table: artifact nano3-eval-scores)")
 
     if suite.failed:
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "

@@ -30,7 +30,8 @@ def test_loglikelihood_tasks_get_the_model_tokenizer():
 def test_params_merge_registry_then_global_then_task():
     p = by_name(plan(["evaluation.tasks.1.nemo_evaluator_config.config.params.limit_samples=1"]))
     assert p["hellaswag"].params["limit_samples"] == 1  # task level wins
-    assert p["gsm8k"].params["limit_samples"] == 5  # evaluation-wide (local.yaml)
+    assert p["gsm8k"].params["limit_samples"] == 3  # evaluation-wide (local.yaml)
+    assert p["adlr_mmlu"].params["limit_samples"] == 1  # task level in local.yaml
     assert p["hellaswag"].params["extra"]["num_fewshot"] == 10  # registry default kept
     assert p["adlr_mmlu"].params["task"] == "mmlu_str"
 

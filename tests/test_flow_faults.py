@@ -27,7 +27,7 @@ def prefect_api():
 def fake_config(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
     overrides = [
         f"deployment.command={sys.executable} {FAKE} {' '.join(fake_args)}",
-        "deployment.venv=null", "deployment.extra_args=", "deployment.startup_timeout=20",
+        "deployment.venv=null", "deployment.extra_args=''", "deployment.startup_timeout=20",
         f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
         "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
         "evaluation.nemo_evaluator_config.config.params.max_retries=0",
@@ -84,7 +84,7 @@ def test_ctrl_c_stops_the_server(tmp_path):
     import time
 
     overrides = [f"deployment.command={sys.executable} {FAKE} --delay 600", "deployment.venv=null",
-                 "deployment.extra_args=", f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
+                 "deployment.extra_args=''", f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
                  "evaluation.retries=0"]
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "gsm8k",
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import yaml
 
 from nemotron import registry
@@ -156,11 +157,13 @@ async def run_benchmark(
             async for raw in proc.stdout:
                 log.write(raw)
                 line = raw.decode(errors="replace").rstrip()
-                if _NOTABLE.search(line):
+                if _NOTABLE.search(line) and "trust_remote_code" not in line:  # datasets>=4: harmless
                     on_line(line[:500])
             rc = await proc.wait()
         except BaseException:
-            await _stop_group(proc)
+            # a timeout or cancel cancels every await in this scope: shield the cleanup
+            with anyio.CancelScope(shield=True):
+                await _stop_group(proc)
             raise
     seconds = time.monotonic() - start
     interrupted = (out / INTERRUPTED_MARKER).exists()

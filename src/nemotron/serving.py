@@ -176,7 +176,7 @@ def serve(
 ) -> Iterator[ServerHandle]:
     """Launch the server as a NeMo-Run job (LocalExecutor), yield it once healthy, always stop it."""
     with warnings.catch_warnings():  # leptonai (via nemo_run) imports a deprecated starlette module
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")
         import nemo_run as run  # heavy import: only when serving
 
     os.environ.setdefault("NEMORUN_HOME", str(runtime.home() / "nemo_run"))
