@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.eval import nano3_eval
@@ -58,6 +60,15 @@ def test_failed_benchmark_is_named_and_the_others_recorded(tmp_path):
     gsm8k = next(r for r in doc["results"] if r["benchmark"] == "gsm8k")
     assert {s["metric"] for s in gsm8k["scores"]} >= {"exact_match__strict-match"}
     assert not leftovers(tmp_path)
+
+    with get_client(sync_client=True) as client:
+        tasks_run = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))
+        artifacts = {a.key: a for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))}
+    assert {t.name for t in tasks_run} == {"gsm8k", "arc_challenge"}
+    assert {"nano3-eval-scores", "nano3-eval-summary", "nano3-eval-progress"} <= set(artifacts)
+    assert "**arc_challenge failed**" in artifacts["nano3-eval-summary"].data
+    assert "exact_match__strict-match" in str(artifacts["nano3-eval-scores"].data)
 
 
 def test_benchmark_over_its_timeout_is_stopped(tmp_path):
