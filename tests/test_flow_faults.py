@@ -4,8 +4,11 @@ The real end-to-end path (vLLM serving SmolLM2) is tests/test_e2e.py; this fake 
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,33 +91,45 @@ def test_server_that_never_becomes_healthy_fails_within_the_startup_timeout(tmp_
     assert not leftovers(tmp_path)
 
 
-def test_ctrl_c_stops_the_server(tmp_path):
-    """SIGINT to the CLI while benchmarks run: the server job is cancelled, nothing is left."""
-    import os
-    import signal
-    import time
-
+def _cli_until_benchmark_runs(tmp_path):
+    """Start the CLI against the fake server (answers slowly) and return once gsm8k is running."""
     overrides = [f"deployment.command={sys.executable} {FAKE} --delay 600", "deployment.venv=null",
                  "deployment.extra_args=''", f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
                  "evaluation.retries=0"]
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "gsm8k",
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PREFECT_LOGGING_LEVEL": "INFO", "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 120
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "running gsm8k" in line or time.monotonic() > deadline:
+            break
+    assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
+    time.sleep(3)
+    assert "fake_server.py" in leftovers(tmp_path), "the fake server should be up"
+    return proc
+
+
+def test_ctrl_c_stops_the_server(tmp_path):
+    """SIGINT to the CLI while benchmarks run: the server job is cancelled, nothing is left."""
+    proc = _cli_until_benchmark_runs(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if "running gsm8k" in line or time.monotonic() > deadline:
-                break
-        assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
-        time.sleep(3)
-        assert leftovers(tmp_path), "the fake server should be up"
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill()
     time.sleep(1)
     assert proc.returncode != 0
     assert not leftovers(tmp_path)
+
+
+def test_killed_cli_leaves_no_server(tmp_path):
+    """SIGKILL gives the CLI no chance to clean up: the job script notices and stops the server."""
+    proc = _cli_until_benchmark_runs(tmp_path)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while "fake_server.py" in leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert "fake_server.py" not in leftovers(tmp_path)

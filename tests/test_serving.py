@@ -1,4 +1,5 @@
 import subprocess
+import threading
 import time
 
 import pytest
@@ -23,13 +24,31 @@ def test_cpu_command_from_local_config_uses_the_serving_venv():
     assert spec.env["VIRTUAL_ENV"].endswith("serve-venv") and spec.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
 
-def test_job_script_records_pid_then_execs(tmp_path):
+def test_job_script_records_the_server_pid_and_watches_its_owner(tmp_path):
     spec = serving.server_spec(load_config("local").deployment, "/m", port=1)
-    script = serving.job_script(spec, tmp_path / "server.log", tmp_path / "server.pid")
+    script = serving.job_script(spec, tmp_path / "server.log", tmp_path / "server.pid", owner_pid=4242)
     lines = script.splitlines()
     assert 'export PATH="$VIRTUAL_ENV/bin:$PATH"' in lines
-    assert lines[-2] == f"echo $$ > {tmp_path / 'server.pid'}"
-    assert lines[-1].startswith("exec python -m vllm") and lines[-1].endswith(f">> {tmp_path / 'server.log'} 2>&1")
+    assert lines[lines.index("server=$!") - 1].startswith("python -m vllm.entrypoints.openai.api_server --model /m")
+    assert f"echo $server > {tmp_path / 'server.pid'}" in lines
+    assert any("kill -0 4242" in line for line in lines)
+
+
+def test_job_script_stops_the_server_when_its_owner_dies(tmp_path):
+    """Run the real script: a stand-in server, an owner that exits; the server must go too."""
+    owner = subprocess.Popen(["sleep", "3"])
+    threading.Thread(target=owner.wait, daemon=True).start()  # reap it, as a shell reaps a killed CLI
+    spec = serving.ServerSpec("sleep 300", {}, "127.0.0.1", 1, "m", 10)
+    script = serving.job_script(spec, tmp_path / "server.log", tmp_path / "server.pid", owner_pid=owner.pid)
+    job = subprocess.Popen(["bash", "-c", script])
+    try:
+        job.wait(timeout=20)
+        server_pid = int((tmp_path / "server.pid").read_text())
+        time.sleep(0.5)
+        assert not serving._pid_alive(server_pid)
+    finally:
+        job.kill()
+        owner.kill()
 
 
 def _handle(tmp_path, pid=None):

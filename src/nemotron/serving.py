@@ -93,16 +93,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def job_script(spec: ServerSpec, log_path: Path, pid_path: Path) -> str:
-    """The shell the NeMo-Run job runs: record the server's pid, then become the server."""
+def job_script(spec: ServerSpec, log_path: Path, pid_path: Path, owner_pid: int | None = None) -> str:
+    """The shell the NeMo-Run job runs: start the server, record its pid, and wait on it.
+
+    With `owner_pid` (local runs), the script also stops the server when the submitting process
+    is gone, so even a SIGKILLed CLI leaves no server behind.
+    """
     exports = [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
     if "VIRTUAL_ENV" in spec.env:
         exports.append('export PATH="$VIRTUAL_ENV/bin:$PATH"')
-    return "\n".join([
+    lines = [
         *exports,
-        f"echo $$ > {shlex.quote(str(pid_path))}",
-        f"exec {spec.command} >> {shlex.quote(str(log_path))} 2>&1",
-    ])
+        f"{spec.command} >> {shlex.quote(str(log_path))} 2>&1 &",
+        "server=$!",
+        f"echo $server > {shlex.quote(str(pid_path))}",
+        'trap \'kill -TERM "$server" 2>/dev/null; wait "$server"; exit 143\' TERM INT',
+    ]
+    if owner_pid is not None:
+        lines += [
+            'while kill -0 "$server" 2>/dev/null; do',
+            f"  if ! kill -0 {owner_pid} 2>/dev/null; then kill -TERM \"$server\"; wait \"$server\"; exit 143; fi",
+            "  sleep 2 & wait $!",
+            "done",
+        ]
+    lines.append('wait "$server"')
+    return "\n".join(lines)
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -184,7 +199,7 @@ def serve(
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, pid_path = run_dir / "server.log", run_dir / "server.pid"
     pid_path.unlink(missing_ok=True)
-    script = run.Script(inline=job_script(spec, log_path, pid_path))
+    script = run.Script(inline=job_script(spec, log_path, pid_path, owner_pid=os.getpid()))
     with _root_logging_kept():
         exp = run.Experiment(f"serve-{dep.served_model_name}", executor=run.LocalExecutor(),
                              log_level="WARN", clean_mode=True, enable_goodbye_message=False,
@@ -227,5 +242,5 @@ def _stop(exp, handle: ServerHandle, say: Callable[[str], None]) -> None:
         time.sleep(0.5)
     if pid is not None and _pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
     say(f"[serve] stopped (job {handle.job_id})")
