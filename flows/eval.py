@@ -59,8 +59,6 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None) -> SuiteResul
 
     # 3. serve once, 4. map the benchmarks over the endpoint
     outcomes: dict[str, BenchmarkResult] = {}
-    if config.deployment.venv == "managed":
-        runtime.ensure_serve_venv(say)
     with serving.serve(config.deployment, model.path, run_dir, say) as server:
         env = benchmarks.harness_env(hf_home, config.offline)
         futures = {

@@ -195,6 +195,8 @@ def serve(
         import nemo_run as run  # heavy import: only when serving
 
     os.environ.setdefault("NEMORUN_HOME", str(runtime.home() / "nemo_run"))
+    if dep.venv == "managed":
+        runtime.ensure_serve_venv(say)
     spec = server_spec(dep, model_path, port=dep.port or free_port())
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, pid_path = run_dir / "server.log", run_dir / "server.pid"
