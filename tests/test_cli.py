@@ -1,6 +1,6 @@
 import time
 
-from tests.helpers import SHARED_HF_HOME, hf_home, nemotron
+from tests.helpers import REPO, SHARED_HF_HOME, hf_home, nemotron
 
 
 def test_dry_run_is_fast_shows_the_plan_and_touches_nothing(tmp_path):
@@ -50,3 +50,11 @@ def test_openbookqa_offline_is_refused_before_serving():
 def test_wandb_reference_is_a_clear_error_for_now():
     r = nemotron("nano3", "eval", "run.model=rl:latest")
     assert r.returncode == 2 and "run.model='rl:latest' is a W&B artifact reference" in r.stderr
+
+
+def test_unknown_profile_exits_2_listing_profiles():
+    example = str(REPO / "config" / "env.example.toml")
+    r = nemotron("nano3", "eval", "--run", "nope", "--dry-run", env={"NEMOTRON_ENV_FILE": example})
+    assert r.returncode == 2
+    assert "unknown profile 'nope'" in r.stderr and "valid profiles: YOUR-CLUSTER, YOUR-CLUSTER-short, local-slurm" \
+        in r.stderr

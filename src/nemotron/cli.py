@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from nemotron import benchmarks, models, serving
+from nemotron import benchmarks, models, profiles, serving
 from nemotron.config import EvalConfig, load_config, redacted
 from nemotron.errors import ConfigError, NemotronError
 
@@ -70,9 +70,13 @@ def setup() -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    if args.run or args.batch:
-        raise ConfigError("--run/--batch need cluster profiles from env.toml, which are not supported yet; "
-                          "run locally with -c local")
+    name = args.run or args.batch
+    profile = profiles.load_profile(name) if name else None  # unknown profile: exit 2, listing them
+    if args.batch:
+        raise ConfigError("--batch (a run of the Prefect deployment) is not supported yet; use --run")
+    if profile is not None and profile.executor != "local":
+        raise ConfigError(f"profile {name!r} serves on Slurm, which is not supported yet; "
+                          "use a profile with executor = \"local\", or run without --run")
     if args.force_squash:
         raise ConfigError("--force-squash applies to container images on a cluster (--run PROFILE)")
     cfg = load_config(args.config, args.overrides)

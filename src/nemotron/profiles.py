@@ -1,0 +1,118 @@
+"""Execution profiles from `env.toml`, shared with the training stages.
+
+`[wandb]` holds the W&B entity/project; every other table is a profile (`--run NAME`), which may
+`extends = "other"` to inherit and override keys. The file is `$NEMOTRON_ENV_FILE`, else the first
+`env.toml` found walking up from the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nemotron.errors import ConfigError
+
+ENV_FILE_VAR = "NEMOTRON_ENV_FILE"
+RESERVED = ("wandb",)
+
+
+class WandbSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entity: str | None = Field(None, description="W&B entity (team or user).")
+    project: str | None = Field(None, description="W&B project.")
+
+
+class Profile(BaseModel):
+    """Where the model server runs: this machine, or a Slurm cluster reached locally or over SSH."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="The table name in env.toml.")
+    executor: Literal["slurm", "local"] = Field("slurm", description="NeMo-Run executor.")
+    account: str | None = Field(None, description="Slurm account.")
+    partition: str | None = Field(None, description="Slurm partition.")
+    tunnel: Literal["ssh", "local"] = Field("local", description="How the cluster is reached.")
+    host: str | None = Field(None, description="Login node (tunnel = ssh).")
+    user: str | None = Field(None, description="User on the login node.")
+    remote_job_dir: str | None = Field(None, description="Job directory on the cluster.")
+    time: str = Field("04:00:00", description="Slurm walltime of the server job.")
+    nodes: int = Field(1, ge=1, description="Nodes for the server job.")
+    gpus_per_node: int | None = Field(None, ge=0, description="GPUs per node (None: no GPU request).")
+    container_image: str | None = Field(None, description="Server container (pyxis --container-image).")
+    mounts: list[str] = Field(default_factory=list, description="Container mounts, src:dst[:flags].")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Extra environment for the job.")
+
+    def check(self) -> Profile:
+        if self.executor == "slurm" and self.tunnel == "ssh" and not (self.host and self.user):
+            raise ConfigError(f"profile {self.name!r} uses tunnel = \"ssh\" but has no host/user")
+        return self
+
+
+def env_file(start: Path | None = None) -> Path | None:
+    """`$NEMOTRON_ENV_FILE`, else the nearest env.toml from `start` (default: cwd) upwards."""
+    if os.environ.get(ENV_FILE_VAR):
+        path = Path(os.environ[ENV_FILE_VAR]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{ENV_FILE_VAR}={path} does not exist")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "env.toml").is_file():
+            return folder / "env.toml"
+    return None
+
+
+def read(path: Path | None = None) -> dict[str, Any]:
+    path = path or env_file()
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+
+
+def names(data: dict[str, Any]) -> list[str]:
+    return sorted(k for k, v in data.items() if isinstance(v, dict) and k not in RESERVED)
+
+
+def load_profile(name: str, path: Path | None = None) -> Profile:
+    """The profile `name` with its `extends` chain applied; ConfigError lists the valid names."""
+    path = path or env_file()
+    data = read(path)
+    if name not in names(data):
+        where = str(path) if path else f"no env.toml found (set {ENV_FILE_VAR} or create one)"
+        valid = ", ".join(names(data)) or "none"
+        raise ConfigError(f"unknown profile {name!r} in {where}; valid profiles: {valid}")
+    merged: dict[str, Any] = {}
+    chain = [name]
+    while (parent := data[chain[-1]].get("extends")) is not None:
+        if parent in chain:
+            raise ConfigError(f"profile {name!r} extends itself: {' -> '.join(chain + [parent])}")
+        if parent not in names(data):
+            raise ConfigError(f"profile {chain[-1]!r} extends unknown profile {parent!r}; "
+                              f"valid profiles: {', '.join(names(data))}")
+        chain.append(parent)
+    for table in reversed(chain):
+        merged.update({k: v for k, v in data[table].items() if k != "extends"})
+    try:
+        return Profile(name=name, **merged).check()
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown key {key!r} in profile {name!r}; valid keys: "
+                              + ", ".join(f for f in Profile.model_fields if f != "name")) from None
+        raise ConfigError(f"invalid {key} in profile {name!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def wandb_settings(path: Path | None = None) -> WandbSettings:
+    """The `[wandb]` table (entity, project), or empty settings when there is none."""
+    table = read(path).get("wandb") or {}
+    try:
+        return WandbSettings(**table)
+    except ValidationError as e:
+        raise ConfigError(f"invalid [wandb] in env.toml: {e.errors()[0]['msg']}") from None

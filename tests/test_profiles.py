@@ -1,0 +1,58 @@
+import pytest
+
+from nemotron import profiles
+from nemotron.errors import ConfigError
+from tests.helpers import REPO
+
+EXAMPLE = REPO / "config" / "env.example.toml"
+
+
+def test_spec_profile_loads():
+    p = profiles.load_profile("YOUR-CLUSTER", EXAMPLE)
+    assert (p.executor, p.account, p.partition, p.tunnel, p.host, p.user) == \
+        ("slurm", "YOUR-ACCOUNT", "batch", "ssh", "cluster.example.com", "myuser")
+    assert p.remote_job_dir == "/lustre/fsw/users/myuser/.nemotron" and p.gpus_per_node == 8
+
+
+def test_extends_inherits_and_overrides():
+    p = profiles.load_profile("YOUR-CLUSTER-short", EXAMPLE)
+    assert p.time == "01:00:00" and p.host == "cluster.example.com" and p.mounts == ["/lustre:/lustre"]
+
+
+def test_unknown_profile_lists_the_ones_that_exist():
+    with pytest.raises(ConfigError, match="valid profiles: YOUR-CLUSTER, YOUR-CLUSTER-short, local-slurm"):
+        profiles.load_profile("nope", EXAMPLE)
+
+
+def test_wandb_section():
+    w = profiles.wandb_settings(EXAMPLE)
+    assert (w.entity, w.project) == ("YOUR-TEAM", "nemotron")
+
+
+def test_found_by_walking_up(tmp_path, monkeypatch):
+    (tmp_path / "env.toml").write_text('[c]\nexecutor = "local"\n')
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.delenv(profiles.ENV_FILE_VAR, raising=False)
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    assert profiles.load_profile("c").executor == "local"
+
+
+def test_env_var_wins(tmp_path, monkeypatch):
+    f = tmp_path / "mine.toml"
+    f.write_text('[x]\nexecutor = "local"\n')
+    monkeypatch.setenv(profiles.ENV_FILE_VAR, str(f))
+    assert profiles.env_file() == f
+
+
+def test_cycle_and_bad_keys_are_config_errors(tmp_path):
+    f = tmp_path / "env.toml"
+    f.write_text('[a]\nextends = "b"\n[b]\nextends = "a"\n[c]\nexecutor = "slurm"\npartiton = "x"\n'
+                 '[d]\nexecutor = "pbs"\n[e]\ntunnel = "ssh"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        profiles.load_profile("a", f)
+    with pytest.raises(ConfigError, match="unknown key 'partiton'"):
+        profiles.load_profile("c", f)
+    with pytest.raises(ConfigError, match="invalid executor"):
+        profiles.load_profile("d", f)
+    with pytest.raises(ConfigError, match="no host/user"):
+        profiles.load_profile("e", f)
