@@ -28,7 +28,7 @@ from nemotron import registry
 from nemotron.config import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError
 from nemotron.results import BenchmarkResult, parse_output_dir
-from nemotron.serving import Endpoint, free_port
+from nemotron.serving import Endpoint, free_port, log_tail
 
 KILL_GRACE_SECONDS = 10.0
 INTERRUPTED_MARKER = ".nemo_evaluator_interrupted"
@@ -114,13 +114,6 @@ def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
     return env
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
-    except OSError:
-        return ""
-
-
 async def _stop_group(proc: asyncio.subprocess.Process) -> None:
     """TERM the run's process group (harness, lm-eval, adapter), then KILL after a grace period."""
     for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
@@ -170,7 +163,7 @@ async def run_benchmark(
     if rc != 0 or interrupted:
         why = "was interrupted" if interrupted else f"exited with code {rc}"
         raise BenchmarkError(f"{bench.name}: nemo-evaluator {why} after {seconds:.0f} s; "
-                             f"output {out}, log {log_path}; last lines:\n{_tail(log_path)}")
+                             f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}")
     try:
         scores = parse_output_dir(bench.name, out)
     except ValueError as e:

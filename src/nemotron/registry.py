@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +167,3 @@ def missing_offline(harness_task: str, hf_home: Path) -> list[str]:
             if label not in missing:
                 missing.append(label)
     return missing
-
-
-def describe() -> str:
-    return json.dumps({f"{h}.{n}": i.endpoint_type for (h, n), i in tasks().items()}, indent=1)

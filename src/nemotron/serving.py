@@ -124,7 +124,7 @@ def log_tail(path: Path, lines: int = 25) -> str:
     try:
         return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError:
-        return "(no server log)"
+        return f"(no log at {path})"
 
 
 def _pid_alive(pid: int | None) -> bool:
