@@ -17,10 +17,11 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from nemotron import benchmarks, models, results, runtime, serving
+from nemotron import benchmarks, models, profiles, results, runs, runtime, serving
 from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import EvalConfig
 from nemotron.results import BenchmarkResult, SuiteResult
@@ -38,19 +39,35 @@ async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str,
     return result
 
 
+def cancel_server_job(flow, run, state) -> None:
+    """Cancellation/crash hook: the process may be gone, so cancel the job it recorded."""
+    record = runs.load(str(run.id))
+    if record and record.get("server"):
+        serving.cancel_recorded(record["server"])
+
+
 @flow(name="nano3-eval", flow_run_name="eval-{config.run.model}", log_prints=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=4))
-def nano3_eval(config: EvalConfig, tasks: list[str] | None = None) -> SuiteResult:
-    """Evaluate one model on the configured benchmarks, serving it once for the whole suite."""
+      task_runner=ThreadPoolTaskRunner(max_workers=4),
+      on_cancellation=[cancel_server_job], on_crashed=[cancel_server_job])
+def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str | None = None,
+               force_squash: bool = False) -> SuiteResult:
+    """Evaluate one model on the configured benchmarks, serving it once for the whole suite.
+
+    `profile` names an env.toml profile: the server runs there (Slurm), the benchmarks run here.
+    """
     log = get_run_logger()
     say = log.info
     ev = config.evaluation
+    where = profiles.load_profile(profile) if profile else None
 
     # 1. resolve the model reference to a checkpoint path
     model = models.resolve(models.parse(config), say)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / stamp
     hf_home = runtime.writable_hf_home(Path(ev.hf_home), say) if ev.hf_home else None
+    run_id = str(flow_run.id)
+    runs.save(run_id, name=flow_run.name, run_dir=str(run_dir), model=model.ref, profile=profile,
+              started=stamp)
 
     # 2. plan: registry lookup, harness configs, offline data check
     plans = benchmarks.plan(config, benchmarks.select_tasks(config, tasks), model.path, run_dir, hf_home)
@@ -59,7 +76,8 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None) -> SuiteResul
 
     # 3. serve once, 4. map the benchmarks over the endpoint
     outcomes: dict[str, BenchmarkResult] = {}
-    with serving.serve(config.deployment, model.path, run_dir, say) as server:
+    with serving.serve(config.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
+                       on_submit=lambda job: runs.save(run_id, server=job)) as server:
         env = benchmarks.harness_env(hf_home, config.offline)
         futures = {
             run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README Quick start, .ci/run): installs what the tests need, then runs pytest.
 # Idempotent: the Python deps come from uv.lock; the vLLM CPU venv and the built-in model are
-# provisioned once under $NEMOTRON_HOME (default ~/.cache/nemotron) and reused.
+# provisioned once under $NEMOTRON_HOME (default ~/.cache/nemotron) and reused; Slurm's daemons are
+# started if they are not running (stop them with `bash scripts/slurm/slurm.sh stop`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 uv sync --frozen --quiet
 uv run nemotron nano3 setup
+# A single-node Slurm for the `--run PROFILE` tests (installs and starts the daemons; needs root).
+bash scripts/slurm/slurm.sh start >/dev/null
 
 # Benchmark data: an offline Hugging Face cache (no hub here); the project copies a read-only one.
 if [ -z "${HF_HOME:-}" ] && [ -d ../shared/hf-home ]; then

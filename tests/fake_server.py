@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--never-healthy", action="store_true")
     ap.add_argument("--fail-logprobs", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
     args, _ = ap.parse_known_args()
     print(f"fake server: loading model {args.served_model_name}", flush=True)
     if args.never_healthy:

@@ -58,3 +58,36 @@ def test_unknown_profile_exits_2_listing_profiles():
     assert r.returncode == 2
     assert "unknown profile 'nope'" in r.stderr and "valid profiles: YOUR-CLUSTER, YOUR-CLUSTER-short, local-slurm" \
         in r.stderr
+
+
+GPU_ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # YOUR-CLUSTER: ssh, 8 GPUs, image
+
+
+def test_dry_run_on_a_gpu_cluster_shows_container_job_and_squash():
+    r = nemotron("nano3", "eval", "--dry-run", "--run", "YOUR-CLUSTER", "--force-squash",
+                 "run.model=/lustre/ckpt/rl", "deployment.tensor_parallel_size=8", env=GPU_ENV)
+    assert r.returncode == 0, r.stderr
+    sqsh = "/lustre/fsw/users/myuser/.nemotron/containers/vllm_vllm_openai_latest.sqsh"
+    squash = r.stdout[r.stdout.index("# container squash (on the cluster, always: --force-squash)"):].splitlines()[1]
+    assert squash.startswith(f"mkdir -p /lustre/fsw/users/myuser/.nemotron/containers && rm -f {sqsh} && salloc "
+                             "--account=YOUR-ACCOUNT --partition=batch --nodes=1")
+    assert f"enroot import --output {sqsh} docker://vllm/vllm-openai:latest" in squash
+    sbatch = r.stdout[r.stdout.index("# sbatch script NeMo-Run would submit"):]
+    assert "#SBATCH --gpus-per-node=8" in sbatch and "#SBATCH --time=04:00:00" in sbatch
+    assert f"--container-image {sqsh} --container-mounts /lustre:/lustre," in sbatch
+    assert "bash /nemo_run/scripts/server.sh" in sbatch  # the job dir is mounted at /nemo_run
+    assert "--model /lustre/ckpt/rl" in sbatch and "--tensor-parallel-size 8" in sbatch  # path used as is
+    assert "VIRTUAL_ENV" not in sbatch  # the container brings its own vLLM
+
+
+def test_parallelism_beyond_the_profiles_gpus_exits_2():
+    r = nemotron("nano3", "eval", "--dry-run", "--run", "YOUR-CLUSTER", "deployment.tensor_parallel_size=16",
+                 env=GPU_ENV)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: deployment.tensor_parallel_size=16 x data_parallel_size=1 needs 16 GPUs, "
+                                "but profile 'YOUR-CLUSTER' gives 8 per node x 1 node(s) = 8")
+
+
+def test_force_squash_without_a_container_exits_2():
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--force-squash")
+    assert r.returncode == 2 and "--force-squash re-imports a container image" in r.stderr

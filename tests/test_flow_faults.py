@@ -5,6 +5,7 @@ The real end-to-end path (vLLM serving SmolLM2) is tests/test_e2e.py; this fake 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
+from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.eval import nano3_eval
 from nemotron.config import load_config
-from tests.helpers import hf_home
+from tests.helpers import hf_home, nemotron
 
 FAKE = Path(__file__).with_name("fake_server.py")
 
@@ -31,7 +33,7 @@ def prefect_api():
 
 def fake_config(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
     overrides = [
-        f"deployment.command={sys.executable} {FAKE} {' '.join(fake_args)}",
+        f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} {' '.join(fake_args)}",
         "deployment.venv=null", "deployment.extra_args=''", "deployment.startup_timeout=20",
         f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
         "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
@@ -73,6 +75,19 @@ def test_failed_benchmark_is_named_and_the_others_recorded(tmp_path):
     assert "**arc_challenge failed**" in artifacts["nano3-eval-summary"].data
     assert "exact_match__strict-match" in str(artifacts["nano3-eval-scores"].data)
 
+    # `eval status RUN` / `eval logs RUN` read the same API and the run's files
+    api = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    run_id = str(state.state_details.flow_run_id)
+    status = nemotron("nano3", "eval", "status", run_id[:8], env=api)
+    assert status.returncode == 0, status.stderr
+    assert f"({run_id})" in status.stdout and "flow      Failed: 1/2 benchmarks failed: arc_challenge" in status.stdout
+    assert re.search(r"server +local job \S+ on this machine: CANCELLED", status.stdout)
+    assert re.search(r"gsm8k +Completed +exact_match__flexible-extract \d\.\d{4}", status.stdout)
+    assert re.search(r"arc_challenge +Failed .*BenchmarkError", status.stdout)
+    logs = nemotron("nano3", "eval", "logs", run_id, env=api)
+    assert logs.returncode == 0 and "running gsm8k" in logs.stdout and "--- server log" in logs.stdout
+    assert nemotron("nano3", "eval", "status", "no-such-run", env=api).returncode == 2
+
 
 def test_benchmark_over_its_timeout_is_stopped(tmp_path):
     cfg, tasks = fake_config(tmp_path, "--delay 600", extra=["evaluation.timeout=45"])
@@ -93,9 +108,9 @@ def test_server_that_never_becomes_healthy_fails_within_the_startup_timeout(tmp_
 
 def _cli_until_benchmark_runs(tmp_path):
     """Start the CLI against the fake server (answers slowly) and return once gsm8k is running."""
-    overrides = [f"deployment.command={sys.executable} {FAKE} --delay 600", "deployment.venv=null",
-                 "deployment.extra_args=''", f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
-                 "evaluation.retries=0"]
+    overrides = [f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} --delay 600", "deployment.venv=null",
+                 "deployment.extra_args=''", "deployment.heartbeat_timeout=10", f"evaluation.output_dir={tmp_path}",
+                 f"evaluation.hf_home={hf_home()}", "evaluation.retries=0"]
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "gsm8k",
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
@@ -125,11 +140,12 @@ def test_ctrl_c_stops_the_server(tmp_path):
 
 
 def test_killed_cli_leaves_no_server(tmp_path):
-    """SIGKILL gives the CLI no chance to clean up: the job script notices and stops the server."""
+    """SIGKILL gives the CLI no chance to clean up: the job script misses its heartbeat (10 s here)
+    and stops the server."""
     proc = _cli_until_benchmark_runs(tmp_path)
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while "fake_server.py" in leftovers(tmp_path) and time.monotonic() < deadline:
         time.sleep(1)
     assert "fake_server.py" not in leftovers(tmp_path)

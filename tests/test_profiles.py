@@ -56,3 +56,20 @@ def test_cycle_and_bad_keys_are_config_errors(tmp_path):
         profiles.load_profile("d", f)
     with pytest.raises(ConfigError, match="no host/user"):
         profiles.load_profile("e", f)
+
+
+def test_training_stage_keys_are_accepted_and_container_is_an_alias(tmp_path):
+    f = tmp_path / "env.toml"
+    f.write_text('[c]\nexecutor = "slurm"\ncontainer = "nvcr.io/x:1"\nrun_partition = "interactive"\n'
+                 'batch_partition = "batch"\npartition = "p"\ncpus_per_task = 16\nmem = "0"\nexclusive = true\n'
+                 'startup_commands = ["module load cuda"]\nbuild_partition = "cpu"\n')
+    p = profiles.load_profile("c", f)
+    assert p.container_image == "nvcr.io/x:1" and p.cpus_per_task == 16
+    assert (p.partition_for(detached=False), p.partition_for(detached=True)) == ("interactive", "batch")
+
+
+def test_typo_in_a_profile_key_suggests_the_right_one(tmp_path):
+    f = tmp_path / "env.toml"
+    f.write_text('[c]\nexecutor = "slurm"\ngpus_per_nod = 8\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'gpus_per_nod'.*did you mean 'gpus_per_node'"):
+        profiles.load_profile("c", f)

@@ -1,6 +1,7 @@
+import os
 import subprocess
-import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,74 +12,92 @@ from nemotron.errors import ServeError
 
 def test_gpu_command_from_default_config():
     spec = serving.server_spec(load_config("default").deployment, "/ckpt/rl")
-    assert spec.command == ("vllm serve --model /ckpt/rl --served-model-name nano3 --host 0.0.0.0 --port 8000 "
-                            "--tensor-parallel-size 4 --data-parallel-size 1 --max-model-len 32768")
-    assert spec.connect_host == "127.0.0.1"
+    assert spec.command == ('vllm serve --model /ckpt/rl --served-model-name nano3 --host 0.0.0.0 '
+                            '--tensor-parallel-size 4 --data-parallel-size 1 --port "$PORT" --max-model-len 32768')
+    assert spec.port == 0 and "VIRTUAL_ENV" not in spec.env
 
 
 def test_cpu_command_from_local_config_uses_the_serving_venv():
-    dep = load_config("local").deployment
-    spec = serving.server_spec(dep, "/m", port=1234)
+    spec = serving.server_spec(load_config("local").deployment, "/m")
     assert spec.command.startswith("python -m vllm.entrypoints.openai.api_server --model /m")
-    assert "--port 1234" in spec.command and "--dtype float32" in spec.command
+    assert "--dtype float32" in spec.command
     assert spec.env["VIRTUAL_ENV"].endswith("serve-venv") and spec.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert "VIRTUAL_ENV" not in serving.server_spec(load_config("local").deployment, "/m", container=True).env
 
 
-def test_job_script_records_the_server_pid_and_watches_its_owner(tmp_path):
-    spec = serving.server_spec(load_config("local").deployment, "/m", port=1)
-    script = serving.job_script(spec, tmp_path / "server.log", tmp_path / "server.pid", owner_pid=4242)
-    lines = script.splitlines()
-    assert 'export PATH="$VIRTUAL_ENV/bin:$PATH"' in lines
-    assert lines[lines.index("server=$!") - 1].startswith("python -m vllm.entrypoints.openai.api_server --model /m")
-    assert f"echo $server > {tmp_path / 'server.pid'}" in lines
-    assert any("kill -0 4242" in line for line in lines)
+def run_script(tmp_path: Path, spec: serving.ServerSpec) -> subprocess.Popen:
+    """Run the job script the way NeMo-Run does: `bash <job_dir>/scripts/server.sh`."""
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    script = tmp_path / "scripts" / "server.sh"
+    script.write_text(serving.job_script(spec))
+    return subprocess.Popen(["bash", str(script)], start_new_session=True)
 
 
-def test_job_script_stops_the_server_when_its_owner_dies(tmp_path):
-    """Run the real script: a stand-in server, an owner that exits; the server must go too."""
-    owner = subprocess.Popen(["sleep", "3"])
-    threading.Thread(target=owner.wait, daemon=True).start()  # reap it, as a shell reaps a killed CLI
-    spec = serving.ServerSpec("sleep 300", {}, "127.0.0.1", 1, "m", 10)
-    script = serving.job_script(spec, tmp_path / "server.log", tmp_path / "server.pid", owner_pid=owner.pid)
-    job = subprocess.Popen(["bash", "-c", script])
+def wait_for(path: Path, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_job_script_reports_its_endpoint_and_stops_without_heartbeat(tmp_path):
+    """The real script with a stand-in server: it picks a port, writes `endpoint` in its job dir,
+    and stops the server once the submitter's heartbeat has been silent for heartbeat_timeout."""
+    spec = serving.ServerSpec("sleep 300", {}, "0.0.0.0", 0, "m", 60, heartbeat_timeout=4)
+    job = run_script(tmp_path, spec)
     try:
-        job.wait(timeout=20)
-        server_pid = int((tmp_path / "server.pid").read_text())
-        time.sleep(0.5)
-        assert not serving._pid_alive(server_pid)
+        endpoint = wait_for(tmp_path / "endpoint")
+        host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+        assert host == os.uname().nodename and 20000 <= int(port) < 60000
+        server_pid = int(wait_for(tmp_path / "server.pid"))
+        for beat in range(4):  # beating keeps it alive past the timeout
+            (tmp_path / "heartbeat").write_text(str(beat))
+            time.sleep(2)
+        assert job.poll() is None and serving._pid_alive(server_pid)
+        job.wait(timeout=15)  # silence: the script stops the server and exits
+        assert job.returncode == 143 and not serving._pid_alive(server_pid)
+        assert "no heartbeat from the submitter for 4 s" in (tmp_path / "server.log").read_text()
     finally:
-        job.kill()
-        owner.kill()
+        if job.poll() is None:
+            os.killpg(job.pid, 9)
 
 
-def _handle(tmp_path, pid=None):
-    if pid is not None:
-        (tmp_path / "server.pid").write_text(str(pid))
-    return serving.ServerHandle(serving.Endpoint(f"http://127.0.0.1:{serving.free_port()}", "m"),
-                                tmp_path / "server.log", "job-1", tmp_path / "server.pid")
+class FakeJob:
+    """Stands in for a submitted job: a scripted sequence of states and a log."""
+
+    def __init__(self, tmp_path, states, endpoint=None, log="loading\n"):
+        self.states, self.endpoint, self.log = list(states), endpoint, log
+        self.job_id, self.job_dir, self.running = "42", str(tmp_path), False
+        self.spec = serving.ServerSpec("vllm serve x", {}, "0.0.0.0", 0, "m", startup_timeout=3)
+
+    def state(self):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        self.running |= state == "RUNNING"
+        return state
+
+    def read(self, name):  # the job writes its endpoint once it runs
+        return self.endpoint if name == "endpoint" and self.running else None
+
+    def tail(self, lines=25):
+        return self.log
 
 
-def test_server_that_dies_fails_fast_with_its_log_tail(tmp_path):
-    (tmp_path / "server.log").write_text("loading\nRuntimeError: CUDA out of memory\n")
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    spec = serving.ServerSpec("vllm serve x", {}, "127.0.0.1", 1, "m", startup_timeout=60)
-    start = time.monotonic()
+def test_job_that_ends_before_healthy_fails_fast_with_its_log_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.1)
+    job = FakeJob(tmp_path, ["PENDING", "RUNNING", "FAILED"], log="RuntimeError: CUDA out of memory\n")
     with pytest.raises(ServeError) as e:
-        serving.wait_healthy(_handle(tmp_path, proc.pid), spec, print)
-    assert time.monotonic() - start < 10
-    assert "exited before it became healthy" in str(e.value) and "CUDA out of memory" in str(e.value)
-    assert "vllm serve x" in str(e.value)
+        serving.wait_ready(job, print)
+    assert "job 42 ended (FAILED) before it became healthy" in str(e.value)
+    assert "CUDA out of memory" in str(e.value) and "vllm serve x" in str(e.value)
 
 
-def test_server_never_healthy_times_out_with_log_tail(tmp_path):
-    (tmp_path / "server.log").write_text("still loading weights\n")
-    sleeper = subprocess.Popen(["sleep", "30"])
-    try:
-        spec = serving.ServerSpec("vllm serve y", {}, "127.0.0.1", 1, "m", startup_timeout=3)
-        start = time.monotonic()
-        with pytest.raises(ServeError, match=r"(?s)not healthy after 3 s.*still loading weights"):
-            serving.wait_healthy(_handle(tmp_path, sleeper.pid), spec, print)
-        assert time.monotonic() - start < 8
-    finally:
-        sleeper.kill()
+def test_queue_time_does_not_count_but_startup_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.5)
+    job = FakeJob(tmp_path, ["PENDING"] * 10 + ["RUNNING"], endpoint=f"http://127.0.0.1:{serving.free_port()}",
+                  log="still loading weights\n")
+    start = time.monotonic()
+    with pytest.raises(ServeError, match=r"(?s)not healthy after 3 s.*still loading weights"):
+        serving.wait_ready(job, print)
+    assert 3 + 4.5 <= time.monotonic() - start < 15  # 10 pending polls, then the 3 s startup budget

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from nemotron import benchmarks, models, profiles, serving
-from nemotron.config import EvalConfig, load_config, redacted
+from nemotron import benchmarks, cluster, models, profiles, serving
+from nemotron.config import SECRET_WORDS, EvalConfig, load_config, redacted
 from nemotron.errors import ConfigError, NemotronError
+
+MONITOR_COMMANDS = ("status", "logs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,16 +72,17 @@ def setup() -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    if args.overrides and args.overrides[0] in MONITOR_COMMANDS:
+        return monitor(args.overrides[0], args.overrides[1:])
     name = args.run or args.batch
     profile = profiles.load_profile(name) if name else None  # unknown profile: exit 2, listing them
     if args.batch:
         raise ConfigError("--batch (a run of the Prefect deployment) is not supported yet; use --run")
-    if profile is not None and profile.executor != "local":
-        raise ConfigError(f"profile {name!r} serves on Slurm, which is not supported yet; "
-                          "use a profile with executor = \"local\", or run without --run")
-    if args.force_squash:
-        raise ConfigError("--force-squash applies to container images on a cluster (--run PROFILE)")
     cfg = load_config(args.config, args.overrides)
+    if args.force_squash and not cluster.image_for(cfg.deployment, profile):
+        raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "
+                          "Slurm profile and deployment.image (or the profile's container_image)")
+    cluster.check_resources(cfg.deployment, profile)
     model = models.parse(cfg)
     if model.kind == "wandb" and not args.dry_run:
         models.resolve(model)  # raises a ConfigError until W&B resolution exists
@@ -89,29 +92,63 @@ def evaluate(args: argparse.Namespace) -> int:
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             run_dir, hf_home)
     if args.dry_run:
-        print(render_plan(cfg, model, plans))
+        print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
-    return run_flow(cfg, args.task)
+    return run_flow(cfg, args.task, name, args.force_squash)
 
 
-def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan]) -> str:
-    spec = serving.server_spec(cfg.deployment, model.path or f"<{model.ref}>")
-    endpoint = serving.Endpoint(f"http://{spec.connect_host}:{spec.port or '<free port>'}", spec.model_id)
+def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan],
+                profile: profiles.Profile | None = None, force_squash: bool = False) -> str:
+    model_path = model.path or f"<{model.ref}>"
+    spec = serving.server_spec(cfg.deployment, model_path)
+    endpoint = serving.Endpoint("http://<node>:<port>", spec.model_id)
     doc = {
         "config": redacted(cfg.model_dump(mode="json", exclude_none=True)),
         "plan": {
             "model": {"ref": model.ref, "kind": model.kind, "checkpoint_path": model.path},
-            "server": {"command": spec.command, "env": redacted(spec.env),
-                       "port": spec.port or "any free port", "startup_timeout": spec.startup_timeout},
+            "server": {"where": f"{profile.name} (Slurm, tunnel {profile.tunnel})" if cluster.is_slurm(profile)
+                       else "this machine (NeMo-Run LocalExecutor)",
+                       "command": spec.command, "env": redacted(spec.env),
+                       "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout},
             "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
                             "run_config": p.run_config(endpoint)} for p in plans],
             "offline_hf_cache": cfg.evaluation.hf_home if cfg.offline else None,
         },
     }
-    return "# dry run: nothing was started\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000)
+    text = "# dry run: nothing was started\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000)
+    if profile is not None:  # NeMo-Run's own rendering of the job (imports NeMo-Run: ~3 s)
+        job = serving.preview(cfg.deployment, model_path, profile, force_squash)
+        if "squash" in job:
+            when = "always: --force-squash" if force_squash else "if missing"
+            text += f"\n# container squash (on the cluster, {when})\n"
+            text += job["squash"] + "\n"
+        if "sbatch" in job:
+            text += "\n# sbatch script NeMo-Run would submit\n" + job["sbatch"].rstrip() + "\n"
+        text += "\n# server job script (scripts/server.sh in the job directory)\n" + job["job_script"] + "\n"
+    return redact_secrets(text)
 
 
-def run_flow(cfg: EvalConfig, tasks: list[str] | None) -> int:
+def redact_secrets(text: str) -> str:
+    """Belt and braces: no secret-looking environment value is ever printed."""
+    for key, value in os.environ.items():
+        if value and len(value) >= 8 and any(w in key.lower() for w in SECRET_WORDS):
+            text = text.replace(value, "***")
+    return text
+
+
+def monitor(command: str, rest: list[str]) -> int:
+    """`eval status [RUN]` / `eval logs [RUN]`: RUN is a flow run id (or its prefix) or name; default: latest."""
+    if len(rest) > 1:
+        raise ConfigError(f"usage: nemotron nano3 eval {command} [RUN]; got extra arguments: {' '.join(rest[1:])}")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows import status
+
+    print(status.report(rest[0] if rest else None, logs=command == "logs"))
+    return 0
+
+
+def run_flow(cfg: EvalConfig, tasks: list[str] | None, profile: str | None = None,
+             force_squash: bool = False) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # 20 s is tight on 2 cores
     os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
@@ -121,7 +158,7 @@ def run_flow(cfg: EvalConfig, tasks: list[str] | None) -> int:
     from nemotron import results
 
     flow = nano3_eval.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.evaluation.max_parallel))
-    state = flow(config=cfg, tasks=tasks, return_state=True)
+    state = flow(config=cfg, tasks=tasks, profile=profile, force_squash=force_squash, return_state=True)
     suite = state.result(raise_on_failure=False)
     if isinstance(suite, results.SuiteResult):
         print(f"\n{results.render_table(suite)}\n\nresults written to {suite.run_dir}")

@@ -50,12 +50,17 @@ class DeploymentSection(Strict):
         None, description="A venv whose bin/ leads the server's PATH; 'managed' = the project's CPU venv."
     )
     host: str = Field("0.0.0.0", description="Interface the server binds.")
-    port: int = Field(8000, ge=0, le=65535, description="Server port; 0 picks a free one.")
+    port: int = Field(0, ge=0, le=65535, description="Server port; 0 picks a free one on the node.")
     tensor_parallel_size: int = Field(4, ge=1, description="GPUs per model replica.")
     data_parallel_size: int = Field(1, ge=1, description="Model replicas.")
     extra_args: str = Field("", description="Appended verbatim to the server command.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
-    startup_timeout: float = Field(1800, gt=0, description="Seconds until /health must answer.")
+    startup_timeout: float = Field(1800, gt=0, description="Seconds from job start until /health must answer.")
+    image: str | None = Field(None, description="Container image for the server on Slurm (pyxis); "
+                              "default: the profile's container_image. A .sqsh path is used as is.")
+    heartbeat_timeout: float = Field(
+        300, ge=10, description="The server job stops itself when the submitting flow has been silent this long."
+    )
 
 
 class HarnessParams(Strict):

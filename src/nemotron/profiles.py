@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -27,28 +28,54 @@ class WandbSettings(BaseModel):
 
 
 class Profile(BaseModel):
-    """Where the model server runs: this machine, or a Slurm cluster reached locally or over SSH."""
+    """Where the model server runs: this machine, or a Slurm cluster reached locally or over SSH.
 
-    model_config = ConfigDict(extra="forbid")
+    The same env.toml serves the training stages, so the keys Nemotron documents for them are
+    accepted; evaluation uses the ones that shape a single server job.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(description="The table name in env.toml.")
     executor: Literal["slurm", "local"] = Field("slurm", description="NeMo-Run executor.")
     account: str | None = Field(None, description="Slurm account.")
     partition: str | None = Field(None, description="Slurm partition.")
+    run_partition: str | None = Field(None, description="Partition for --run (attached); default: partition.")
+    batch_partition: str | None = Field(None, description="Partition for --batch (detached); default: partition.")
     tunnel: Literal["ssh", "local"] = Field("local", description="How the cluster is reached.")
     host: str | None = Field(None, description="Login node (tunnel = ssh).")
     user: str | None = Field(None, description="User on the login node.")
-    remote_job_dir: str | None = Field(None, description="Job directory on the cluster.")
+    identity: str | None = Field(None, description="SSH private key (tunnel = ssh).")
+    remote_job_dir: str | None = Field(None, description="Job directory on the cluster (shared with the nodes).")
     time: str = Field("04:00:00", description="Slurm walltime of the server job.")
     nodes: int = Field(1, ge=1, description="Nodes for the server job.")
+    ntasks_per_node: int = Field(1, ge=1, description="Tasks per node (the server is one task).")
     gpus_per_node: int | None = Field(None, ge=0, description="GPUs per node (None: no GPU request).")
-    container_image: str | None = Field(None, description="Server container (pyxis --container-image).")
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs for the server task.")
+    mem: str | None = Field(None, description="Slurm --mem of the server job.")
+    exclusive: bool | None = Field(None, description="Slurm --exclusive.")
+    container_image: str | None = Field(None, alias="container",
+                                        description="Server container (pyxis --container-image); alias: container.")
     mounts: list[str] = Field(default_factory=list, description="Container mounts, src:dst[:flags].")
+    startup_commands: list[str] = Field(default_factory=list, description="Shell lines run before the server.")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Extra environment for the job.")
+    packager: str | None = Field(None, description="Training stages' code packager (unused by eval).")
+    build_partition: str | None = Field(None, description="Partition for `enroot import` (--force-squash).")
+    build_time: str | None = Field(None, description="Walltime for `enroot import`.")
+    build_image: str | None = Field(None, description="Training stages' build image (unused by eval).")
+    build_cache_dir: str | None = Field(None, description="Training stages' build cache (unused by eval).")
+    build_include_gpus: bool = Field(False, description="Request GPUs for `enroot import`.")
+    build_gpus_per_node: int | None = Field(None, ge=0, description="GPUs for `enroot import`.")
 
     def check(self) -> Profile:
         if self.executor == "slurm" and self.tunnel == "ssh" and not (self.host and self.user):
             raise ConfigError(f"profile {self.name!r} uses tunnel = \"ssh\" but has no host/user")
+        if self.executor == "slurm" and self.tunnel == "ssh" and not self.remote_job_dir:
+            raise ConfigError(f"profile {self.name!r} uses tunnel = \"ssh\" but has no remote_job_dir "
+                              "(a directory on the cluster's shared filesystem)")
         return self
+
+    def partition_for(self, detached: bool) -> str | None:
+        return (self.batch_partition if detached else self.run_partition) or self.partition
 
 
 def env_file(start: Path | None = None) -> Path | None:
@@ -105,8 +132,15 @@ def load_profile(name: str, path: Path | None = None) -> Profile:
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"unknown key {key!r} in profile {name!r}; valid keys: "
-                              + ", ".join(f for f in Profile.model_fields if f != "name")) from None
+                              + ", ".join(f.alias or n for n, f in Profile.model_fields.items() if n != "name")
+                              + _suggest(key)) from None
         raise ConfigError(f"invalid {key} in profile {name!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _suggest(key: str) -> str:
+    names = [f.alias or n for n, f in Profile.model_fields.items()] + ["container_image"]
+    close = difflib.get_close_matches(key, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def wandb_settings(path: Path | None = None) -> WandbSettings:

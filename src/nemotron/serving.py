@@ -1,7 +1,9 @@
 """Serve the model once for the whole suite: a vLLM server launched as a NeMo-Run job.
 
-`serve()` is a context manager: it launches, waits until `/health` answers (checking the process
-each loop), yields the endpoint, and always stops the job — on success, failure, Ctrl-C or cancel.
+`serve()` is a context manager: it submits the job (locally or to Slurm, see `cluster`), waits for
+it to run and for `/health` to answer at the node and port the job reports, yields the endpoint,
+and always cancels the job — on success, failure, Ctrl-C or cancel. A job whose submitter goes
+silent (killed, crashed host) stops itself after `deployment.heartbeat_timeout`.
 The vLLM command line comes from config, so the same code runs `vllm serve` on a GPU cluster and
 `python -m vllm.entrypoints.openai.api_server` from the CPU venv here.
 """
@@ -9,25 +11,33 @@ The vLLM command line comes from config, so the same code runs `vllm serve` on a
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
 import os
 import shlex
 import signal
 import socket
+import subprocess
+import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
-from nemotron import runtime
+from nemotron import cluster, runtime
+from nemotron.cluster import Target
 from nemotron.config import DeploymentSection
 from nemotron.errors import ServeError
+from nemotron.profiles import Profile
 
-HEALTH_POLL_SECONDS = 2.0
+STATE_POLL_SECONDS = 2.0
 STOP_GRACE_SECONDS = 20.0
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,11 @@ class ServerSpec:
     command: str
     env: dict[str, str]
     host: str
-    port: int
+    port: int  # 0: the job picks a free port on its node
     model_id: str
     startup_timeout: float
-
-    @property
-    def connect_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+    heartbeat_timeout: float = 300
+    setup: tuple[str, ...] = ()  # shell lines before the server (profile startup_commands)
 
 
 def venv_dir(dep: DeploymentSection) -> Path | None:
@@ -68,23 +76,23 @@ def venv_dir(dep: DeploymentSection) -> Path | None:
     return runtime.serve_venv() if dep.venv == "managed" else Path(dep.venv).expanduser()
 
 
-def server_spec(dep: DeploymentSection, model_path: str, port: int | None = None) -> ServerSpec:
-    """The server command line and environment for a model path (port 0 is left for launch time)."""
-    port = dep.port if port is None else port
+def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] = (), container: bool = False,
+                ) -> ServerSpec:
+    """The server command line and environment; the port is `$PORT`, fixed or picked by the job."""
     args = [
         "--model", model_path,
         "--served-model-name", dep.served_model_name,
         "--host", dep.host,
-        "--port", str(port),
         "--tensor-parallel-size", str(dep.tensor_parallel_size),
         "--data-parallel-size", str(dep.data_parallel_size),
     ]
-    command = " ".join([dep.command, *map(shlex.quote, args), dep.extra_args]).strip()
+    command = " ".join([dep.command, *map(shlex.quote, args), '--port "$PORT"', dep.extra_args]).strip()
     env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **dep.env}
-    venv = venv_dir(dep)
+    venv = None if container else venv_dir(dep)  # a container brings its own vLLM
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
-    return ServerSpec(command, env, dep.host, port, dep.served_model_name, dep.startup_timeout)
+    return ServerSpec(command, env, dep.host, dep.port, dep.served_model_name, dep.startup_timeout,
+                      dep.heartbeat_timeout, tuple(setup))
 
 
 def free_port() -> int:
@@ -93,31 +101,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def job_script(spec: ServerSpec, log_path: Path, pid_path: Path, owner_pid: int | None = None) -> str:
-    """The shell the NeMo-Run job runs: start the server, record its pid, and wait on it.
+def job_script(spec: ServerSpec) -> str:
+    """The shell the NeMo-Run job runs (locally, or on a Slurm node, maybe in a container).
 
-    With `owner_pid` (local runs), the script also stops the server when the submitting process
-    is gone, so even a SIGKILLed CLI leaves no server behind.
+    It finds its job directory from its own path (NeMo-Run runs `bash <job_dir>/scripts/server.sh`,
+    or `/nemo_run/scripts/server.sh` in a container), starts the server there, writes `endpoint`
+    (http://node:port) for the submitter, and stops the server if the submitter's `heartbeat`
+    file stops changing for `heartbeat_timeout` seconds (its own clock: no skew between hosts).
     """
     exports = [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
     if "VIRTUAL_ENV" in spec.env:
         exports.append('export PATH="$VIRTUAL_ENV/bin:$PATH"')
-    lines = [
+    host = "$(hostname)" if spec.host in WILDCARD_HOSTS else shlex.quote(spec.host)
+    if spec.port:
+        port = [f"PORT={spec.port}"]
+    else:  # any free port on this node
+        port = ["PORT=$((20000 + RANDOM % 40000))",
+                'while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((20000 + RANDOM % 40000)); done']
+    stop = 'kill -TERM "$server" 2>/dev/null; wait "$server"; exit 143'
+    return "\n".join([
+        'JOB_DIR="$(cd "$(dirname "$0")/.." && pwd)"',
         *exports,
-        f"{spec.command} >> {shlex.quote(str(log_path))} 2>&1 &",
+        *spec.setup,
+        *port,
+        f'{spec.command} >> "$JOB_DIR/server.log" 2>&1 &',
         "server=$!",
-        f"echo $server > {shlex.quote(str(pid_path))}",
-        'trap \'kill -TERM "$server" 2>/dev/null; wait "$server"; exit 143\' TERM INT',
-    ]
-    if owner_pid is not None:
-        lines += [
-            'while kill -0 "$server" 2>/dev/null; do',
-            f"  if ! kill -0 {owner_pid} 2>/dev/null; then kill -TERM \"$server\"; wait \"$server\"; exit 143; fi",
-            "  sleep 2 & wait $!",
-            "done",
-        ]
-    lines.append('wait "$server"')
-    return "\n".join(lines)
+        'echo "$server" > "$JOB_DIR/server.pid"',
+        f'echo "http://{host}:$PORT" > "$JOB_DIR/endpoint.tmp" && mv "$JOB_DIR/endpoint.tmp" "$JOB_DIR/endpoint"',
+        f"trap '{stop}' TERM INT",
+        'beat=""; beat_seen=$(date +%s)',
+        'while kill -0 "$server" 2>/dev/null; do',
+        '  now=$(date +%s); b=$(cat "$JOB_DIR/heartbeat" 2>/dev/null)',
+        '  if [ "$b" != "$beat" ]; then beat=$b; beat_seen=$now; fi',
+        f'  if [ $((now - beat_seen)) -gt {int(spec.heartbeat_timeout)} ]; then',
+        f'    echo "no heartbeat from the submitter for {int(spec.heartbeat_timeout)} s: stopping the server"'
+        ' >> "$JOB_DIR/server.log"',
+        f"    {stop}",
+        "  fi",
+        "  sleep 2 & wait $!",
+        "done",
+        'wait "$server"',
+    ])
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -127,98 +151,199 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return f"(no log at {path})"
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return True  # not started yet: the pid file appears when the job's shell runs
+def healthy(base_url: str) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return httpx.get(f"{base_url}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+class ServerJob:
+    """A submitted server job: its state (NeMo-Run), and its files in the job directory."""
+
+    def __init__(self, exp, target: Target, spec: ServerSpec):
+        self.exp, self.target, self.spec = exp, target, spec
+        job = exp.jobs[0]
+        self.job_dir: str = job.executor.job_dir
+        self.experiment_id: str = exp._id
+        self.job_id: str = str(job.handle).rsplit("/", 1)[-1]
+        self._beats = 0
+
+    def state(self) -> str:
+        try:
+            status = self.exp.status(return_dict=True) or {}
+            return str(status["server"]["status"]).split(" ")[0]
+        except Exception:  # noqa: BLE001 - sacct lag or a transient tunnel error: ask again
+            return "UNKNOWN"
+
+    def read(self, name: str) -> str | None:
+        result = cluster.shell(self.target.tunnel, f"cat {shlex.quote(self.job_dir + '/' + name)}")
+        return result.stdout if result.ok else None
+
+    def tail(self, lines: int = 25) -> str:
+        """The server's log; if it never started, NeMo-Run's job log (srun/pyxis/script errors)."""
+        q = shlex.quote(self.job_dir)
+        out = self.target.sh(f"tail -n {lines} {q}/server.log 2>/dev/null || tail -n {lines} {q}/log-*.out "
+                             f"{q}/sbatch_*.out 2>/dev/null", check=False)
+        return out or f"(no log yet in {self.job_dir})"
+
+    def beat(self) -> None:
+        self._beats += 1
+        self.target.sh(f"echo {self._beats} > {shlex.quote(self.job_dir)}/heartbeat", check=False)
+
+    def fetch_log(self, dest: Path) -> None:
+        with contextlib.suppress(Exception):
+            self.target.tunnel.get(f"{self.job_dir}/server.log", str(dest))
+
+    def describe(self) -> dict[str, str]:
+        """What another process needs to find and cancel this job (`status`, cancellation hooks)."""
+        return {"executor": "slurm" if self.target.slurm else "local", "experiment_id": self.experiment_id,
+                "job_id": self.job_id, "job_dir": self.job_dir, "nemorun_home": self.target.home}
 
 
 @dataclass(frozen=True)
 class ServerHandle:
-    """Runtime facts about a launched server (never stored in the config)."""
+    """A healthy server: where to send requests, and which job serves them."""
 
     endpoint: Endpoint
-    log_path: Path
-    job_id: str
-    pid_path: Path
-
-    def alive(self) -> bool:
-        return _pid_alive(_read_pid(self.pid_path))
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.endpoint.base_url}/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
+    job: ServerJob
 
 
-def wait_healthy(handle: ServerHandle, spec: ServerSpec, say: Callable[[str], None]) -> float:
-    """Poll /health until it answers; fail fast if the process dies. Returns seconds waited."""
-    start = time.monotonic()
-    deadline = start + spec.startup_timeout
-    while time.monotonic() < deadline:
-        if handle.healthy():
-            return time.monotonic() - start
-        if not handle.alive():
-            raise ServeError(
-                f"the model server exited before it became healthy (job {handle.job_id}).\n"
-                f"command: {spec.command}\nlog: {handle.log_path}, last lines:\n{log_tail(handle.log_path)}"
-            )
-        time.sleep(HEALTH_POLL_SECONDS)
-    raise ServeError(
-        f"the model server was not healthy after {spec.startup_timeout:.0f} s "
-        f"(deployment.startup_timeout; job {handle.job_id}).\ncommand: {spec.command}\n"
-        f"log: {handle.log_path}, last lines:\n{log_tail(handle.log_path)}"
-    )
+def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u) -> str:
+    """Wait for the job to run and /health to answer; returns the base URL to use.
+
+    Queue time does not count against `startup_timeout`; the clock starts when the job runs.
+    `opened` maps the node URL to a reachable one (an SSH port forward).
+    """
+    spec = job.spec
+    started: float | None = None
+    last_state, url = "", None
+    while True:
+        state = job.state()
+        if state != last_state:
+            say(f"[serve] job {job.job_id}: {state}")
+            last_state = state
+        if state in FINISHED:
+            raise ServeError(f"the model server job {job.job_id} ended ({state}) before it became healthy.\n"
+                             f"command: {spec.command}\nlog ({job.job_dir}), last lines:\n{job.tail()}")
+        if url is None and (found := (job.read("endpoint") or "").strip()):
+            url = opened(found)
+            say(f"[serve] server at {found}" + (f", reached as {url}" if url != found else ""))
+        if started is None and (state == "RUNNING" or url is not None):
+            started = time.monotonic()
+        if url is not None and healthy(url):
+            say(f"[serve] healthy after {time.monotonic() - started:.0f} s at {url}")
+            return url
+        if started is not None and time.monotonic() - started > spec.startup_timeout:
+            raise ServeError(f"the model server was not healthy after {spec.startup_timeout:.0f} s "
+                             f"(deployment.startup_timeout; job {job.job_id}).\ncommand: {spec.command}\n"
+                             f"log ({job.job_dir}), last lines:\n{job.tail()}")
+        time.sleep(STATE_POLL_SECONDS)
+
+
+@contextlib.contextmanager
+def _heartbeat(job: ServerJob, interval: float) -> Iterator[None]:
+    """Keep telling the job that its submitter is alive."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(interval):
+            with contextlib.suppress(Exception):
+                job.beat()
+
+    job.beat()
+    thread = threading.Thread(target=loop, name="server-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 @contextlib.contextmanager
 def serve(
-    dep: DeploymentSection, model_path: str, run_dir: Path, say: Callable[[str], None] = print
+    dep: DeploymentSection,
+    model_path: str,
+    run_dir: Path,
+    say: Callable[[str], None] = print,
+    profile: Profile | None = None,
+    force_squash: bool = False,
+    detached: bool = False,
+    on_submit: Callable[[dict[str, str]], None] | None = None,
 ) -> Iterator[ServerHandle]:
-    """Launch the server as a NeMo-Run job (LocalExecutor), yield it once healthy, always stop it."""
-    with warnings.catch_warnings():  # leptonai (via nemo_run) imports a deprecated starlette module
-        warnings.simplefilter("ignore")
-        import nemo_run as run  # heavy import: only when serving
-
-    os.environ.setdefault("NEMORUN_HOME", str(runtime.home() / "nemo_run"))
-    if dep.venv == "managed":
+    """Submit the server job, yield it once healthy, always cancel it."""
+    cluster.check_resources(dep, profile)
+    home = cluster.nemorun_home(profile)
+    run = cluster.nemo_run(home)  # heavy import: only when serving
+    image = cluster.image_for(dep, profile)
+    if dep.venv == "managed" and image is None:
         runtime.ensure_serve_venv(say)
-    spec = server_spec(dep, model_path, port=dep.port or free_port())
+    target = cluster.target_for(run, profile, dep, image, detached, home)
+    if image and not cluster.is_squashed(image):
+        target.executor.container_image = cluster.ensure_squashed(target, profile, image, force_squash, say)
+    spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image))
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_path, pid_path = run_dir / "server.log", run_dir / "server.pid"
-    pid_path.unlink(missing_ok=True)
-    script = run.Script(inline=job_script(spec, log_path, pid_path, owner_pid=os.getpid()))
     with _root_logging_kept():
-        exp = run.Experiment(f"serve-{dep.served_model_name}", executor=run.LocalExecutor(),
-                             log_level="WARN", clean_mode=True, enable_goodbye_message=False,
-                             skip_status_at_exit=True)
-    handle = ServerHandle(Endpoint(f"http://{spec.connect_host}:{spec.port}", spec.model_id),
-                          log_path, exp._id, pid_path)
-    say(f"[serve] launching {spec.command}")
-    say(f"[serve] NeMo-Run experiment {exp._id}; server log {log_path}")
-    with _root_logging_kept(), exp:
+        exp = run.Experiment(f"serve-{dep.served_model_name}", executor=target.executor, log_level="WARN",
+                             clean_mode=True, enable_goodbye_message=False, skip_status_at_exit=True)
+    say(f"[serve] submitting {spec.command}" + (f" on {profile.name} (Slurm)" if target.slurm else " locally"))
+    job: ServerJob | None = None
+    with _root_logging_kept(), exp, contextlib.ExitStack() as stack:
         try:
-            exp.add(script, name="server")
+            exp.add(run.Script(inline=job_script(spec)), name="server")
             exp.run(detach=True)  # local jobs cannot detach: run() returns after launch, __exit__ waits
-            waited = wait_healthy(handle, spec, say)
-            say(f"[serve] healthy after {waited:.0f} s at {handle.endpoint.base_url}")
-            yield handle
+            job = ServerJob(exp, target, spec)
+            say(f"[serve] NeMo-Run experiment {job.experiment_id}, job {job.job_id}, job dir {job.job_dir}")
+            (run_dir / "server.json").write_text(json.dumps(job.describe(), indent=2))
+            if on_submit is not None:
+                on_submit(job.describe())
+            stack.enter_context(_heartbeat(job, max(2.0, spec.heartbeat_timeout / 5)))
+            opened = (lambda url: _forward(stack, target, url)) if target.ssh else (lambda url: url)
+            url = wait_ready(job, say, opened)
+            yield ServerHandle(Endpoint(url, spec.model_id), job)
         finally:
-            _stop(exp, handle, say)
+            _stop(exp, job, run_dir, say)
+
+
+def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, force_squash: bool) -> dict[str, str]:
+    """What `serve()` would submit, without submitting: NeMo-Run's own sbatch script (or the local
+    job script) and the squash command for a container image. Nothing touches the cluster."""
+    cluster.check_resources(dep, profile)
+    home = cluster.nemorun_home(profile)
+    image = cluster.image_for(dep, profile)
+    out: dict[str, str] = {}
+    if image and not cluster.is_squashed(image):
+        path = cluster.squash_path(profile, image)
+        out["squash"] = cluster.squash_command(profile, image, path, force_squash)
+        image = path
+    spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image))
+    if not cluster.is_slurm(profile):
+        out["job_script"] = job_script(spec)
+        return out
+    run = cluster.nemo_run(str(runtime.home() / "nemorun"))  # dry-run bookkeeping stays local
+    preview_profile = profile.model_copy(update={"tunnel": "local"})  # never connect to the login node
+    target = cluster.target_for(run, preview_profile, dep, image, False, home)
+    if profile.tunnel == "ssh":
+        target.tunnel.job_dir = profile.remote_job_dir  # SSHTunnel puts experiments right under it
+    with _root_logging_kept():
+        exp = run.Experiment(f"serve-{dep.served_model_name}", executor=target.executor, log_level="WARN",
+                             clean_mode=True, enable_goodbye_message=False, skip_status_at_exit=True)
+        with exp:
+            exp.add(run.Script(inline=job_script(spec)), name="server")
+            exp.dryrun(log=False)
+            out["sbatch"] = exp.jobs[0]._dryrun_info.request.materialize()
+    out["job_script"] = job_script(spec)
+    return out
+
+
+def _forward(stack: contextlib.ExitStack, target: Target, url: str) -> str:
+    """Reach http://node:port on the cluster through the SSH login node: a local port forward."""
+    parsed = urlsplit(url)
+    target.tunnel.connect()
+    local = free_port()
+    stack.enter_context(target.tunnel.session.forward_local(local_port=local, remote_port=parsed.port,
+                                                            remote_host=parsed.hostname))
+    return f"http://127.0.0.1:{local}"
 
 
 @contextlib.contextmanager
@@ -234,15 +359,76 @@ def _root_logging_kept() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _stop(exp, handle: ServerHandle, say: Callable[[str], None]) -> None:
-    """Cancel the job (kills its process group), then make sure the server pid is gone."""
+def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None]) -> None:
+    """Cancel the job and wait until it is gone; keep a copy of the server log in the run dir."""
     with contextlib.suppress(Exception):
         exp.cancel("server")
-    pid = _read_pid(handle.pid_path)
+    if job is None:
+        return
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while pid is not None and _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if pid is not None and _pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-    say(f"[serve] stopped (job {handle.job_id})")
+    while job.state() not in FINISHED and time.monotonic() < deadline:
+        time.sleep(1)
+    if job.target.slurm:
+        if job.state() not in FINISHED:
+            job.target.sh(f"scancel {job.job_id}", check=False)
+    else:  # a local server that outlived its job's process group
+        pid = _read_pid(Path(job.job_dir) / "server.pid")
+        if pid is not None and _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    job.fetch_log(run_dir / "server.log")
+    say(f"[serve] stopped job {job.job_id} ({job.state()})")
+
+
+def cancel_recorded(record: dict[str, str]) -> None:
+    """Cancel a job described by `ServerJob.describe()` from another process (cancel/crash hooks)."""
+    run = cluster.nemo_run(record["nemorun_home"])
+    with contextlib.suppress(Exception):
+        run.Experiment.from_id(record["experiment_id"]).cancel("server")
+    if record.get("executor") == "slurm":
+        with contextlib.suppress(Exception):
+            subprocess.run(["scancel", record["job_id"]], capture_output=True, timeout=30)
+
+
+def _recorded_experiment(record: dict[str, str]):
+    run = cluster.nemo_run(record["nemorun_home"])
+    with _root_logging_kept(), contextlib.redirect_stdout(io.StringIO()):
+        return run, run.Experiment.from_id(record["experiment_id"])
+
+
+def recorded_state(record: dict[str, str]) -> str:
+    """The state of a recorded server job, asked from another process (`eval status`)."""
+    try:
+        _, exp = _recorded_experiment(record)
+        with _root_logging_kept(), contextlib.redirect_stdout(io.StringIO()):
+            status = exp.status(return_dict=True) or {}
+        return str(status["server"]["status"]).split(" ")[0]
+    except Exception as e:  # noqa: BLE001 - report, do not fail the status command
+        return f"UNKNOWN ({type(e).__name__}: {e})"
+
+
+def recorded_log_tail(record: dict[str, str], lines: int = 25) -> str:
+    try:
+        run, exp = _recorded_experiment(record)
+        tunnel = exp.jobs[0].executor.tunnel if record["executor"] == "slurm" else run.LocalTunnel(job_dir="")
+        result = cluster.shell(tunnel, f"tail -n {lines} {shlex.quote(record['job_dir'])}/server.log")
+        return result.stdout
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,177 @@
+"""Where the server job runs: NeMo-Run executors and tunnels built from an env.toml profile.
+
+No profile (or `executor = "local"`) gives NeMo-Run's LocalExecutor on this machine. A Slurm
+profile gives a SlurmExecutor reached through a LocalTunnel (we are on the cluster) or an
+SSHTunnel (a login node); a container image runs the server under pyxis, squashed once to an
+enroot `.sqsh` on the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from nemotron import runtime
+from nemotron.config import DeploymentSection
+from nemotron.errors import ConfigError, ServeError
+from nemotron.profiles import Profile
+
+JOB_NAME_PREFIX = "nemotron-eval."
+
+
+def nemo_run(home: str):
+    """Import NeMo-Run with its home set (it reads NEMORUN_HOME at import time)."""
+    if "/nemo_run" in home:  # NeMo-Run rewrites "/nemo_run" in non-container sbatch scripts
+        raise ConfigError(f"NeMo-Run home {home!r} contains '/nemo_run', which NeMo-Run rewrites in "
+                          "sbatch scripts; choose another directory (NEMORUN_HOME or the profile's remote_job_dir)")
+    os.environ["NEMORUN_HOME"] = home
+    with warnings.catch_warnings():  # leptonai (via nemo_run) imports a deprecated starlette module
+        warnings.simplefilter("ignore")
+        import nemo_run
+        from nemo_run.config import set_nemorun_home
+    set_nemorun_home(home)
+    return nemo_run
+
+
+def nemorun_home(profile: Profile | None) -> str:
+    """Experiment metadata lives here. With a LocalTunnel it is also the job directory the compute
+    nodes read, so a profile's remote_job_dir (a shared filesystem) wins."""
+    if profile is not None and profile.executor == "slurm" and profile.tunnel == "local" and profile.remote_job_dir:
+        return os.path.expanduser(profile.remote_job_dir)
+    return os.environ.get("NEMOTRON_NEMORUN_HOME") or str(runtime.home() / "nemorun")
+
+
+def is_slurm(profile: Profile | None) -> bool:
+    return profile is not None and profile.executor == "slurm"
+
+
+def image_for(dep: DeploymentSection, profile: Profile | None) -> str | None:
+    """The server container: `deployment.image`, else the profile's container_image (Slurm only)."""
+    if not is_slurm(profile):
+        return None
+    return dep.image or profile.container_image
+
+
+def check_resources(dep: DeploymentSection, profile: Profile | None) -> None:
+    """Refuse before submitting when the parallelism cannot fit the profile's GPUs."""
+    if not is_slurm(profile) or profile.gpus_per_node is None:
+        return
+    need = dep.tensor_parallel_size * dep.data_parallel_size
+    have = profile.gpus_per_node * profile.nodes
+    if need > have:
+        raise ConfigError(
+            f"deployment.tensor_parallel_size={dep.tensor_parallel_size} x data_parallel_size="
+            f"{dep.data_parallel_size} needs {need} GPUs, but profile {profile.name!r} gives "
+            f"{profile.gpus_per_node} per node x {profile.nodes} node(s) = {have}"
+        )
+
+
+@dataclass
+class Target:
+    """A NeMo-Run executor plus a tunnel for shell commands where the job's files live."""
+
+    executor: Any
+    tunnel: Any
+    home: str
+    slurm: bool
+    ssh: bool
+
+    def sh(self, command: str, check: bool = True) -> str:
+        return shell(self.tunnel, command, check).stdout
+
+
+def shell(tunnel, command: str, check: bool = False):
+    """Run a command where the job's files are (never reading our stdin); an invoke Result."""
+    return tunnel.run(command, hide=True, warn=not check, in_stream=False)
+
+
+def target_for(run, profile: Profile | None, dep: DeploymentSection, image: str | None, detached: bool,
+               home: str) -> Target:
+    """The executor for the server job. `run` is the imported nemo_run module."""
+    if not is_slurm(profile):
+        return Target(run.LocalExecutor(), run.LocalTunnel(job_dir=""), home, slurm=False, ssh=False)
+    if profile.tunnel == "ssh":
+        tunnel = run.SSHTunnel(host=profile.host, user=profile.user, identity=profile.identity,
+                               job_dir=profile.remote_job_dir)
+    else:
+        tunnel = run.LocalTunnel(job_dir=os.path.join(home, "experiments"))  # must be <NEMORUN_HOME>/experiments
+    executor = run.SlurmExecutor(
+        account=profile.account or "",
+        partition=profile.partition_for(detached),
+        time=profile.time,
+        nodes=profile.nodes,
+        ntasks_per_node=profile.ntasks_per_node,
+        gpus_per_node=profile.gpus_per_node or None,
+        cpus_per_task=profile.cpus_per_task,
+        mem=profile.mem,
+        exclusive=profile.exclusive,
+        container_image=image,
+        container_mounts=list(profile.mounts) if image else [],
+        env_vars=dict(profile.env_vars),
+        job_name_prefix=JOB_NAME_PREFIX,
+        tunnel=tunnel,
+        packager=run.Packager(),  # nothing to package: the job runs one inline script
+        poll_estimated_start_time=False,
+    )
+    return Target(executor, tunnel, home, slurm=True, ssh=profile.tunnel == "ssh")
+
+
+# --- container images: squash once to an enroot .sqsh on the cluster ---------------------------
+
+def is_squashed(image: str) -> bool:
+    return image.endswith(".sqsh")
+
+
+def squash_path(profile: Profile, image: str) -> str:
+    """A stable file name derived from the image, under the profile's remote_job_dir."""
+    base = profile.remote_job_dir or nemorun_home(profile)
+    return f"{base.rstrip('/')}/containers/{re.sub(r'[^A-Za-z0-9]', '_', image)}.sqsh"
+
+
+def enroot_uri(image: str) -> str:
+    """`nvcr.io/nvidia/vllm:25.11` → `docker://nvcr.io#nvidia/vllm:25.11` (enroot separates the registry)."""
+    if "://" in image:
+        return image
+    first, _, rest = image.partition("/")
+    if rest and "#" not in image and ("." in first or ":" in first or first == "localhost"):
+        image = f"{first}#{rest}"
+    return f"docker://{image}"
+
+
+def squash_command(profile: Profile, image: str, path: str, force: bool) -> str:
+    """`enroot import` on a compute node (login nodes lack the memory), through salloc + srun."""
+    folder = os.path.dirname(path)
+    enroot = (f"export ENROOT_RUNTIME_PATH={folder}/.enroot/runtime ENROOT_CACHE_PATH={folder}/.enroot/cache "
+              f"ENROOT_DATA_PATH={folder}/.enroot/data; "
+              f"enroot import --output {shlex.quote(path)} {shlex.quote(enroot_uri(image))}")
+    alloc = ["salloc"]
+    if profile.account:
+        alloc.append(f"--account={profile.account}")
+    partition = profile.build_partition or profile.partition
+    if partition:
+        alloc.append(f"--partition={partition}")
+    alloc += ["--nodes=1", "--ntasks-per-node=1", f"--time={profile.build_time or profile.time}"]
+    if profile.build_include_gpus and (profile.build_gpus_per_node or profile.gpus_per_node):
+        alloc.append(f"--gpus-per-node={profile.build_gpus_per_node or profile.gpus_per_node}")
+    remove = f"rm -f {shlex.quote(path)} && " if force else f"test -f {shlex.quote(path)} || "
+    return (f"mkdir -p {shlex.quote(folder)} && {remove}"
+            f"{' '.join(alloc)} srun --export=ALL bash -c {shlex.quote(enroot)}")
+
+
+def ensure_squashed(target: Target, profile: Profile, image: str, force: bool, say) -> str:
+    """The `.sqsh` for `image` on the cluster, imported if missing (or always, with force)."""
+    path = squash_path(profile, image)
+    exists = shell(target.tunnel, f"test -f {shlex.quote(path)}").ok
+    if exists and not force:
+        say(f"[squash] using cached {path}")
+        return path
+    say(f"[squash] importing {image} to {path}" + (" (--force-squash)" if force else ""))
+    result = shell(target.tunnel, squash_command(profile, image, path, force))
+    if not result.ok:
+        raise ServeError(f"enroot import of {image} failed (exit {result.exited}):\n"
+                         f"{(result.stderr or result.stdout)[-3000:]}")
+    return path

@@ -1,0 +1,137 @@
+"""`--run PROFILE` on a real single-node Slurm (scripts/slurm/slurm.sh, started by scripts/test.sh).
+
+The end-to-end test serves the real model with real vLLM inside a Slurm job; the fault tests use
+the fake server only to make a benchmark hang or the server never become healthy.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, hf_home, nemotron
+
+FAKE = Path(__file__).with_name("fake_server.py")
+ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # its local-slurm profile
+
+
+def squeue() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "nemotron-eval" in line]
+
+
+def sacct_state(job_id: str) -> str:
+    for _ in range(20):  # accounting lags a little behind the controller
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
+                             capture_output=True, text=True).stdout.split()
+        if out:
+            return out[0]
+        time.sleep(0.5)
+    return ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    """The project's Slurm must be up (scripts/test.sh starts it): fail loudly, never skip."""
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() in ("idle", "mixed", "allocated"), \
+        f"no single-node Slurm here: run `bash scripts/slurm/slurm.sh` ({r.stderr.strip() or r.stdout.strip()})"
+    assert not squeue(), f"server jobs left from an earlier run: {squeue()}"
+    yield
+    assert not squeue(), f"a test left server jobs behind: {squeue()}"
+
+
+def fake_overrides(tmp_path, *fake_args):
+    return [f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} {' '.join(fake_args)}",
+            "deployment.venv=null", "deployment.extra_args=''", f"evaluation.output_dir={tmp_path}",
+            f"evaluation.hf_home={hf_home()}", "evaluation.retries=0",
+            "evaluation.nemo_evaluator_config.config.params.limit_samples=1"]
+
+
+def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path):
+    secret = "wandb-secret-0123456789"
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--run", "local-slurm",
+                 f"evaluation.output_dir={tmp_path}", env={**ENV, "WANDB_API_KEY": secret})
+    assert r.returncode == 0, r.stderr
+    sbatch = r.stdout[r.stdout.index("# sbatch script NeMo-Run would submit"):]
+    for line in ("#SBATCH --account=root", "#SBATCH --partition=batch", "#SBATCH --time=01:00:00",
+                 "#SBATCH --job-name=nemotron-eval.server"):
+        assert line in sbatch
+    assert re.search(r"srun --output \S+/server/log-nemotron-eval\.server_%j_\S+ --chdir \S+ .*"
+                     r"bash \S+/server/scripts/server.sh", sbatch)
+    assert "python -m vllm.entrypoints.openai.api_server --model" in sbatch  # the job script, shown too
+    assert secret not in r.stdout + r.stderr
+    assert not squeue() and not any(tmp_path.iterdir())  # nothing submitted, nothing written
+
+
+@pytest.mark.e2e
+def test_real_model_served_in_a_slurm_job(tmp_path):
+    r = nemotron("nano3", "eval", "-c", "local", "--run", "local-slurm", "-t", "hellaswag", "-t", "gsm8k",
+                 f"evaluation.output_dir={tmp_path}", "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+                 env={**ENV, "HF_HOME": str(hf_home())}, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (summary,) = tmp_path.glob("smollm2-135m-instruct/*/results.json")
+    doc = json.loads(summary.read_text())
+    assert [(x["benchmark"], x["status"]) for x in doc["results"]] == [("hellaswag", "completed"),
+                                                                       ("gsm8k", "completed")]
+    assert all(x["scores"] for x in doc["results"])
+    server = json.loads((summary.parent / "server.json").read_text())
+    assert server["executor"] == "slurm" and server["job_id"].isdigit()
+    assert f"[serve] job {server['job_id']}: RUNNING" in r.stdout and "healthy after" in r.stdout
+    assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1
+    assert not squeue()
+    assert sacct_state(server["job_id"]) == "CANCELLED"  # torn down by the flow, not left to time out
+
+
+def _cli_until_benchmark_runs(tmp_path, *fake_args):
+    proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
+                             "local-slurm", "-t", "gsm8k", *fake_overrides(tmp_path, *fake_args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV, "COLUMNS": "200"})
+    seen = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        seen.append(line)
+        if "running gsm8k" in line or time.monotonic() > deadline:
+            break
+    assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
+    return proc, seen
+
+
+def test_ctrl_c_mid_benchmark_cancels_the_slurm_job(tmp_path):
+    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600")
+    try:
+        time.sleep(3)
+        (job,) = squeue()
+        assert job.endswith("RUNNING")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        while squeue() and time.monotonic() - start < 30:
+            time.sleep(0.5)
+        gone_after = time.monotonic() - start
+        assert not squeue(), f"job still queued {gone_after:.0f} s after Ctrl-C"
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert sacct_state(job.split()[0]) == "CANCELLED"
+
+
+def test_server_never_healthy_fails_within_startup_timeout(tmp_path):
+    start = time.monotonic()
+    r = nemotron("nano3", "eval", "-c", "local", "--run", "local-slurm", "-t", "gsm8k",
+                 *fake_overrides(tmp_path, "--never-healthy"), "deployment.startup_timeout=8", env=ENV, timeout=300)
+    elapsed = time.monotonic() - start
+    assert r.returncode == 1
+    err = r.stderr
+    assert "not healthy after 8 s (deployment.startup_timeout; job" in err and "still loading weights" in err
+    assert not squeue()
+    job_id = re.search(r"job (\d+)\)", err).group(1)
+    assert sacct_state(job_id) == "CANCELLED"
+    assert elapsed < 90, f"took {elapsed:.0f} s"  # ~25 s of CLI/Prefect start-up + 8 s of waiting
