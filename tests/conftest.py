@@ -1,4 +1,71 @@
+"""One real Prefect server for the whole test session (as a user's team would run one).
+
+It starts before collection, because Prefect reads PREFECT_API_URL when it is imported; every
+flow run of the tests — in-process or through the CLI in a subprocess — reports to it. Its
+database lives in a temporary PREFECT_HOME, so the tests never touch the user's.
+Set PREFECT_API_URL yourself to run the tests against another server.
+"""
+
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
+
+_server: subprocess.Popen | None = None
+_home: str | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pytest_configure(config):
+    global _server, _home
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    _home = tempfile.mkdtemp(prefix="prefect-tests-")
+    port = _free_port()
+    log = open(os.path.join(_home, "server.log"), "w")  # noqa: SIM115 - lives as long as the server
+    _server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+         "--analytics-off"],
+        env={**os.environ, "PREFECT_HOME": _home}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if _server.poll() is not None:
+            break
+        time.sleep(0.5)
+    else:
+        _server.poll()
+    if _server.returncode is not None or time.monotonic() >= deadline:
+        raise RuntimeError(f"the test Prefect server did not start; see {_home}/server.log")
+    os.environ["PREFECT_API_URL"] = url
+    os.environ["PREFECT_HOME"] = _home
+
+
+def pytest_unconfigure(config):
+    if _server is not None and _server.poll() is None:
+        os.killpg(_server.pid, 15)
+        try:
+            _server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(_server.pid, 9)
+    if _home is not None:
+        shutil.rmtree(_home, ignore_errors=True)

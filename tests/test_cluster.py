@@ -34,3 +34,35 @@ def test_nemorun_home_on_a_shared_filesystem_for_local_tunnels(monkeypatch):
     monkeypatch.delenv("NEMOTRON_NEMORUN_HOME", raising=False)
     assert cluster.nemorun_home(Profile(name="s", remote_job_dir="/lustre/u/nr")) == "/lustre/u/nr"
     assert cluster.nemorun_home(None).endswith("/nemorun")
+
+
+def test_port_forward_survives_connections_refused_while_the_server_starts():
+    """Through the project's sshd login node (scripts/slurm/slurm.sh): refused connects before the
+    server listens must not break the forward (fabric's forward_local dies on the first one)."""
+    import http.server
+    import threading
+
+    import httpx
+    import paramiko
+
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    ssh.connect("127.0.0.1", port=2222, username="root", key_filename="/etc/slurm/login/id_ed25519")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    port = server.server_address[1]
+    server.server_close()  # nothing listens on `port` yet
+    forward = cluster.PortForward(ssh.get_transport(), "127.0.0.1", port)
+    try:
+        for _ in range(3):
+            try:
+                httpx.get(f"http://127.0.0.1:{forward.local_port}/", timeout=5)
+                raise AssertionError("nothing should answer yet")
+            except httpx.HTTPError:
+                pass
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        assert httpx.get(f"http://127.0.0.1:{forward.local_port}/", timeout=5).status_code == 200
+    finally:
+        forward.close()
+        server.shutdown()
+        ssh.close()

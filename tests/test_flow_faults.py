@@ -12,23 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.eval import nano3_eval
 from nemotron.config import load_config
 from tests.helpers import hf_home, nemotron
 
 FAKE = Path(__file__).with_name("fake_server.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def fake_config(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):

@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.helpers import REPO, hf_home, nemotron
 
 FAKE = Path(__file__).with_name("fake_server.py")
-ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # its local-slurm profile
+ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # local-slurm and local-slurm-ssh
 
 
 def squeue() -> list[str]:
@@ -42,7 +43,9 @@ def slurm():
     r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() in ("idle", "mixed", "allocated"), \
         f"no single-node Slurm here: run `bash scripts/slurm/slurm.sh` ({r.stderr.strip() or r.stdout.strip()})"
-    assert not squeue(), f"server jobs left from an earlier run: {squeue()}"
+    if squeue():  # left by an earlier, interrupted session: not this session's failure to judge
+        subprocess.run(["scancel", "--name=nemotron-eval.server"], check=True)
+        time.sleep(5)
     yield
     assert not squeue(), f"a test left server jobs behind: {squeue()}"
 
@@ -71,8 +74,10 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path):
 
 
 @pytest.mark.e2e
-def test_real_model_served_in_a_slurm_job(tmp_path):
-    r = nemotron("nano3", "eval", "-c", "local", "--run", "local-slurm", "-t", "hellaswag", "-t", "gsm8k",
+def test_real_model_served_in_a_slurm_job_over_ssh(tmp_path):
+    """As from a laptop: NeMo-Run's SSHTunnel to the login node (slurm.sh's sshd), rsync of the job
+    files, sbatch there, and the endpoint reached through an SSH port forward."""
+    r = nemotron("nano3", "eval", "-c", "local", "--run", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k",
                  f"evaluation.output_dir={tmp_path}", "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
                  env={**ENV, "HF_HOME": str(hf_home())}, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -83,7 +88,10 @@ def test_real_model_served_in_a_slurm_job(tmp_path):
     assert all(x["scores"] for x in doc["results"])
     server = json.loads((summary.parent / "server.json").read_text())
     assert server["executor"] == "slurm" and server["job_id"].isdigit()
-    assert f"[serve] job {server['job_id']}: RUNNING" in r.stdout and "healthy after" in r.stdout
+    log = r.stderr  # Prefect's console log
+    assert f"[serve] job {server['job_id']}: RUNNING" in log and "healthy after" in log
+    assert server["job_dir"].startswith("/var/tmp/nemotron-login/jobs/")  # the profile's remote_job_dir
+    assert re.search(r"server at http://\S+:\d+, reached as http://127\.0\.0\.1:\d+", log)  # forwarded
     assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1
     assert not squeue()
     assert sacct_state(server["job_id"]) == "CANCELLED"  # torn down by the flow, not left to time out
@@ -135,3 +143,30 @@ def test_server_never_healthy_fails_within_startup_timeout(tmp_path):
     job_id = re.search(r"job (\d+)\)", err).group(1)
     assert sacct_state(job_id) == "CANCELLED"
     assert elapsed < 90, f"took {elapsed:.0f} s"  # ~25 s of CLI/Prefect start-up + 8 s of waiting
+
+
+def test_crash_hook_cancels_the_job_a_killed_flow_left_behind(tmp_path):
+    """SIGKILL leaves the job running (its heartbeat timeout is 300 s); the flow's on_crashed /
+    on_cancellation hook — which Prefect's runner calls after the process is gone — cancels it
+    from the run's record."""
+    from flows.eval import cancel_server_job
+    from nemotron import runs
+
+    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600")
+    try:
+        (job,) = squeue()
+        proc.kill()
+        proc.wait()
+        time.sleep(3)
+        assert squeue() == [job], "nothing else should have cancelled the job"
+        (record,) = [r for p in runs.index_dir().glob("*.json")
+                     if (r := runs.load(p.stem)) and r["run_dir"].startswith(str(tmp_path))]
+        start = time.monotonic()
+        cancel_server_job(None, SimpleNamespace(id=record["flow_run_id"]), None)
+        while squeue() and time.monotonic() - start < 30:
+            time.sleep(0.5)
+        assert not squeue()
+        assert sacct_state(record["server"]["job_id"]) == "CANCELLED"
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(tmp_path)])  # the orphaned harness run

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A single-node Slurm on this machine (munge, slurmctld, slurmd, and slurmdbd + MariaDB so that
-# sacct works), for the tests and for developers. Idempotent; needs root (apt-get, daemons).
+# sacct works, and an sshd "login node" on 127.0.0.1:2222), for the tests and for developers.
+# Idempotent; needs root (apt-get, daemons).
 #
 #   bash scripts/slurm/slurm.sh [start]   install what is missing, configure, start, wait for an idle node
 #   bash scripts/slurm/slurm.sh stop      stop every daemon it started, by pid
@@ -8,7 +9,9 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DB_PASS=${SLURM_DB_PASS:-slurmdb}   # a local test database; mariadbd listens on its unix socket only
-PIDFILES=(/run/slurmd.pid /run/slurmctld.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid /run/munge/munged.pid)
+PIDFILES=(/run/slurmd.pid /run/slurmctld.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid /run/munge/munged.pid
+          /run/sshd-login.pid)
+LOGIN=/etc/slurm/login   # the login node's sshd config and keys (tunnel = "ssh" profiles)
 
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 wait_for() {  # wait_for <tenths of a second> <command...>
@@ -41,7 +44,7 @@ esac
 
 # 1. packages (~1 min on a new machine). libpmix-dev: the pmix plugin dlopens the unversioned libpmix.so.
 missing=""
-for p in slurmctld slurmd slurm-client munge libpmix-dev slurmdbd mariadb-server; do
+for p in slurmctld slurmd slurm-client munge libpmix-dev slurmdbd mariadb-server openssh-server; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
@@ -102,4 +105,32 @@ alive /run/slurmd.pid || slurmd -N localhost
 wait_for 300 bash -c 'sinfo -h -n localhost -o %T | grep -Eq "^(idle|mixed|allocated)$"'
 job=$(sbatch --parsable -Q -o /dev/null --wrap true)
 wait_for 600 bash -c "scontrol show job $job | grep -q JobState=COMPLETED"
+
+# 6. a "login node": sshd on 127.0.0.1:2222, key-only, with its own config and keys, so that
+#    profiles with tunnel = "ssh" (NeMo-Run's SSHTunnel) can be used against this cluster.
+#    Client key: /etc/slurm/login/id_ed25519 (see the local-slurm-ssh profile in config/env.example.toml).
+mkdir -p "$LOGIN" /run/sshd
+[ -s "$LOGIN/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N "" -f "$LOGIN/ssh_host_ed25519_key"
+[ -s "$LOGIN/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C nemotron-login -f "$LOGIN/id_ed25519"
+cp "$LOGIN/id_ed25519.pub" "$LOGIN/authorized_keys"
+cat > "$LOGIN/sshd_config" <<CONF
+Port 2222
+ListenAddress 127.0.0.1
+HostKey $LOGIN/ssh_host_ed25519_key
+AuthorizedKeysFile $LOGIN/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowTcpForwarding yes
+UsePAM no
+StrictModes no
+PidFile /run/sshd-login.pid
+Subsystem sftp internal-sftp
+CONF
+alive /run/sshd-login.pid || /usr/sbin/sshd -f "$LOGIN/sshd_config"
+# trust it as you would trust your cluster's login node (NeMo-Run copies job files with rsync over ssh)
+mkdir -p ~/.ssh; chmod 700 ~/.ssh; touch ~/.ssh/known_hosts
+known="[127.0.0.1]:2222 $(cut -d' ' -f1,2 "$LOGIN/ssh_host_ed25519_key.pub")"
+grep -qxF "$known" ~/.ssh/known_hosts || { ssh-keygen -q -R "[127.0.0.1]:2222" >/dev/null 2>&1 || true; echo "$known" >> ~/.ssh/known_hosts; }
+wait_for 50 ssh -p 2222 -i "$LOGIN/id_ed25519" -o BatchMode=yes root@127.0.0.1 true
 sinfo

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
+import socket
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +121,67 @@ def target_for(run, profile: Profile | None, dep: DeploymentSection, image: str 
         poll_estimated_start_time=False,
     )
     return Target(executor, tunnel, home, slurm=True, ssh=profile.tunnel == "ssh")
+
+
+def connect(target: Target, profile: Profile) -> None:
+    """Log in to the login node now, without prompting: a bad key is a clear error, not a hang."""
+    if not target.ssh:
+        return
+
+    def no_prompt(*_args):
+        raise RuntimeError("interactive SSH authentication is not available")
+
+    target.tunnel.auth_handler = target.tunnel.fallback_auth_handler = no_prompt
+    try:
+        target.tunnel.connect()
+    except (SystemExit, Exception) as e:  # NeMo-Run sys.exit(1)s when authentication fails
+        detail = "" if isinstance(e, SystemExit) else f": {type(e).__name__}: {e}"
+        raise ServeError(f"cannot log in to {profile.user}@{profile.host} over SSH (profile {profile.name!r}){detail}; "
+                         "check host, user and identity (a key the login node accepts, or one in ssh-agent)") from None
+
+
+class PortForward:
+    """127.0.0.1:<local_port> → host:port through the SSH login node (paramiko direct-tcpip).
+
+    Unlike fabric's forward_local, a connection refused while the server is still starting only
+    closes that one client; the forward keeps serving later connections.
+    """
+
+    def __init__(self, transport, host: str, port: int):
+        self.transport, self.target = transport, (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.5)
+        self.local_port = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, name="ssh-forward", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, peer = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                channel = self.transport.open_channel("direct-tcpip", self.target, peer)
+            except Exception:  # noqa: BLE001 - not listening yet: the client sees a closed connection
+                client.close()
+                continue
+            threading.Thread(target=self._pump, args=(client, channel), daemon=True).start()
+
+    def _pump(self, client: socket.socket, channel) -> None:
+        with client, channel:
+            while not self.closed.is_set():
+                ready, _, _ = select.select([client, channel], [], [], 0.5)
+                for src, dst in ((client, channel), (channel, client)):
+                    if src in ready:
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        dst.sendall(data)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
 
 
 # --- container images: squash once to an enroot .sqsh on the cluster ---------------------------

@@ -164,7 +164,9 @@ class ServerJob:
     def __init__(self, exp, target: Target, spec: ServerSpec):
         self.exp, self.target, self.spec = exp, target, spec
         job = exp.jobs[0]
-        self.job_dir: str = job.executor.job_dir
+        tunnel = getattr(job.executor, "tunnel", None)  # Slurm: the folder on the cluster, as NeMo-Run names it
+        self.job_dir: str = os.path.join(tunnel.job_dir, Path(job.executor.job_dir).name) if tunnel \
+            else job.executor.job_dir
         self.experiment_id: str = exp._id
         self.job_id: str = str(job.handle).rsplit("/", 1)[-1]
         self._beats = 0
@@ -279,6 +281,7 @@ def serve(
     if dep.venv == "managed" and image is None:
         runtime.ensure_serve_venv(say)
     target = cluster.target_for(run, profile, dep, image, detached, home)
+    cluster.connect(target, profile)
     if image and not cluster.is_squashed(image):
         target.executor.container_image = cluster.ensure_squashed(target, profile, image, force_squash, say)
     spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image))
@@ -339,11 +342,9 @@ def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, fo
 def _forward(stack: contextlib.ExitStack, target: Target, url: str) -> str:
     """Reach http://node:port on the cluster through the SSH login node: a local port forward."""
     parsed = urlsplit(url)
-    target.tunnel.connect()
-    local = free_port()
-    stack.enter_context(target.tunnel.session.forward_local(local_port=local, remote_port=parsed.port,
-                                                            remote_host=parsed.hostname))
-    return f"http://127.0.0.1:{local}"
+    forward = cluster.PortForward(target.tunnel.session.transport, parsed.hostname, parsed.port)
+    stack.callback(forward.close)
+    return f"http://127.0.0.1:{forward.local_port}"
 
 
 @contextlib.contextmanager
