@@ -5,11 +5,17 @@ Reads like the picture in DESIGN.md; every step is one call into a domain module
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -18,7 +24,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from nemotron import benchmarks, models, profiles, results, runs, runtime, serving
@@ -39,11 +45,45 @@ async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str,
     return result
 
 
+CANCEL_POLL_SECONDS = 3.0
+
+
 def cancel_server_job(flow, run, state) -> None:
-    """Cancellation/crash hook: the process may be gone, so cancel the job it recorded."""
-    record = runs.load(str(run.id))
-    if record and record.get("server"):
+    """Cancellation/crash hook: the process may be gone, so cancel the job it recorded. A crash
+    that `stop_when_cancelled` caused is what the user asked for: record it as Cancelled."""
+    record = runs.load(str(run.id)) or {}
+    if record.get("server"):
         serving.cancel_recorded(record["server"])
+    if record.get("cancel_requested") and state is not None and state.is_crashed():
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelled(message="Cancelled through the Prefect API; "
+                                                                 "the server job was cancelled."), force=True)
+
+
+@contextlib.contextmanager
+def stop_when_cancelled(run_id: str) -> Iterator[None]:
+    """An attached run (the CLI's `--run`) has no runner to act on a cancel from the UI or API:
+    watch for it and interrupt the flow like Ctrl-C, so the server job is torn down at once."""
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):  # started by a runner or worker: it stops the process itself
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        with get_client(sync_client=True) as client:
+            while not done.wait(CANCEL_POLL_SECONDS):
+                with contextlib.suppress(Exception):
+                    state = client.read_flow_run(UUID(run_id)).state
+                    if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                        runs.save(run_id, cancel_requested=True)
+                        os.kill(os.getpid(), signal.SIGINT)  # exactly Ctrl-C, even mid-syscall
+                        return
+
+    threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 @flow(name="nano3-eval", flow_run_name="eval-{config.run.model}", log_prints=True,
@@ -76,8 +116,9 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
 
     # 3. serve once, 4. map the benchmarks over the endpoint
     outcomes: dict[str, BenchmarkResult] = {}
-    with serving.serve(config.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
-                       on_submit=lambda job: runs.save(run_id, server=job)) as server:
+    with stop_when_cancelled(run_id), \
+            serving.serve(config.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
+                          on_submit=lambda job: runs.save(run_id, server=job)) as server:
         env = benchmarks.harness_env(hf_home, config.offline)
         futures = {
             run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,

@@ -7,9 +7,9 @@ the fake server only to make a benchmark hang or the server never become healthy
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -109,26 +109,8 @@ def _cli_until_benchmark_runs(tmp_path, *fake_args):
         if "running gsm8k" in line or time.monotonic() > deadline:
             break
     assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
+    threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()  # never let the pipe fill
     return proc, seen
-
-
-def test_ctrl_c_mid_benchmark_cancels_the_slurm_job(tmp_path):
-    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600")
-    try:
-        time.sleep(3)
-        (job,) = squeue()
-        assert job.endswith("RUNNING")
-        start = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        while squeue() and time.monotonic() - start < 30:
-            time.sleep(0.5)
-        gone_after = time.monotonic() - start
-        assert not squeue(), f"job still queued {gone_after:.0f} s after Ctrl-C"
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode != 0
-    assert sacct_state(job.split()[0]) == "CANCELLED"
 
 
 def test_server_never_healthy_fails_within_startup_timeout(tmp_path):
@@ -170,3 +152,31 @@ def test_crash_hook_cancels_the_job_a_killed_flow_left_behind(tmp_path):
     finally:
         proc.kill()
         subprocess.run(["pkill", "-f", str(tmp_path)])  # the orphaned harness run
+
+
+def test_cancel_through_the_prefect_api_cancels_the_slurm_job(tmp_path):
+    """`prefect flow-run cancel` (what the UI's Cancel does) on an attached run: the flow stops like
+    Ctrl-C, the job leaves squeue within 30 s, and the run ends Cancelled."""
+    from prefect import get_client
+
+    from nemotron import runs
+
+    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600")
+    try:
+        (job,) = squeue()
+        (record,) = [r for p in runs.index_dir().glob("*.json")
+                     if (r := runs.load(p.stem)) and r["run_dir"].startswith(str(tmp_path))]
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", record["flow_run_id"]],
+                       check=True, capture_output=True, timeout=60)
+        while squeue() and time.monotonic() - start < 30:
+            time.sleep(0.5)
+        assert not squeue(), f"job still queued {time.monotonic() - start:.0f} s after the cancel"
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert sacct_state(job.split()[0]) == "CANCELLED"
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(record["flow_run_id"]).state
+    assert state.is_cancelled(), state
