@@ -118,7 +118,7 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
     outcomes: dict[str, BenchmarkResult] = {}
     with stop_when_cancelled(run_id), \
             serving.serve(config.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
-                          on_submit=lambda job: runs.save(run_id, server=job)) as server:
+                          on_record=lambda job: runs.save(run_id, server=job)) as server:
         env = benchmarks.harness_env(hf_home, config.offline)
         futures = {
             run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,

@@ -271,9 +271,12 @@ def serve(
     profile: Profile | None = None,
     force_squash: bool = False,
     detached: bool = False,
-    on_submit: Callable[[dict[str, str]], None] | None = None,
+    on_record: Callable[[dict[str, str]], None] = lambda record: None,
 ) -> Iterator[ServerHandle]:
-    """Submit the server job, yield it once healthy, always cancel it."""
+    """Submit the server job, yield it once healthy, always cancel it.
+
+    `on_record` gets the job's record (`ServerJob.describe()`) when it is submitted and, with its
+    final `state`, when it is stopped; `<run_dir>/server.json` holds the latest."""
     cluster.check_resources(dep, profile)
     home = cluster.nemorun_home(profile)
     run = cluster.nemo_run(home)  # heavy import: only when serving
@@ -297,15 +300,13 @@ def serve(
             exp.run(detach=True)  # local jobs cannot detach: run() returns after launch, __exit__ waits
             job = ServerJob(exp, target, spec)
             say(f"[serve] NeMo-Run experiment {job.experiment_id}, job {job.job_id}, job dir {job.job_dir}")
-            (run_dir / "server.json").write_text(json.dumps(job.describe(), indent=2))
-            if on_submit is not None:
-                on_submit(job.describe())
+            _record(job.describe(), run_dir, on_record)
             stack.enter_context(_heartbeat(job, max(2.0, spec.heartbeat_timeout / 5)))
             opened = (lambda url: _forward(stack, target, url)) if target.ssh else (lambda url: url)
             url = wait_ready(job, say, opened)
             yield ServerHandle(Endpoint(url, spec.model_id), job)
         finally:
-            _stop(exp, job, run_dir, say)
+            _stop(exp, job, run_dir, say, on_record)
 
 
 def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, force_squash: bool) -> dict[str, str]:
@@ -360,7 +361,13 @@ def _root_logging_kept() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None]) -> None:
+def _record(record: dict[str, str], run_dir: Path, on_record: Callable[[dict[str, str]], None]) -> None:
+    (run_dir / "server.json").write_text(json.dumps(record, indent=2))
+    on_record(record)
+
+
+def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None],
+          on_record: Callable[[dict[str, str]], None]) -> None:
     """Cancel the job and wait until it is gone; keep a copy of the server log in the run dir."""
     with contextlib.suppress(Exception):
         exp.cancel("server")
@@ -378,7 +385,9 @@ def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None])
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
     job.fetch_log(run_dir / "server.log")
-    say(f"[serve] stopped job {job.job_id} ({job.state()})")
+    final = job.state()
+    _record({**job.describe(), "state": final}, run_dir, on_record)
+    say(f"[serve] stopped job {job.job_id} ({final})")
 
 
 def cancel_recorded(record: dict[str, str]) -> None:
@@ -399,6 +408,8 @@ def _recorded_experiment(record: dict[str, str]):
 
 def recorded_state(record: dict[str, str]) -> str:
     """The state of a recorded server job, asked from another process (`eval status`)."""
+    if record.get("state") in FINISHED:  # recorded when the flow stopped it
+        return record["state"]
     try:
         _, exp = _recorded_experiment(record)
         with _root_logging_kept(), contextlib.redirect_stdout(io.StringIO()):
