@@ -173,8 +173,7 @@ class ServerJob:
 
     def state(self) -> str:
         try:
-            status = self.exp.status(return_dict=True) or {}
-            return str(status["server"]["status"]).split(" ")[0]
+            return _status_name(self.exp)
         except Exception:  # noqa: BLE001 - sacct lag or a transient tunnel error: ask again
             return "UNKNOWN"
 
@@ -289,9 +288,7 @@ def serve(
         target.executor.container_image = cluster.ensure_squashed(target, profile, image, force_squash, say)
     spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image))
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _root_logging_kept():
-        exp = run.Experiment(f"serve-{dep.served_model_name}", executor=target.executor, log_level="WARN",
-                             clean_mode=True, enable_goodbye_message=False, skip_status_at_exit=True)
+    exp = _experiment(run, dep, target)
     say(f"[serve] submitting {spec.command}" + (f" on {profile.name} (Slurm)" if target.slurm else " locally"))
     job: ServerJob | None = None
     with _root_logging_kept(), exp, contextlib.ExitStack() as stack:
@@ -329,15 +326,27 @@ def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, fo
     target = cluster.target_for(run, preview_profile, dep, image, False, home)
     if profile.tunnel == "ssh":
         target.tunnel.job_dir = profile.remote_job_dir  # SSHTunnel puts experiments right under it
+    exp = _experiment(run, dep, target)
     with _root_logging_kept():
-        exp = run.Experiment(f"serve-{dep.served_model_name}", executor=target.executor, log_level="WARN",
-                             clean_mode=True, enable_goodbye_message=False, skip_status_at_exit=True)
         with exp:
             exp.add(run.Script(inline=job_script(spec)), name="server")
             exp.dryrun(log=False)
             out["sbatch"] = exp.jobs[0]._dryrun_info.request.materialize()
     out["job_script"] = job_script(spec)
     return out
+
+
+def _experiment(run, dep: DeploymentSection, target: Target):
+    """The one-task NeMo-Run experiment that serves (or, for a dry run, renders) the server job."""
+    with _root_logging_kept():
+        return run.Experiment(f"serve-{dep.served_model_name}", executor=target.executor, log_level="WARN",
+                              clean_mode=True, enable_goodbye_message=False, skip_status_at_exit=True)
+
+
+def _status_name(exp) -> str:
+    """NeMo-Run's state of the server task: SUBMITTED, PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED."""
+    status = exp.status(return_dict=True) or {}
+    return str(status["server"]["status"]).split(" ")[0]
 
 
 def _forward(stack: contextlib.ExitStack, target: Target, url: str) -> str:
@@ -413,8 +422,7 @@ def recorded_state(record: dict[str, str]) -> str:
     try:
         _, exp = _recorded_experiment(record)
         with _root_logging_kept(), contextlib.redirect_stdout(io.StringIO()):
-            status = exp.status(return_dict=True) or {}
-        return str(status["server"]["status"]).split(" ")[0]
+            return _status_name(exp)
     except Exception as e:  # noqa: BLE001 - report, do not fail the status command
         return f"UNKNOWN ({type(e).__name__}: {e})"
 
