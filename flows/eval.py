@@ -27,9 +27,10 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from nemotron import benchmarks, models, profiles, results, runs, runtime, serving
+from nemotron import benchmarks, cluster, models, profiles, results, runs, runtime, serving, wandb_export
 from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import EvalConfig
+from nemotron.errors import ConfigError
 from nemotron.results import BenchmarkResult, SuiteResult
 from nemotron.serving import Endpoint
 
@@ -43,6 +44,17 @@ async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str,
     for s in result.scores:
         log.info("%s %s = %.4f ± %s (n=%s)", s.benchmark, s.metric, s.value, s.stderr, s.samples)
     return result
+
+
+@flow(name="wandb-export", log_prints=True)
+def export_to_wandb(suite: SuiteResult, manifest: dict, config: EvalConfig) -> dict | None:
+    """One W&B run for the evaluation: model artifact as input, scores, table, results artifact."""
+    log = get_run_logger()
+    where, skipped = wandb_export.target(config)
+    if where is None:
+        log.info(skipped)
+        return None
+    return wandb_export.export(suite, manifest, config, where, say=log.info)
 
 
 CANCEL_POLL_SECONDS = 3.0
@@ -100,8 +112,12 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
     ev = config.evaluation
     where = profiles.load_profile(profile) if profile else None
 
-    # 1. resolve the model reference to a checkpoint path
-    model = models.resolve(models.parse(config), say)
+    # 1. resolve the model reference to a checkpoint path (W&B artifacts: here, not on the laptop)
+    try:
+        model = models.resolve(models.parse(config), say, local=not cluster.is_slurm(where))
+    except ConfigError as e:  # e.g. no such artifact: the user's input, not a crash (the CLI exits 2)
+        log.error("%s", e)
+        return Failed(message=str(e), data=e)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / stamp
     hf_home = runtime.writable_hf_home(Path(ev.hf_home), say) if ev.hf_home else None
@@ -111,6 +127,8 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
 
     # 2. plan: registry lookup, harness configs, offline data check
     plans = benchmarks.plan(config, benchmarks.select_tasks(config, tasks), model.path, run_dir, hf_home)
+    eval_id = wandb_export.evaluation_id(model.identity, [
+        {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
     progress = create_progress_artifact(0.0, key="nano3-eval-progress", description="benchmarks finished")
 
@@ -119,6 +137,13 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
     with stop_when_cancelled(run_id), \
             serving.serve(config.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
                           on_record=lambda job: runs.save(run_id, server=job)) as server:
+        manifest = results.write_manifest(run_dir, {
+            "evaluation_id": eval_id, "flow_run_id": run_id, "model": _model_record(model),
+            "harness": wandb_export.versions(), "profile": profile, "config": config.model_dump(mode="json"),
+            "server": {"command": serving.server_spec(config.deployment, model.path).command,
+                       "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id},
+            "benchmarks": {p.name: p.run_config(server.endpoint) for p in plans},
+        })
         env = benchmarks.harness_env(hf_home, config.offline)
         futures = {
             run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
@@ -132,7 +157,7 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
             outcomes[bench.name] = _outcome(future, bench, time.monotonic() - started)
             update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
 
-    # 5. record: summary files and Prefect artifacts (the W&B export subflow plugs in here)
+    # 5. record: summary files, Prefect artifacts, and the W&B export subflow
     suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
     summary = results.write_summary(suite)
     create_table_artifact(results.score_rows(suite), key="nano3-eval-scores",
@@ -140,11 +165,25 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
     create_markdown_artifact(results.render_markdown(suite), key="nano3-eval-summary",
                              description=f"Evaluation of {model.ref}")
     say(f"results: {summary} (score table: artifact nano3-eval-scores)")
+    exported = export_to_wandb(suite, manifest, config, return_state=True)
+    if exported.is_completed():
+        record = exported.result()
+        runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")
+    else:
+        runs.save(run_id, wandb=f"export failed: {exported.message}")
+        log.error("W&B export failed: %s; the results are safe in %s; export them again with "
+                  "`nemotron nano3 eval export %s`", exported.message, run_dir, run_id)
 
     if suite.failed:
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
                       f"the others are recorded in {summary}", data=suite)
     return suite
+
+
+def _model_record(model: models.ModelRef) -> dict:
+    return {"ref": model.ref, "kind": model.kind, "checkpoint_path": model.path, "slug": model.slug,
+            "artifact": model.artifact, "resolved": model.resolved, "collection": model.collection,
+            "digest": model.digest, "aliases": list(model.aliases), "metadata": model.metadata}
 
 
 def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:

@@ -49,10 +49,15 @@ def _status(record: dict, flow_run, task_runs) -> str:
                      f"{serving.recorded_state(server)}")
     else:
         lines.append("server    not submitted")
+    exported = record.get("wandb")
+    if exported:
+        lines.append(f"wandb     {exported}")
     summary = run_dir / "results.json"
     done = {r.benchmark: r for r in results.read_summary(summary).results} if summary.exists() else {}
     latest: dict[str, object] = {}
     for tr in sorted(task_runs, key=lambda t: t.expected_start_time or t.created):
+        if "benchmark" not in tr.tags:  # e.g. the W&B export subflow
+            continue
         latest[tr.name] = tr  # retries keep one task run; reruns of a name: the last wins
     lines.append("benchmarks")
     for name, tr in latest.items():

@@ -1,5 +1,6 @@
 import time
 
+from tests import fake_wandb_api
 from tests.helpers import REPO, SHARED_HF_HOME, hf_home, nemotron
 
 
@@ -47,9 +48,42 @@ def test_openbookqa_offline_is_refused_before_serving():
     assert time.monotonic() - start < 10  # refused at plan time: no server was launched
 
 
-def test_wandb_reference_is_a_clear_error_for_now():
-    r = nemotron("nano3", "eval", "run.model=rl:latest")
-    assert r.returncode == 2 and "run.model='rl:latest' is a W&B artifact reference" in r.stderr
+def test_missing_model_artifact_exits_2_naming_how_to_list_them(tmp_path):
+    """Resolved in the flow (fake `wandb.Api`, nothing found): one line, exit 2, no server started.
+    The `wandb login` key in the netrc is detected and announced, and never printed."""
+    key = "0123456789abcdef0123456789abcdef01234567"
+    (tmp_path / "netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {key}\n")
+    env = {**fake_wandb_api.subprocess_env(tmp_path, {}), "NETRC": str(tmp_path / "netrc"), "WANDB_API_KEY": "",
+           "NEMOTRON_HOME": str(tmp_path / "home"), "HF_HOME": str(hf_home())}
+    r = nemotron("nano3", "eval", "-c", "local", "-t", "gsm8k", "run.model=rl:v9", "run.wandb.entity=team",
+                 "run.wandb.project=nemotron", f"evaluation.output_dir={tmp_path / 'out'}", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: model artifact team/nemotron/nano3-rl-model:v9 (run.model='rl:v9') not found in W&B: "
+                    "artifact membership 'nano3-rl-model:v9' not found in 'team/nemotron'; check available "
+                    "artifacts: wandb artifact ls team/nemotron"]
+    assert "[info] Detected W&B login, setting WANDB_API_KEY" in r.stdout + r.stderr
+    assert key not in r.stdout + r.stderr
+    assert not (tmp_path / "home" / "nemorun").exists()  # no NeMo-Run experiment: nothing was launched
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_names_the_artifact_without_looking_it_up(tmp_path):
+    env = {**fake_wandb_api.subprocess_env(tmp_path, {}), "WANDB_MODE": "offline"}
+    r = nemotron("nano3", "eval", "--dry-run", "run.model=sft:3", "run.wandb.entity=team",
+                 "run.wandb.project=nemotron", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "artifact: team/nemotron/nano3-sft-model:v3" in r.stdout
+    assert "checkpoint_path: resolved in the flow through the W&B API" in r.stdout
+    assert "wandb_export: one run in team/nemotron (offline)" in r.stdout
+
+
+def test_checkpoint_path_skips_wandb_entirely(tmp_path):
+    env = {**fake_wandb_api.subprocess_env(tmp_path, {}), "WANDB_MODE": "disabled"}
+    r = nemotron("nano3", "eval", "--dry-run", f"deployment.checkpoint_path={tmp_path}", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "kind: path" in r.stdout and f"checkpoint_path: {tmp_path}" in r.stdout
+    assert "wandb_export: 'W&B export skipped: WANDB_MODE=disabled'" in r.stdout
 
 
 def test_unknown_profile_exits_2_listing_profiles():

@@ -19,6 +19,17 @@ def test_export_wandb_follows_run_wandb():
     assert (cfg.export.wandb.entity, cfg.export.wandb.project) == ("team", "nemotron")
 
 
+def test_wandb_site_from_env_toml_then_environment(monkeypatch, tmp_path):
+    (tmp_path / "env.toml").write_text('[wandb]\nproject = "nemotron"\nentity = "YOUR-TEAM"\n')
+    monkeypatch.setenv("NEMOTRON_ENV_FILE", str(tmp_path / "env.toml"))
+    monkeypatch.setenv("WANDB_ENTITY", "env-team")
+    cfg = load_config("default")
+    assert (cfg.export.wandb.entity, cfg.export.wandb.project) == ("YOUR-TEAM", "nemotron")
+    (tmp_path / "env.toml").write_text("")
+    assert load_config("default").export.wandb.entity == "env-team"
+    assert load_config("default", ["run.wandb.entity=cli"]).export.wandb.entity == "cli"
+
+
 @pytest.mark.parametrize("override, key, value", [
     ("evaluation.nemo_evaluator_config.config.params.limit_samples=10", "limit_samples", 10),
     ("evaluation.nemo_evaluator_config.config.params.request_timeout=7200", "request_timeout", 7200),

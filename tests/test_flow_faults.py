@@ -17,7 +17,9 @@ from prefect.client.schemas.filters import FlowRunFilter
 from prefect.settings import PREFECT_API_URL
 
 from flows.eval import nano3_eval
+from nemotron import runtime
 from nemotron.config import load_config
+from tests import fake_wandb_api, wandb_offline
 from tests.helpers import hf_home, nemotron
 
 FAKE = Path(__file__).with_name("fake_server.py")
@@ -46,11 +48,23 @@ def summary(tmp_path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_failed_benchmark_is_named_and_the_others_recorded(tmp_path):
-    cfg, tasks = fake_config(tmp_path, "--fail-logprobs", tasks=("gsm8k", "arc_challenge"))
+def test_failed_benchmark_is_named_and_the_others_recorded_and_exported(tmp_path, monkeypatch):
+    """The model is a W&B artifact (`rl:latest`, looked up through a fake `wandb.Api`) whose recorded
+    checkpoint path is the built-in model; the export is real W&B in offline mode."""
+    checkpoint = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
+    api = fake_wandb_api.install(monkeypatch, {"team/nemotron/nano3-rl-model:latest": {
+        "qualified_name": "team/nemotron/nano3-rl-model:v3", "digest": "a1" * 16, "aliases": ["latest", "step_100"],
+        "metadata": {"step": 100, "absolute_path": checkpoint}}})
+    wandb_dir = tmp_path / "wandb-dir"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
+    cfg, tasks = fake_config(tmp_path, "--fail-logprobs", tasks=("gsm8k", "arc_challenge"), extra=[
+        "run.model=rl:latest", "run.wandb.entity=team", "run.wandb.project=nemotron",
+        "evaluation.nemo_evaluator_config.config.params.limit_samples=2"])  # two samples: a stderr
     state = nano3_eval(config=cfg, tasks=tasks, return_state=True)
     assert state.is_failed()
     assert "1/2 benchmarks failed: arc_challenge" in state.message
+    assert api.calls == ["team/nemotron/nano3-rl-model:latest"]  # resolved once, in the flow
     doc = summary(tmp_path)
     status = {r["benchmark"]: r["status"] for r in doc["results"]}
     assert status == {"gsm8k": "completed", "arc_challenge": "failed"}
@@ -62,7 +76,8 @@ def test_failed_benchmark_is_named_and_the_others_recorded(tmp_path):
         tasks_run = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))
         artifacts = {a.key: a for a in client.read_artifacts(
             flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))}
-    assert {t.name for t in tasks_run} == {"gsm8k", "arc_challenge"}
+    assert {t.name for t in tasks_run if "benchmark" in t.tags} == {"gsm8k", "arc_challenge"}
+    assert any(t.name.startswith("wandb-export") for t in tasks_run)  # the export subflow
     assert {"nano3-eval-scores", "nano3-eval-summary", "nano3-eval-progress"} <= set(artifacts)
     assert "**arc_challenge failed**" in artifacts["nano3-eval-summary"].data
     assert "exact_match__strict-match" in str(artifacts["nano3-eval-scores"].data)
@@ -79,6 +94,39 @@ def test_failed_benchmark_is_named_and_the_others_recorded(tmp_path):
     logs = nemotron("nano3", "eval", "logs", run_id, env=api)
     assert logs.returncode == 0 and "running gsm8k" in logs.stdout and "--- server log" in logs.stdout
     assert nemotron("nano3", "eval", "status", "no-such-run", env=api).returncode == 2
+
+    # W&B: one offline run, with what succeeded, the failure, the table, the results artifact, the input
+    (run,) = wandb_offline.runs(wandb_dir)
+    manifest = json.loads((tmp_path / "rl-latest").glob("*/manifest.json").__next__().read_text())
+    assert run.run_id == manifest["evaluation_id"] and run.run.job_type == "evaluation"
+    assert (run.run.entity, run.run.project, run.run.run_group) == ("team", "nemotron", "nano3-rl-model")
+    assert run.config["model"]["resolved"] == "team/nemotron/nano3-rl-model:v3"
+    assert run.config["model"]["digest"] == "a1" * 16 and run.config["model"]["checkpoint_path"] == checkpoint
+    gsm8k = next(r for r in doc["results"] if r["benchmark"] == "gsm8k")
+    for score in gsm8k["scores"]:
+        assert float(run.summary[f"gsm8k/{score['metric']}"]) == score["value"]
+        assert float(run.summary[f"gsm8k/{score['metric']}_stderr"]) == score["stderr"]
+    assert int(run.summary["gsm8k/samples"]) == gsm8k["scores"][0]["samples"] == 2
+    assert json.loads(run.summary["arc_challenge/status"]) == "failed"
+    table = run.table("scores")
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert {(r["benchmark"], r["metric"]) for r in rows} >= {("gsm8k", "exact_match__strict-match"),
+                                                               ("arc_challenge", "FAILED")}
+    results = run.artifact("evaluation-results")
+    files = {c.path for c in results.manifest.contents}
+    assert {"manifest.json", "results.json", "gsm8k/results.yml", "arc_challenge/run_eval.log"} <= files
+    assert not any("cache" in f for f in files)
+    meta = json.loads(results.metadata)
+    assert meta["inputs"] == ["team/nemotron/nano3-rl-model:v3"] and meta["failed"] == ["arc_challenge"]
+    assert manifest["model"]["resolved"] == "team/nemotron/nano3-rl-model:v3"
+    assert set(manifest["benchmarks"]) == {"gsm8k", "arc_challenge"} and "nemo-evaluator" in manifest["harness"]
+    assert "--served-model-name" in manifest["server"]["command"]
+
+    # exporting the same evaluation again updates that W&B run (same id), it does not add one
+    again = nemotron("nano3", "eval", "export", run_id[:8], env={**api, "WANDB_MODE": "offline",
+                                                                  "WANDB_DIR": str(wandb_dir)})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r.run_id for r in wandb_offline.runs(wandb_dir)] == [run.run_id, run.run_id]
 
 
 def test_benchmark_over_its_timeout_is_stopped(tmp_path):

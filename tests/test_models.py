@@ -3,6 +3,11 @@ import pytest
 from nemotron import models, runtime
 from nemotron.config import load_config
 from nemotron.errors import ConfigError
+from tests import fake_wandb_api
+
+RL_V3 = {"qualified_name": "team/nemotron/nano3-rl-model:v3", "digest": "d" * 32, "aliases": ["latest", "step_100"],
+         "metadata": {"step": 100, "absolute_path": "/lustre/ckpt/rl/step_100"},
+         "references": ["file:///lustre/ckpt/rl/step_100"]}
 
 
 def ref(*overrides):
@@ -37,3 +42,94 @@ def test_builtin_model_path_is_known_without_provisioning():
 def test_unknown_builtin_lists_valid():
     with pytest.raises(ConfigError, match="valid: builtin:smollm2-135m-instruct"):
         ref("run.model=builtin:gpt5")
+
+
+@pytest.fixture(autouse=True)
+def wandb_site(monkeypatch, tmp_path):
+    """No env.toml [wandb] and no WANDB_* from the machine running the tests."""
+    monkeypatch.setenv("NEMOTRON_ENV_FILE", str(tmp_path / "env.toml"))
+    (tmp_path / "env.toml").write_text('[wandb]\nentity = "team"\nproject = "nemotron"\n')
+    for var in ("WANDB_ENTITY", "WANDB_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize("given, artifact", [
+    ("rl:latest", "team/nemotron/nano3-rl-model:latest"),
+    ("sft:latest", "team/nemotron/nano3-sft-model:latest"),
+    ("pretrain:latest", "team/nemotron/nano3-pretrain-model:latest"),
+    ("rl:v2", "team/nemotron/nano3-rl-model:v2"),
+    ("rl:2", "team/nemotron/nano3-rl-model:v2"),
+    ("rl", "team/nemotron/nano3-rl-model:latest"),
+    ("my-ckpt:best", "team/nemotron/my-ckpt:best"),
+    ("other/nano3-rl-model:v1", "team/other/nano3-rl-model:v1"),
+    ("lab/proj/nano3-sft-model:v7", "lab/proj/nano3-sft-model:v7"),
+])
+def test_model_references_name_artifacts_in_the_configured_project(given, artifact):
+    r = ref(f"run.model={given}")
+    assert (r.kind, r.artifact, r.path) == ("wandb", artifact, None)
+
+
+def test_stage_to_artifact_mapping_is_configurable():
+    assert ref("run.model=rl:v4", "run.artifacts.rl=my-rl-ckpts").artifact == "team/nemotron/my-rl-ckpts:v4"
+
+
+def test_entity_and_project_from_the_environment_when_env_toml_has_none(monkeypatch, tmp_path):
+    (tmp_path / "env.toml").write_text("")
+    monkeypatch.setenv("WANDB_ENTITY", "env-team")
+    monkeypatch.setenv("WANDB_PROJECT", "env-proj")
+    assert ref().artifact == "env-team/env-proj/nano3-rl-model:latest"
+    assert ref("run.wandb.project=cli-proj").artifact == "env-team/cli-proj/nano3-rl-model:latest"
+
+
+def test_malformed_reference_is_a_config_error():
+    with pytest.raises(ConfigError, match="neither a checkpoint path nor a W&B artifact reference"):
+        ref("run.model=a/b/c/d:v1")
+
+
+def test_artifact_resolves_to_its_recorded_checkpoint_path_without_download(monkeypatch):
+    api = fake_wandb_api.install(monkeypatch, {"team/nemotron/nano3-rl-model:latest": RL_V3})
+    r = models.resolve(ref(), say=lambda m: None, local=False)
+    assert api.calls == ["team/nemotron/nano3-rl-model:latest"]
+    assert (r.path, r.resolved, r.digest) == ("/lustre/ckpt/rl/step_100", "team/nemotron/nano3-rl-model:v3", "d" * 32)
+    assert r.collection == "nano3-rl-model" and "step_100" in r.aliases
+    assert r.identity == "team/nemotron/nano3-rl-model:v3@" + "d" * 32
+
+
+@pytest.mark.parametrize("metadata, references, path", [
+    ({"absolute_path": "/lustre/sft/iter_0001000"}, [], "/lustre/sft"),  # Megatron: the iteration's parent
+    ({}, ["file:///lustre/rl/step_5"], "/lustre/rl/step_5"),  # checksum=False: one directory reference
+    ({}, ["file:///lustre/m/config.json", "file:///lustre/m/tokenizer/tok.json"], "/lustre/m"),
+    ({}, [], None),
+])
+def test_checkpoint_path_from_metadata_or_references(metadata, references, path):
+    assert models.checkpoint_path(metadata, references) == path
+
+
+def test_missing_artifact_says_how_to_list_them(monkeypatch):
+    fake_wandb_api.install(monkeypatch, {})
+    with pytest.raises(ConfigError) as e:
+        models.resolve(ref("run.model=rl:v9"), say=lambda m: None)
+    assert "team/nemotron/nano3-rl-model:v9 (run.model='rl:v9') not found in W&B" in str(e.value)
+    assert str(e.value).endswith("check available artifacts: wandb artifact ls team/nemotron")
+
+
+def test_artifact_holding_files_is_downloaded_only_for_a_local_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    spec = {"qualified_name": "team/nemotron/tiny:v0", "digest": "e" * 32, "files": {"config.json": "{}"}}
+    fake_wandb_api.install(monkeypatch, {"team/nemotron/tiny:v0": spec})
+    with pytest.raises(ConfigError, match="holds its files in W&B .* deployment.checkpoint_path"):
+        models.resolve(ref("run.model=tiny:v0"), say=lambda m: None, local=False)
+    r = models.resolve(ref("run.model=tiny:v0"), say=lambda m: None, local=True)
+    assert r.path == str(tmp_path / "home" / "artifacts" / "team" / "nemotron" / "tiny-v0")
+    assert (tmp_path / "home/artifacts/team/nemotron/tiny-v0/config.json").read_text() == "{}"
+
+
+def test_not_logged_in_is_a_config_error(monkeypatch):
+    import wandb
+
+    def refuse(*a, **k):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "Api", refuse)
+    with pytest.raises(ConfigError, match="W&B is not usable: No API key configured.*wandb login"):
+        models.resolve(ref(), say=lambda m: None)

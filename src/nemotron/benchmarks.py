@@ -107,6 +107,7 @@ def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] = "0"
     env.pop("HF_DATASETS_CACHE", None)  # it would override $HF_HOME/datasets
+    env.pop("WANDB_API_KEY", None)  # the harness never needs it; keep it out of its logs and dumps
     if hf_home is not None:
         env["HF_HOME"] = str(hf_home)
     if offline:

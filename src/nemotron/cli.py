@@ -7,6 +7,7 @@ exit 2. `--dry-run` prints the resolved config and the plan and imports neither 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from nemotron import benchmarks, cluster, models, profiles, serving
-from nemotron.config import SECRET_WORDS, EvalConfig, load_config, redacted
+from nemotron import benchmarks, cluster, models, profiles, serving, wandb_export
+from nemotron.config import SECRET_WORDS, EvalConfig, load_config, redacted, validate
 from nemotron.errors import ConfigError, NemotronError
 
-MONITOR_COMMANDS = ("status", "logs")
+MONITOR_COMMANDS = ("status", "logs", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,9 +84,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "
                           "Slurm profile and deployment.image (or the profile's container_image)")
     cluster.check_resources(cfg.deployment, profile)
-    model = models.parse(cfg)
-    if model.kind == "wandb" and not args.dry_run:
-        models.resolve(model)  # raises a ConfigError until W&B resolution exists
+    model = models.parse(cfg)  # syntax only: W&B artifacts are looked up in the flow
     hf_home = Path(cfg.evaluation.hf_home).expanduser() if cfg.evaluation.hf_home else None
     run_dir = Path(tempfile.gettempdir()) / "nemotron-dry-run" if args.dry_run else \
         Path(cfg.evaluation.output_dir).expanduser().resolve() / model.slug / "<timestamp>"
@@ -94,6 +93,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
+    wandb_export.detect_login()
     return run_flow(cfg, args.task, name, args.force_squash)
 
 
@@ -105,7 +105,9 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
     doc = {
         "config": redacted(cfg.model_dump(mode="json", exclude_none=True)),
         "plan": {
-            "model": {"ref": model.ref, "kind": model.kind, "checkpoint_path": model.path},
+            "model": {"ref": model.ref, "kind": model.kind, **(
+                {"artifact": model.artifact, "checkpoint_path": "resolved in the flow through the W&B API"}
+                if model.kind == "wandb" else {"checkpoint_path": model.path})},
             "server": {"where": f"{profile.name} (Slurm, tunnel {profile.tunnel})" if cluster.is_slurm(profile)
                        else "this machine (NeMo-Run LocalExecutor)",
                        "command": spec.command, "env": redacted(spec.env),
@@ -113,6 +115,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
             "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
                             "run_config": p.run_config(endpoint)} for p in plans],
             "offline_hf_cache": cfg.evaluation.hf_home if cfg.offline else None,
+            "wandb_export": _export_plan(cfg),
         },
     }
     text = "# dry run: nothing was started\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000)
@@ -128,6 +131,14 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
     return redact_secrets(text)
 
 
+def _export_plan(cfg: EvalConfig) -> str:
+    where, skipped = wandb_export.target(cfg)
+    if where is None:
+        return skipped
+    return (f"one run in {where.entity + '/' if where.entity else ''}{where.project}"
+            + (" (offline)" if where.offline else ""))
+
+
 def redact_secrets(text: str) -> str:
     """Belt and braces: no secret-looking environment value is ever printed."""
     for key, value in os.environ.items():
@@ -137,10 +148,12 @@ def redact_secrets(text: str) -> str:
 
 
 def monitor(command: str, rest: list[str]) -> int:
-    """`eval status [RUN]` / `eval logs [RUN]`: RUN is a flow run id (or its prefix) or name; default: latest."""
+    """`eval status|logs|export [RUN]`: RUN is a flow run id (or its prefix) or name; default: latest."""
     if len(rest) > 1:
         raise ConfigError(f"usage: nemotron nano3 eval {command} [RUN]; got extra arguments: {' '.join(rest[1:])}")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if command == "export":
+        return export_again(rest[0] if rest else None)
     from flows import status
 
     print(status.report(rest[0] if rest else None, logs=command == "logs"))
@@ -160,10 +173,37 @@ def run_flow(cfg: EvalConfig, tasks: list[str] | None, profile: str | None = Non
     flow = nano3_eval.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.evaluation.max_parallel))
     state = flow(config=cfg, tasks=tasks, profile=profile, force_squash=force_squash, return_state=True)
     suite = state.result(raise_on_failure=False)
+    if isinstance(suite, ConfigError):  # found in the flow before anything started, e.g. a missing artifact
+        raise suite
     if isinstance(suite, results.SuiteResult):
         print(f"\n{results.render_table(suite)}\n\nresults written to {suite.run_dir}")
     if not state.is_completed():
         print(f"error: evaluation {state.name.lower()}: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def export_again(ref: str | None) -> int:
+    """Export a finished evaluation to W&B again (e.g. online after an offline run): same W&B run."""
+    from flows.eval import export_to_wandb
+    from nemotron import results, runs
+
+    record = runs.find(ref)
+    run_dir = Path(record["run_dir"])
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        suite = results.read_summary(run_dir / "results.json")
+    except OSError as e:
+        raise ConfigError(f"run {record.get('name')} ({record['flow_run_id']}) has no finished results to export: "
+                          f"{e}") from None
+    wandb_export.detect_login()
+    cfg = validate(manifest["config"])
+    where, skipped = wandb_export.target(cfg)
+    if where is None:
+        raise ConfigError(skipped.replace("W&B export skipped: ", "cannot export: "))
+    state = export_to_wandb(suite, manifest, cfg, return_state=True)
+    if not state.is_completed():
+        print(f"error: W&B export {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
     return 0
 

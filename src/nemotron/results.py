@@ -178,3 +178,12 @@ def read_summary(path: Path) -> SuiteResult:
         BenchmarkResult(**{**r, "scores": tuple(Score(**s) for s in r["scores"])}) for r in doc["results"]
     )
     return SuiteResult(doc["model"], str(Path(path).parent), results)
+
+
+def write_manifest(run_dir: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """manifest.json: what was evaluated and how (model ref and digest, harness versions, task configs,
+    server args); exported with the results and read back by `eval export`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"schema_version": SCHEMA_VERSION, **doc}
+    (run_dir / "manifest.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return doc

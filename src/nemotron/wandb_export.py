@@ -1,0 +1,170 @@
+"""Record an evaluation in W&B: one run per evaluation, with lineage from the model artifact.
+
+The run (job_type `evaluation`, grouped by model) declares the model artifact as its input, logs
+each benchmark's scores with stderr and sample count, a table of all scores, and an output
+artifact (type `evaluation-results`) holding the harness result files and the manifest. Its id
+derives from the evaluation's identity, so exporting the same evaluation again updates that run.
+
+W&B refuses `use_artifact` offline (`WANDB_MODE=offline`), so there the input is recorded in the
+run config and the results artifact's metadata; exporting again online (`eval export RUN`)
+resumes the same run and declares it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import netrc
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from nemotron.config import EvalConfig, redacted
+from nemotron.results import SuiteResult, score_rows
+
+RESULTS_TYPE = "evaluation-results"
+HARNESS_PACKAGES = ("nemo-evaluator", "nemo-evaluator-launcher", "nvidia-lm-eval", "vllm")
+# harness output worth keeping; caches (cache/, *.db) are large and only serve reruns
+RESULT_FILES = ("results.yml", "*.json", "*/results_*.json", "*/samples_*.jsonl", "run_eval.log")
+SUITE_FILES = ("results.json", "scores.md", "manifest.json", "server.log")
+
+
+@dataclass(frozen=True)
+class Target:
+    entity: str | None
+    project: str
+    offline: bool
+
+
+def api_key() -> str | None:
+    """$WANDB_API_KEY, else the key `wandb login` stored in ~/.netrc for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return auth[2] if auth else None
+
+
+def detect_login(say: Callable[[str], None] = print) -> bool:
+    """As the training stages do: a `wandb login` becomes WANDB_API_KEY for this process (never printed)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    key = api_key()
+    if key:
+        os.environ["WANDB_API_KEY"] = key
+        say("[info] Detected W&B login, setting WANDB_API_KEY")
+    return key is not None
+
+
+def target(cfg: EvalConfig) -> tuple[Target | None, str]:
+    """Where to export, or None and the one-line reason it is skipped."""
+    mode = os.environ.get("WANDB_MODE", "online")
+    project, entity = cfg.export.wandb.project, cfg.export.wandb.entity
+    if mode == "disabled":
+        return None, "W&B export skipped: WANDB_MODE=disabled"
+    if not project:
+        return None, ("W&B export skipped: no W&B project configured (add a [wandb] table with project and entity "
+                      "to env.toml, or pass export.wandb.project=NAME)")
+    offline = mode in ("offline", "dryrun")
+    if not offline and not api_key():
+        return None, "W&B export skipped: not logged in (run `wandb login` or set WANDB_API_KEY)"
+    return Target(entity, project, offline), ""
+
+
+def evaluation_id(model_identity: str, benchmarks: list[dict[str, Any]]) -> str:
+    """Same model version and same harness configs → same id (W&B run id, results artifact alias)."""
+    doc = json.dumps({"model": model_identity, "benchmarks": sorted(benchmarks, key=lambda b: b["name"])},
+                     sort_keys=True, default=str)
+    return "eval-" + hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in HARNESS_PACKAGES:
+        try:
+            found[name] = pkg_metadata.version(name)
+        except pkg_metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def result_files(run_dir: Path, benchmarks: list[str]) -> list[tuple[Path, str]]:
+    """(file, name in the artifact) for the suite's summary and each benchmark's harness output."""
+    files = [(run_dir / n, n) for n in SUITE_FILES if (run_dir / n).is_file()]
+    for bench in benchmarks:
+        out = run_dir / bench
+        seen = set()
+        for pattern in RESULT_FILES:
+            for f in sorted(out.glob(pattern)):
+                if f.is_file() and f not in seen:
+                    seen.add(f)
+                    files.append((f, f"{bench}/{f.relative_to(out)}"))
+    return files
+
+
+def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where: Target,
+           say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Log the evaluation as one W&B run; returns what was recorded (run id, path, artifact)."""
+    import wandb
+
+    model = manifest["model"]
+    eval_id = manifest["evaluation_id"]
+    run = wandb.init(
+        entity=where.entity, project=where.project, id=eval_id, resume="allow",
+        name=f"eval-{model['slug']}", job_type="evaluation", group=model.get("collection") or model["slug"],
+        tags=["nano3", "evaluation", *(t for t in (model.get("collection"),) if t)],
+        config={"model": model, "evaluation": redacted(cfg.model_dump(mode="json")), "harness": manifest["harness"]},
+        dir=os.environ.get("WANDB_DIR"), settings=wandb.Settings(console="off", silent=True),
+    )
+    try:
+        if model.get("resolved") and not where.offline:
+            run.use_artifact(model["resolved"])  # the lineage edge: model → this evaluation
+        metrics: dict[str, Any] = {}
+        for r in suite.results:
+            metrics[f"{r.benchmark}/status"] = r.status
+            metrics[f"{r.benchmark}/seconds"] = round(r.seconds, 1)
+            for s in r.scores:
+                metrics[f"{r.benchmark}/{s.metric}"] = s.value
+                if s.stderr is not None:
+                    metrics[f"{r.benchmark}/{s.metric}_stderr"] = s.stderr
+                if s.samples is not None:
+                    metrics[f"{r.benchmark}/samples"] = s.samples
+        rows = score_rows(suite)
+        columns = ["benchmark", "metric", "value", "stderr", "samples", "seconds"]
+        table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
+        run.log({**{k: v for k, v in metrics.items() if not isinstance(v, str)}, "scores": table})
+        run.summary.update({**metrics, "failed": suite.failed})
+
+        artifact = wandb.Artifact(
+            f"{model.get('collection') or model['slug']}-eval", type=RESULTS_TYPE,
+            description=f"nano3 evaluation of {model.get('resolved') or model['ref']}",
+            metadata={"inputs": [model.get("resolved") or model["checkpoint_path"]], "model": model,
+                      "evaluation_id": eval_id, "failed": suite.failed,
+                      "scores": {f"{x['benchmark']}/{x['metric']}": x["value"] for x in rows if x["value"] is not None},
+                      },
+        )
+        files = result_files(Path(suite.run_dir), [r.benchmark for r in suite.results])
+        for path, name in files:
+            artifact.add_file(str(path), name=name)
+        run.log_artifact(artifact, aliases=[eval_id, "latest"])
+        record = {"run_id": run.id, "project": where.project, "entity": where.entity, "offline": where.offline,
+                  "run_dir": run.dir and str(Path(run.dir).parent), "artifact": artifact.name, "files": len(files),
+                  "url": None if where.offline else run.url}
+    finally:
+        run.finish()
+    say("W&B: " + describe(record))
+    return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    where = f"{record['entity']}/{record['project']}" if record.get("entity") else record["project"]
+    return (f"run {record['run_id']} in {where}"
+            + (f" (offline: sync with `wandb sync {record['run_dir']}`)" if record["offline"] else f": {record['url']}")
+            + f"; results artifact {record['artifact']} ({record['files']} files)")
