@@ -16,6 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from nemotron import runtime
+from tests import fake_wandb_api, wandb_offline
 from tests.helpers import REPO, hf_home, nemotron
 
 FAKE = Path(__file__).with_name("fake_server.py")
@@ -77,11 +79,19 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path):
 def test_real_model_served_in_a_slurm_job_over_ssh(tmp_path):
     """As from a laptop: NeMo-Run's SSHTunnel to the login node (slurm.sh's sshd), rsync of the job
     files, sbatch there, and the endpoint reached through an SSH port forward."""
+    # the model is `rl:latest`, a W&B artifact recording where training left the checkpoint (the fake
+    # `wandb.Api` answers the look-up); the export is real W&B, offline, to env.example.toml's [wandb]
+    checkpoint = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
+    artifacts = {"YOUR-TEAM/nemotron/nano3-rl-model:latest": {
+        "qualified_name": "YOUR-TEAM/nemotron/nano3-rl-model:v7", "digest": "c0ffee" * 5 + "00",
+        "aliases": ["latest", "step_300"], "references": [f"file://{checkpoint}"]}}
     r = nemotron("nano3", "eval", "-c", "local", "--run", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k",
-                 f"evaluation.output_dir={tmp_path}", "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
-                 env={**ENV, "HF_HOME": str(hf_home())}, timeout=1200)
+                 "run.model=rl:latest", f"evaluation.output_dir={tmp_path}",
+                 "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+                 env={**ENV, **fake_wandb_api.subprocess_env(tmp_path, artifacts), "WANDB_MODE": "offline",
+                      "HF_HOME": str(hf_home())}, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (summary,) = tmp_path.glob("smollm2-135m-instruct/*/results.json")
+    (summary,) = tmp_path.glob("rl-latest/*/results.json")
     doc = json.loads(summary.read_text())
     assert [(x["benchmark"], x["status"]) for x in doc["results"]] == [("hellaswag", "completed"),
                                                                        ("gsm8k", "completed")]
@@ -95,6 +105,17 @@ def test_real_model_served_in_a_slurm_job_over_ssh(tmp_path):
     assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1
     assert not squeue()
     assert sacct_state(server["job_id"]) == "CANCELLED"  # torn down by the flow, not left to time out
+    assert f"--model {checkpoint} " in (summary.parent / "manifest.json").read_text()  # served in place
+
+    (run,) = wandb_offline.runs(summary.parent)  # the W&B run beside the results it records
+    assert (run.run.entity, run.run.project, run.run.run_group) == ("YOUR-TEAM", "nemotron", "nano3-rl-model")
+    assert run.config["model"]["resolved"] == "YOUR-TEAM/nemotron/nano3-rl-model:v7"
+    for result in doc["results"]:
+        for score in result["scores"]:
+            assert float(run.summary[f"{result['benchmark']}/{score['metric']}"]) == score["value"]
+    files = {c.path for c in run.artifact("evaluation-results").manifest.contents}
+    assert {"hellaswag/results.yml", "gsm8k/results.yml", "manifest.json", "server.log"} <= files
+    assert json.loads(run.artifact("evaluation-results").metadata)["inputs"] == ["YOUR-TEAM/nemotron/nano3-rl-model:v7"]
 
 
 def _cli_until_benchmark_runs(tmp_path, *fake_args):

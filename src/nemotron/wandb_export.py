@@ -121,7 +121,8 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
         name=f"eval-{model['slug']}", job_type="evaluation", group=model.get("collection") or model["slug"],
         tags=["nano3", "evaluation", *(t for t in (model.get("collection"),) if t)],
         config={"model": model, "evaluation": redacted(cfg.model_dump(mode="json")), "harness": manifest["harness"]},
-        dir=os.environ.get("WANDB_DIR"), settings=wandb.Settings(console="off", silent=True),
+        dir=os.environ.get("WANDB_DIR") or suite.run_dir,  # offline runs stay beside the results they hold
+        settings=wandb.Settings(console="off", silent=True),
     )
     try:
         if model.get("resolved") and not where.offline:
