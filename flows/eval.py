@@ -29,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from nemotron import benchmarks, cluster, models, profiles, results, runs, runtime, serving, wandb_export
 from nemotron.benchmarks import BenchmarkPlan
-from nemotron.config import EvalConfig
+from nemotron.config import EvalConfig, redacted
 from nemotron.errors import ConfigError
 from nemotron.results import BenchmarkResult, SuiteResult
 from nemotron.serving import Endpoint
@@ -139,7 +139,7 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
                           on_record=lambda job: runs.save(run_id, server=job)) as server:
         manifest = results.write_manifest(run_dir, {
             "evaluation_id": eval_id, "flow_run_id": run_id, "model": _model_record(model),
-            "harness": wandb_export.versions(), "profile": profile, "config": config.model_dump(mode="json"),
+            "harness": wandb_export.versions(), "profile": profile, "config": redacted(config.model_dump(mode="json")),
             "server": {"command": serving.server_spec(config.deployment, model.path).command,
                        "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id},
             "benchmarks": {p.name: p.run_config(server.endpoint) for p in plans},

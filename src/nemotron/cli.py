@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = stage.add_parser("eval", help="Evaluate a model on standard benchmarks.",
                           description="Serve the model once with vLLM, run each benchmark with "
-                          "nemo-evaluator as a Prefect task, and record the scores.")
+                          "nemo-evaluator as a Prefect task, and record the scores.",
+                          epilog="run.model: rl:latest | sft:latest | pretrain:latest | rl:v2 | "
+                          "entity/project/name:alias | a checkpoint path.  Finished runs: "
+                          "`eval status [RUN]`, `eval logs [RUN]`, `eval export [RUN]` (to W&B again).")
     ev.add_argument("-c", "--config", default="default", help="config name in config/ or a YAML path")
     ev.add_argument("-t", "--task", action="append", metavar="NAME", help="run only these task(s); repeatable")
     ev.add_argument("-d", "--dry-run", action="store_true", help="print the resolved config and plan; start nothing")
