@@ -23,14 +23,15 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from nemotron import benchmarks, cluster, models, profiles, results, runs, runtime, serving, wandb_export
 from nemotron.benchmarks import BenchmarkPlan
-from nemotron.config import EvalConfig, redacted
+from nemotron.config import EvalConfig, load_config, redacted
 from nemotron.errors import ConfigError
+from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
 from nemotron.results import BenchmarkResult, SuiteResult
 from nemotron.serving import Endpoint
 
@@ -46,7 +47,7 @@ async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str,
     return result
 
 
-@flow(name="wandb-export", log_prints=True)
+@flow(name="wandb-export", flow_run_name="wandb-export-{suite.model}", log_prints=True)
 def export_to_wandb(suite: SuiteResult, manifest: dict, config: EvalConfig) -> dict | None:
     """One W&B run for the evaluation: model artifact as input, scores, table, results artifact."""
     log = get_run_logger()
@@ -58,6 +59,7 @@ def export_to_wandb(suite: SuiteResult, manifest: dict, config: EvalConfig) -> d
 
 
 CANCEL_POLL_SECONDS = 3.0
+MAX_WORKERS = 16  # threads; how many benchmarks run at once is evaluation.max_parallel
 
 
 def cancel_server_job(flow, run, state) -> None:
@@ -98,26 +100,41 @@ def stop_when_cancelled(run_id: str) -> Iterator[None]:
         done.set()
 
 
-@flow(name="nano3-eval", flow_run_name="eval-{config.run.model}", log_prints=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=4),
+def _run_name() -> str:
+    """`eval-<model>`: the model the request resolves to (its `model`, else the config's run.model)."""
+    params = flow_run.parameters
+    try:
+        req = EvalRequest(**params)
+        return f"eval-{models.parse(load_config(req.config, req.config_overrides())).ref}"
+    except Exception:  # noqa: BLE001 - a bad request fails in the flow, with its message
+        return f"eval-{params.get('model') or 'invalid-request'}"
+
+
+@flow(name="nano3-eval", flow_run_name=_run_name, log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
       on_cancellation=[cancel_server_job], on_crashed=[cancel_server_job])
-def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str | None = None,
-               force_squash: bool = False) -> SuiteResult:
+def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None = None,
+               config: ConfigName | ConfigPath = "default", profile: ProfileName | None = None,
+               overrides: list[Override] | None = None, force_squash: bool = False) -> SuiteResult:
     """Evaluate one model on the configured benchmarks, serving it once for the whole suite.
 
+    `config` + `overrides` (+ `model`, applied last) make the evaluation config, as on the CLI;
     `profile` names an env.toml profile: the server runs there (Slurm), the benchmarks run here.
     """
     log = get_run_logger()
     say = log.info
-    ev = config.evaluation
-    where = profiles.load_profile(profile) if profile else None
+    request = EvalRequest(model=model, tasks=tasks, config=config, profile=profile, overrides=overrides or [],
+                          force_squash=force_squash)
 
-    # 1. resolve the model reference to a checkpoint path (W&B artifacts: here, not on the laptop)
+    # 1. the config, and the model reference resolved to a checkpoint path (W&B artifacts: here)
     try:
-        model = models.resolve(models.parse(config), say, local=not cluster.is_slurm(where))
-    except ConfigError as e:  # e.g. no such artifact: the user's input, not a crash (the CLI exits 2)
+        cfg = load_config(request.config, request.config_overrides())
+        where = profiles.load_profile(profile) if profile else None
+        model = models.resolve(models.parse(cfg), say, local=not cluster.is_slurm(where))
+    except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
         log.error("%s", e)
         return Failed(message=str(e), data=e)
+    ev = cfg.evaluation
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / stamp
     hf_home = runtime.writable_hf_home(Path(ev.hf_home), say) if ev.hf_home else None
@@ -126,7 +143,7 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
               started=stamp)
 
     # 2. plan: registry lookup, harness configs, offline data check
-    plans = benchmarks.plan(config, benchmarks.select_tasks(config, tasks), model.path, run_dir, hf_home)
+    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, run_dir, hf_home)
     eval_id = wandb_export.evaluation_id(model.identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
@@ -135,25 +152,26 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
     # 3. serve once, 4. map the benchmarks over the endpoint
     outcomes: dict[str, BenchmarkResult] = {}
     with stop_when_cancelled(run_id), \
-            serving.serve(config.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
+            serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
+                          detached=deployment.id is not None,  # a deployment run is a batch run
                           on_record=lambda job: runs.save(run_id, server=job)) as server:
         manifest = results.write_manifest(run_dir, {
             "evaluation_id": eval_id, "flow_run_id": run_id, "model": _model_record(model),
-            "harness": wandb_export.versions(), "profile": profile, "config": redacted(config.model_dump(mode="json")),
-            "server": {"command": serving.server_spec(config.deployment, model.path).command,
+            "harness": wandb_export.versions(), "profile": profile, "config": redacted(cfg.model_dump(mode="json")),
+            "server": {"command": serving.server_spec(cfg.deployment, model.path).command,
                        "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id},
             "benchmarks": {p.name: p.run_config(server.endpoint) for p in plans},
         })
-        env = benchmarks.harness_env(hf_home, config.offline)
-        futures = {
-            run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
-                                       timeout_seconds=p.timeout)
-            .submit(p, server.endpoint, env): p
-            for p in plans
-        }
+        env = benchmarks.harness_env(hf_home, cfg.offline)
+        waiting, running = list(plans), {}
         started = time.monotonic()
-        for future in as_completed(list(futures)):
-            bench = futures[future]
+        while waiting or running:
+            while waiting and len(running) < ev.max_parallel:  # at most max_parallel against the server
+                p = waiting.pop(0)
+                running[run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
+                                                   timeout_seconds=p.timeout).submit(p, server.endpoint, env)] = p
+            future = next(as_completed(list(running)))
+            bench = running.pop(future)
             outcomes[bench.name] = _outcome(future, bench, time.monotonic() - started)
             update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
 
@@ -165,7 +183,7 @@ def nano3_eval(config: EvalConfig, tasks: list[str] | None = None, profile: str 
     create_markdown_artifact(results.render_markdown(suite), key="nano3-eval-summary",
                              description=f"Evaluation of {model.ref}")
     say(f"results: {summary} (score table: artifact nano3-eval-scores)")
-    exported = export_to_wandb(suite, manifest, config, return_state=True)
+    exported = export_to_wandb(suite, manifest, cfg, return_state=True)
     if exported.is_completed():
         record = exported.result()
         runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")

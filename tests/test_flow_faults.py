@@ -18,14 +18,14 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.eval import nano3_eval
 from nemotron import runtime
-from nemotron.config import load_config
 from tests import fake_wandb_api, wandb_offline
 from tests.helpers import hf_home, nemotron
 
 FAKE = Path(__file__).with_name("fake_server.py")
 
 
-def fake_config(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
+def fake_request(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
+    """The flow's parameters for the `local` config served by the fake server."""
     overrides = [
         f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} {' '.join(fake_args)}",
         "deployment.venv=null", "deployment.extra_args=''", "deployment.startup_timeout=20",
@@ -34,7 +34,7 @@ def fake_config(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
         "evaluation.nemo_evaluator_config.config.params.max_retries=0",
         "evaluation.retries=0", "evaluation.retry_delay=0", *extra,
     ]
-    return load_config("local", overrides), list(tasks)
+    return {"config": "local", "overrides": overrides, "tasks": list(tasks)}
 
 
 def leftovers(tmp_path) -> str:
@@ -58,10 +58,10 @@ def test_failed_benchmark_is_named_and_the_others_recorded_and_exported(tmp_path
     wandb_dir = tmp_path / "wandb-dir"
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
-    cfg, tasks = fake_config(tmp_path, "--fail-logprobs", tasks=("gsm8k", "arc_challenge"), extra=[
+    request = fake_request(tmp_path, "--fail-logprobs", tasks=("gsm8k", "arc_challenge"), extra=[
         "run.model=rl:latest", "run.wandb.entity=team", "run.wandb.project=nemotron",
         "evaluation.nemo_evaluator_config.config.params.limit_samples=2"])  # two samples: a stderr
-    state = nano3_eval(config=cfg, tasks=tasks, return_state=True)
+    state = nano3_eval(**request, return_state=True)
     assert state.is_failed()
     assert "1/2 benchmarks failed: arc_challenge" in state.message
     assert api.calls == ["team/nemotron/nano3-rl-model:latest"]  # resolved once, in the flow
@@ -130,8 +130,8 @@ def test_failed_benchmark_is_named_and_the_others_recorded_and_exported(tmp_path
 
 
 def test_benchmark_over_its_timeout_is_stopped(tmp_path):
-    cfg, tasks = fake_config(tmp_path, "--delay 600", extra=["evaluation.timeout=45"])
-    state = nano3_eval(config=cfg, tasks=tasks, return_state=True)
+    request = fake_request(tmp_path, "--delay 600", extra=["evaluation.timeout=45"])
+    state = nano3_eval(**request, return_state=True)
     assert state.is_failed() and "gsm8k" in state.message
     (result,) = summary(tmp_path)["results"]
     assert result["status"] == "failed" and "TimeoutError" in result["error"]
@@ -139,8 +139,8 @@ def test_benchmark_over_its_timeout_is_stopped(tmp_path):
 
 
 def test_server_that_never_becomes_healthy_fails_within_the_startup_timeout(tmp_path):
-    cfg, tasks = fake_config(tmp_path, "--never-healthy", extra=["deployment.startup_timeout=6"])
-    state = nano3_eval(config=cfg, tasks=tasks, return_state=True)
+    request = fake_request(tmp_path, "--never-healthy", extra=["deployment.startup_timeout=6"])
+    state = nano3_eval(**request, return_state=True)
     assert state.is_failed()
     assert "not healthy after 6 s" in state.message and "still loading weights" in state.message
     assert not leftovers(tmp_path)

@@ -18,6 +18,7 @@ import yaml
 from nemotron import benchmarks, cluster, models, profiles, serving, wandb_export
 from nemotron.config import SECRET_WORDS, EvalConfig, load_config, redacted, validate
 from nemotron.errors import ConfigError, NemotronError
+from nemotron.request import EvalRequest
 
 MONITOR_COMMANDS = ("status", "logs", "export")
 
@@ -80,8 +81,6 @@ def evaluate(args: argparse.Namespace) -> int:
         return monitor(args.overrides[0], args.overrides[1:])
     name = args.run or args.batch
     profile = profiles.load_profile(name) if name else None  # unknown profile: exit 2, listing them
-    if args.batch:
-        raise ConfigError("--batch (a run of the Prefect deployment) is not supported yet; use --run")
     cfg = load_config(args.config, args.overrides)
     if args.force_squash and not cluster.image_for(cfg.deployment, profile):
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "
@@ -96,8 +95,12 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
+    request = EvalRequest.checked(tasks=args.task, config=args.config, profile=name, overrides=args.overrides,
+                                  force_squash=args.force_squash)
+    if args.batch:
+        return submit_batch(request)
     wandb_export.detect_login()
-    return run_flow(cfg, args.task, name, args.force_squash)
+    return run_flow(request)
 
 
 def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan],
@@ -163,18 +166,14 @@ def monitor(command: str, rest: list[str]) -> int:
     return 0
 
 
-def run_flow(cfg: EvalConfig, tasks: list[str] | None, profile: str | None = None,
-             force_squash: bool = False) -> int:
+def run_flow(request: EvalRequest) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # 20 s is tight on 2 cores
     os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     from flows.eval import nano3_eval
     from nemotron import results
 
-    flow = nano3_eval.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.evaluation.max_parallel))
-    state = flow(config=cfg, tasks=tasks, profile=profile, force_squash=force_squash, return_state=True)
+    state = nano3_eval(**request.model_dump(), return_state=True)
     suite = state.result(raise_on_failure=False)
     if isinstance(suite, ConfigError):  # found in the flow before anything started, e.g. a missing artifact
         raise suite
@@ -183,6 +182,40 @@ def run_flow(cfg: EvalConfig, tasks: list[str] | None, profile: str | None = Non
     if not state.is_completed():
         print(f"error: evaluation {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
+    return 0
+
+
+DEPLOYMENT = "nano3-eval/nano3-eval"  # prefect.yaml
+START_SERVER = ("start one with `prefect server start`, point at it with `prefect config set "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api`, then from the repository root `prefect work-pool create "
+                "nemotron-eval --type process`, `prefect --no-prompt deploy --all` and `prefect worker start --pool "
+                "nemotron-eval`")
+
+
+def submit_batch(request: EvalRequest) -> int:
+    """`--batch`: a flow run of the deployment, picked up by a worker; returns at once."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import httpx
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise ConfigError(f"--batch submits to a Prefect server and none is configured (PREFECT_API_URL is unset): "
+                          f"{START_SERVER}")
+    try:
+        run = run_deployment(DEPLOYMENT, parameters=request.model_dump(exclude_none=True), timeout=0)
+    except ObjectNotFound:
+        raise ConfigError(f"deployment {DEPLOYMENT} not found on {api}; from the repository root run "
+                          "`prefect --no-prompt deploy --all` (and have a worker: `prefect worker start --pool "
+                          "nemotron-eval`)") from None
+    except (httpx.HTTPError, OSError) as e:
+        raise ConfigError(f"cannot reach the Prefect server at {api} ({e}); {START_SERVER}") from None
+    ui = PREFECT_UI_URL.value() or api.removesuffix("/api")
+    print(f"submitted {run.name} ({run.id}) to {DEPLOYMENT}; a worker of pool nemotron-eval runs it\n"
+          f"{ui}/runs/flow-run/{run.id}\n"
+          f"follow it: nemotron nano3 eval status {run.id}")
     return 0
 
 
