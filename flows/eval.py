@@ -156,7 +156,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                           detached=deployment.id is not None,  # a deployment run is a batch run
                           on_record=lambda job: runs.save(run_id, server=job)) as server:
         manifest = results.write_manifest(run_dir, {
-            "evaluation_id": eval_id, "flow_run_id": run_id, "model": _model_record(model),
+            "evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
             "harness": wandb_export.versions(), "profile": profile, "config": redacted(cfg.model_dump(mode="json")),
             "server": {"command": serving.server_spec(cfg.deployment, model.path).command,
                        "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id},
@@ -196,12 +196,6 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
                       f"the others are recorded in {summary}", data=suite)
     return suite
-
-
-def _model_record(model: models.ModelRef) -> dict:
-    return {"ref": model.ref, "kind": model.kind, "checkpoint_path": model.path, "slug": model.slug,
-            "artifact": model.artifact, "resolved": model.resolved, "collection": model.collection,
-            "digest": model.digest, "aliases": list(model.aliases), "metadata": model.metadata}
 
 
 def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:

@@ -49,6 +49,12 @@ class ModelRef:
         """The artifact's name without version (nano3-rl-model): what W&B groups versions by."""
         return self.artifact.rsplit("/", 1)[-1].split(":", 1)[0] if self.artifact else None
 
+    def record(self) -> dict[str, Any]:
+        """What the manifest and the W&B run keep about the model."""
+        return {"ref": self.ref, "kind": self.kind, "checkpoint_path": self.path, "slug": self.slug,
+                "artifact": self.artifact, "resolved": self.resolved, "collection": self.collection,
+                "digest": self.digest, "aliases": list(self.aliases), "metadata": self.metadata}
+
     @property
     def identity(self) -> str:
         """What makes two evaluations of this model the same: the artifact version and digest, else the path."""
