@@ -52,6 +52,13 @@ def api_class(specs: dict[str, dict[str, Any]]) -> type:
                 raise ValueError(f"artifact membership {short!r} not found in {entity_project!r}")
             return FakeArtifact(specs[name])
 
+        def artifacts(self, type_name: str, name: str, per_page: int = 50) -> list[FakeArtifact]:
+            """The versions of collection `name` (entity/project/name), one per qualified name."""
+            versions = {s["qualified_name"]: s for s in specs.values() if s["qualified_name"].split(":")[0] == name}
+            if not versions:
+                raise ValueError(f"artifact collection {name!r} not found")
+            return [FakeArtifact(s) for s in versions.values()]
+
     return FakeApi
 
 
