@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,3 +27,19 @@ def nemotron(*args: str, env: dict[str, str] | None = None, timeout: float = 120
         [sys.executable, "-m", "nemotron.cli", *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=cwd or REPO,
     )
+
+
+def squeue() -> list[str]:
+    """This project's server jobs in the Slurm queue."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "nemotron-eval" in line]
+
+
+def sacct_state(job_id: str) -> str:
+    for _ in range(20):  # accounting lags a little behind the controller
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
+                             capture_output=True, text=True).stdout.split()
+        if out:
+            return out[0]
+        time.sleep(0.5)
+    return ""

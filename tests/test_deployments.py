@@ -1,6 +1,7 @@
 """The deployment on real parts: the session's Prefect server, `prefect deploy --all` from the
 repository, a process worker, and the evaluation run by that worker on the real model."""
 
+import contextlib
 import json
 import os
 import re
@@ -10,19 +11,22 @@ import sys
 import time
 from uuid import UUID
 
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter
 
-from nemotron import runtime
-from tests import fake_wandb_api
-from tests.helpers import REPO, hf_home, nemotron
+from nemotron import artifact_events, runtime
+from nemotron.serving import free_port
+from tests import fake_wandb_api, wandb_offline
+from tests.helpers import REPO, hf_home, nemotron, sacct_state, squeue
 
 POOL = "nemotron-eval"
 DEPLOYMENT = "nano3-eval/nano3-eval"
 ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # [wandb] entity YOUR-TEAM, project nemotron
-SFT = {"qualified_name": "YOUR-TEAM/nemotron/nano3-sft-model:v2", "digest": "5f" * 16, "aliases": ["latest"],
-       "metadata": {"absolute_path": str(runtime.builtin_model_dir("smollm2-135m-instruct"))}}
+CHECKPOINT = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
+SFT = {"qualified_name": "YOUR-TEAM/nemotron/nano3-sft-model:v2", "digest": "5f" * 16,
+       "aliases": ["latest", "step_300"], "references": [f"file://{CHECKPOINT}"]}
 
 
 def prefect(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -45,7 +49,8 @@ def worker(deployment, tmp_path_factory):
     """A process worker whose flow runs see the fake `wandb.Api` (artifact look-ups only)."""
     tmp = tmp_path_factory.mktemp("worker")
     artifacts = {"YOUR-TEAM/nemotron/nano3-sft-model:latest": SFT}
-    env = {**os.environ, **ENV, **fake_wandb_api.subprocess_env(tmp, artifacts), "HF_HOME": str(hf_home())}
+    env = {**os.environ, **ENV, **fake_wandb_api.subprocess_env(tmp, artifacts), "HF_HOME": str(hf_home()),
+           "WANDB_MODE": "offline"}
     with open(tmp / "worker.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "1"],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -94,27 +99,55 @@ def test_server_rejects_a_bad_parameter(deployment, param, value):
 
 
 @pytest.mark.e2e
-def test_deployment_run_with_parameters_evaluates_through_the_worker(worker, tmp_path):
+def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker, tmp_path):
+    """`prefect deployment run --param model=sft:latest ...` → the worker runs the flow: the fake
+    `wandb.Api` resolves the artifact to the built-in model's folder (a file:// reference), real vLLM
+    serves it in a Slurm job reached through NeMo-Run's SSH tunnel (slurm.sh's login node) and our
+    port forward, the harness runs here, and the export is real W&B, offline."""
     out = tmp_path / "results"
-    r = prefect("deployment", "run", DEPLOYMENT, "--param", "model=sft:latest", "--param", 'tasks=["gsm8k"]',
-                "--param", "config=local", "--param",
+    r = prefect("deployment", "run", DEPLOYMENT, "--param", "model=sft:latest",
+                "--param", 'tasks=["hellaswag", "gsm8k"]', "--param", "config=local",
+                "--param", "profile=local-slurm-ssh", "--param",
                 "overrides=" + json.dumps([f"evaluation.output_dir={out}",
                                            "evaluation.nemo_evaluator_config.config.params.limit_samples=1"]))
     assert r.returncode == 0, r.stdout + r.stderr
     (run_id,) = re.findall(r"UUID: ([0-9a-f-]{36})", r.stdout)
     run = wait_for_run(run_id)
     assert run.state.is_completed(), (run.state, (worker / "worker.log").read_text()[-3000:])
-    assert run.name == "eval-sft:latest"
-    assert run.parameters["model"] == "sft:latest" and run.parameters["tasks"] == ["gsm8k"]
+    assert run.name == "eval-sft:latest" and run.parameters["tasks"] == ["hellaswag", "gsm8k"]
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
-    assert [t.name for t in tasks if "benchmark" in t.tags] == ["gsm8k"]
+    assert sorted(t.name for t in tasks if "benchmark" in t.tags) == ["gsm8k", "hellaswag"]
+
     (summary,) = out.glob("sft-latest/*/results.json")
     doc = json.loads(summary.read_text())
-    assert [(x["benchmark"], x["status"]) for x in doc["results"]] == [("gsm8k", "completed")]
+    assert [(x["benchmark"], x["status"]) for x in doc["results"]] == [("hellaswag", "completed"),
+                                                                       ("gsm8k", "completed")]
+    assert all(x["scores"] for x in doc["results"])
+    server = json.loads((summary.parent / "server.json").read_text())
+    assert server["executor"] == "slurm" and server["job_id"].isdigit()
+    assert server["job_dir"].startswith("/var/tmp/nemotron-login/jobs/")  # the profile's remote_job_dir
+    assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1
+    assert not squeue() and sacct_state(server["job_id"]) == "CANCELLED"  # torn down, not left to time out
     manifest = json.loads((summary.parent / "manifest.json").read_text())
     assert manifest["model"]["resolved"] == "YOUR-TEAM/nemotron/nano3-sft-model:v2"  # resolved on the worker
-    assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1
+    assert f"--model {CHECKPOINT} " in manifest["server"]["command"]  # served in place, not downloaded
+
+    logs = nemotron("nano3", "eval", "logs", run_id)  # the worker's run, read back from the Prefect API
+    assert logs.returncode == 0, logs.stderr
+    assert f"[serve] job {server['job_id']}: RUNNING" in logs.stdout and "healthy after" in logs.stdout
+    assert re.search(r"server at http://\S+:\d+, reached as http://127\.0\.0\.1:\d+", logs.stdout)  # forwarded
+
+    (wb,) = wandb_offline.runs(summary.parent)  # the W&B run beside the results it records
+    assert (wb.run.entity, wb.run.project, wb.run.run_group) == ("YOUR-TEAM", "nemotron", "nano3-sft-model")
+    assert wb.config["model"]["resolved"] == "YOUR-TEAM/nemotron/nano3-sft-model:v2"
+    for result in doc["results"]:
+        for score in result["scores"]:
+            assert float(wb.summary[f"{result['benchmark']}/{score['metric']}"]) == score["value"]
+    results = wb.artifact("evaluation-results")
+    assert {"hellaswag/results.yml", "gsm8k/results.yml", "manifest.json", "server.log"} <= \
+        {c.path for c in results.manifest.contents}
+    assert json.loads(results.metadata)["inputs"] == ["YOUR-TEAM/nemotron/nano3-sft-model:v2"]
 
 
 def test_batch_submits_a_run_and_returns_at_once(worker, deployment, tmp_path):
@@ -145,3 +178,109 @@ def test_batch_without_a_server_says_how_to_start_one():
     assert r.returncode == 2
     assert r.stderr.startswith("error: --batch submits to a Prefect server and none is configured")
     assert "prefect server start" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+SECRET = "relay-test-secret"
+
+
+@pytest.fixture(scope="module")
+def relay(deployment, tmp_path_factory):
+    """deployments/wandb_relay.py as W&B would call it, emitting into the session's Prefect server."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("relay") / "relay.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "deployments" / "wandb_relay.py"), "--port", str(port)],
+                                env={**os.environ, "WANDB_WEBHOOK_SECRET": SECRET}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def webhook(version: str) -> bytes:
+    """A body as W&B renders deployments/wandb-webhook-payload.json for an alias added to a version."""
+    template = (REPO / "deployments" / "wandb-webhook-payload.json").read_text()
+    values = {"event_type": "ADD_ARTIFACT_ALIAS", "event_author": "trainer", "alias": "latest",
+              "artifact_version": "wandb-artifact://_id/QXJ0aWZhY3Q6MTIz", "artifact_version_string": version,
+              "artifact_collection_name": version.rsplit("/", 1)[1].split(":")[0], "entity_name": "YOUR-TEAM",
+              "project_name": "nemotron"}
+    for key, value in values.items():
+        template = template.replace("${" + key + "}", value)
+    return template.encode()
+
+
+def stored_events(event_id: str, wait: float = 20) -> list:
+    """The events with this id the Prefect server has stored (waits a little for one to land)."""
+    deadline = time.monotonic() + wait
+    while True:
+        r = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter",
+                       json={"filter": {"id": {"id": [event_id]}}}, timeout=30)
+        r.raise_for_status()
+        if r.json()["events"] or time.monotonic() > deadline:
+            return r.json()["events"]
+        time.sleep(1)
+
+
+def runs_for_model(deployment, model: str) -> list:
+    return [r for r in runs_of(deployment) if r.parameters.get("model") == model]
+
+
+def test_signed_webhook_starts_one_evaluation_of_that_version(deployment, worker, relay):
+    version = "YOUR-TEAM/nemotron/nano3-rl-model:v5"
+    body = webhook(version)
+    headers = {"X-Wandb-Signature": artifact_events.signature(body, SECRET), "Content-Type": "application/json"}
+    first = httpx.post(f"{relay}/wandb", content=body, headers=headers, timeout=30)
+    assert first.status_code == 200, first.text
+    assert first.json()["model"] == version
+    deadline = time.monotonic() + 90
+    while not runs_for_model(deployment, version) and time.monotonic() < deadline:
+        time.sleep(2)
+    (run,) = runs_for_model(deployment, version)
+    assert run.created_by.type == "AUTOMATION"
+    assert len(stored_events(first.json()["id"])) == 1
+    again = httpx.post(f"{relay}/wandb", content=body, headers=headers, timeout=30)  # W&B retries, or repeats
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    time.sleep(15)  # give the trigger every chance to fire twice
+    assert len(runs_for_model(deployment, version)) == 1
+    # the worker ran it: the fake W&B knows no such version, so it fails before serving, naming it
+    finished = wait_for_run(str(run.id), timeout=300)
+    assert finished.state.is_failed() and "nano3-rl-model:v5" in finished.state.message
+    assert finished.name == f"eval-{version}"  # named when the worker starts it
+
+
+@pytest.mark.parametrize("signature", [None, "", "bm90IHRoZSBzaWduYXR1cmU="])
+def test_bad_or_missing_signature_is_refused_and_emits_nothing(deployment, relay, signature):
+    version = "YOUR-TEAM/nemotron/nano3-rl-model:v6"
+    body = webhook(version)
+    headers = {} if signature is None else {"X-Wandb-Signature": signature}
+    r = httpx.post(f"{relay}/wandb", content=body, headers=headers, timeout=30)
+    assert r.status_code == 401 and "X-Wandb-Signature" in r.text
+    assert stored_events(artifact_events.from_webhook(json.loads(body))["id"], wait=5) == []
+    assert not runs_for_model(deployment, version)
+
+
+def test_watcher_announces_each_new_version_once(deployment, monkeypatch):
+    """The scheduled watcher (for sites W&B cannot reach): first look records where the artifact
+    stands, a new version becomes the relay's event (same id), a second look announces nothing."""
+    from flows.watch import watch_wandb_artifacts
+
+    name = f"watch-test-{int(time.time())}"
+    path = f"YOUR-TEAM/nemotron/{name}"
+    specs = {f"{path}:v{i}": {"qualified_name": f"{path}:v{i}"} for i in (0, 1)}
+    fake_wandb_api.install(monkeypatch, specs)
+    assert watch_wandb_artifacts(artifacts=[name], entity="YOUR-TEAM", project="nemotron") == []
+    specs[f"{path}:v2"] = {"qualified_name": f"{path}:v2"}
+    assert watch_wandb_artifacts(artifacts=[name], entity="YOUR-TEAM", project="nemotron") == [f"{path}:v2"]
+    assert watch_wandb_artifacts(artifacts=[name], entity="YOUR-TEAM", project="nemotron") == []
+    deadline = time.monotonic() + 90
+    while not runs_for_model(deployment, f"{path}:v2") and time.monotonic() < deadline:
+        time.sleep(2)
+    assert len(runs_for_model(deployment, f"{path}:v2")) == 1  # the trigger evaluates exactly that version
+    assert not runs_for_model(deployment, f"{path}:v1")

@@ -1,10 +1,10 @@
 """`--run PROFILE` on a real single-node Slurm (scripts/slurm/slurm.sh, started by scripts/test.sh).
 
-The end-to-end test serves the real model with real vLLM inside a Slurm job; the fault tests use
-the fake server only to make a benchmark hang or the server never become healthy.
+The real model in a Slurm job over SSH is tests/test_deployments.py's end-to-end run (a worker
+runs it); here the attached CLI's faults use the fake server only to make a benchmark hang or the
+server never become healthy.
 """
 
-import json
 import os
 import re
 import subprocess
@@ -16,27 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from nemotron import runtime
-from tests import fake_wandb_api, wandb_offline
-from tests.helpers import REPO, hf_home, nemotron
+from tests.helpers import REPO, hf_home, nemotron, sacct_state, squeue
 
 FAKE = Path(__file__).with_name("fake_server.py")
 ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # local-slurm and local-slurm-ssh
-
-
-def squeue() -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if "nemotron-eval" in line]
-
-
-def sacct_state(job_id: str) -> str:
-    for _ in range(20):  # accounting lags a little behind the controller
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
-                             capture_output=True, text=True).stdout.split()
-        if out:
-            return out[0]
-        time.sleep(0.5)
-    return ""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,49 +56,6 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path):
     assert "python -m vllm.entrypoints.openai.api_server --model" in sbatch  # the job script, shown too
     assert secret not in r.stdout + r.stderr
     assert not squeue() and not any(tmp_path.iterdir())  # nothing submitted, nothing written
-
-
-@pytest.mark.e2e
-def test_real_model_served_in_a_slurm_job_over_ssh(tmp_path):
-    """As from a laptop: NeMo-Run's SSHTunnel to the login node (slurm.sh's sshd), rsync of the job
-    files, sbatch there, and the endpoint reached through an SSH port forward."""
-    # the model is `rl:latest`, a W&B artifact recording where training left the checkpoint (the fake
-    # `wandb.Api` answers the look-up); the export is real W&B, offline, to env.example.toml's [wandb]
-    checkpoint = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
-    artifacts = {"YOUR-TEAM/nemotron/nano3-rl-model:latest": {
-        "qualified_name": "YOUR-TEAM/nemotron/nano3-rl-model:v7", "digest": "c0ffee" * 5 + "00",
-        "aliases": ["latest", "step_300"], "references": [f"file://{checkpoint}"]}}
-    r = nemotron("nano3", "eval", "-c", "local", "--run", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k",
-                 "run.model=rl:latest", f"evaluation.output_dir={tmp_path}",
-                 "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
-                 env={**ENV, **fake_wandb_api.subprocess_env(tmp_path, artifacts), "WANDB_MODE": "offline",
-                      "HF_HOME": str(hf_home())}, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (summary,) = tmp_path.glob("rl-latest/*/results.json")
-    doc = json.loads(summary.read_text())
-    assert [(x["benchmark"], x["status"]) for x in doc["results"]] == [("hellaswag", "completed"),
-                                                                       ("gsm8k", "completed")]
-    assert all(x["scores"] for x in doc["results"])
-    server = json.loads((summary.parent / "server.json").read_text())
-    assert server["executor"] == "slurm" and server["job_id"].isdigit()
-    log = r.stderr  # Prefect's console log
-    assert f"[serve] job {server['job_id']}: RUNNING" in log and "healthy after" in log
-    assert server["job_dir"].startswith("/var/tmp/nemotron-login/jobs/")  # the profile's remote_job_dir
-    assert re.search(r"server at http://\S+:\d+, reached as http://127\.0\.0\.1:\d+", log)  # forwarded
-    assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1
-    assert not squeue()
-    assert sacct_state(server["job_id"]) == "CANCELLED"  # torn down by the flow, not left to time out
-    assert f"--model {checkpoint} " in (summary.parent / "manifest.json").read_text()  # served in place
-
-    (run,) = wandb_offline.runs(summary.parent)  # the W&B run beside the results it records
-    assert (run.run.entity, run.run.project, run.run.run_group) == ("YOUR-TEAM", "nemotron", "nano3-rl-model")
-    assert run.config["model"]["resolved"] == "YOUR-TEAM/nemotron/nano3-rl-model:v7"
-    for result in doc["results"]:
-        for score in result["scores"]:
-            assert float(run.summary[f"{result['benchmark']}/{score['metric']}"]) == score["value"]
-    files = {c.path for c in run.artifact("evaluation-results").manifest.contents}
-    assert {"hellaswag/results.yml", "gsm8k/results.yml", "manifest.json", "server.log"} <= files
-    assert json.loads(run.artifact("evaluation-results").metadata)["inputs"] == ["YOUR-TEAM/nemotron/nano3-rl-model:v7"]
 
 
 def _cli_until_benchmark_runs(tmp_path, *fake_args):
