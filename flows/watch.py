@@ -13,7 +13,7 @@ from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
 from prefect.variables import Variable
 
 from nemotron import artifact_events
-from nemotron.config import STAGE_ARTIFACTS, load_config
+from nemotron.config import load_config
 
 SEEN = "nemotron-wandb-seen"  # {entity/project/name: last version number}
 
@@ -21,17 +21,17 @@ SEEN = "nemotron-wandb-seen"  # {entity/project/name: last version number}
 @flow(name="nano3-eval-watch", log_prints=True)
 def watch_wandb_artifacts(artifacts: list[str] | None = None, entity: str | None = None, project: str | None = None,
                           emit_existing: bool = False) -> list[str]:
-    """Emit `wandb.artifact.link_artifact` for each new version of `artifacts` (default: the stages' models);
+    """Emit `wandb.artifact.link_artifact` for each new version of `artifacts` (default: run.artifacts);
     returns the versions announced."""
     import wandb
 
     log = get_run_logger()
-    site = load_config("default").run.wandb  # env.toml [wandb] / $WANDB_ENTITY, $WANDB_PROJECT
-    entity, project = entity or site.entity, project or site.project or "nemotron"
+    run = load_config("default").run  # artifact names; env.toml [wandb] / $WANDB_ENTITY, $WANDB_PROJECT
+    entity, project = entity or run.wandb.entity, project or run.wandb.project or "nemotron"
     api = wandb.Api(timeout=30)
     seen: dict[str, int] = dict(Variable.get(SEEN, default={}) or {})
     announced = []
-    for name in artifacts or list(STAGE_ARTIFACTS.values()):
+    for name in artifacts or list(run.artifacts.values()):
         path = f"{entity}/{project}/{name}" if entity else f"{project}/{name}"
         try:
             listed = list(api.artifacts(type_name="model", name=path))
