@@ -5,9 +5,10 @@ import os
 import sys
 from pathlib import Path
 
-if os.environ.get("NEMOTRON_TEST_WANDB_ARTIFACTS"):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import fake_wandb_api
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fake_wandb_api  # noqa: E402 - needs the tests folder on sys.path
+
+if os.environ.get(fake_wandb_api.ENV):
     import wandb
 
-    wandb.Api = fake_wandb_api.api_class(json.loads(Path(os.environ["NEMOTRON_TEST_WANDB_ARTIFACTS"]).read_text()))
+    wandb.Api = fake_wandb_api.api_class(json.loads(Path(os.environ[fake_wandb_api.ENV]).read_text()))
