@@ -6,6 +6,7 @@ Reads like the picture in DESIGN.md; every step is one call into a domain module
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -15,8 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID
 
-from prefect import flow, get_client, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.artifacts import (
+    Artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -32,7 +34,7 @@ from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import EvalConfig, load_config, redacted
 from nemotron.errors import ConfigError
 from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
-from nemotron.results import BenchmarkResult, SuiteResult
+from nemotron.results import BenchmarkResult, Previous, SuiteResult
 from nemotron.serving import Endpoint
 
 
@@ -141,6 +143,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     run_id = str(flow_run.id)
     runs.save(run_id, name=flow_run.name, run_dir=str(run_dir), model=model.ref, profile=profile,
               started=stamp)
+    add_tags(run_id, model.tags)
 
     # 2. plan: registry lookup, harness configs, offline data check
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, run_dir, hf_home)
@@ -151,7 +154,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
 
     # 3. serve once, 4. map the benchmarks over the endpoint
     outcomes: dict[str, BenchmarkResult] = {}
-    with stop_when_cancelled(run_id), \
+    with stop_when_cancelled(run_id), tags(*model.tags), \
             serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
                           detached=deployment.id is not None,  # a deployment run is a batch run
                           on_record=lambda job: runs.save(run_id, server=job)) as server:
@@ -178,11 +181,13 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     # 5. record: summary files, Prefect artifacts, and the W&B export subflow
     suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
     summary = results.write_summary(suite)
-    create_table_artifact(results.score_rows(suite), key="nano3-eval-scores",
-                          description=f"Scores of {model.ref}")
-    create_markdown_artifact(results.render_markdown(suite), key="nano3-eval-summary",
-                             description=f"Evaluation of {model.ref}")
-    say(f"results: {summary} (score table: artifact nano3-eval-scores)")
+    label = model.resolved or model.ref
+    scores_key = results.artifact_key(model.series, "scores")
+    previous = previous_evaluation(scores_key)
+    create_table_artifact(results.score_rows(suite), key=scores_key, description=f"Scores of {label}")
+    create_markdown_artifact(results.render_markdown(suite, previous, series=model.series, version=label),
+                             key=results.artifact_key(model.series, "summary"), description=f"Evaluation of {label}")
+    say(f"results: {summary} (score table: artifact {scores_key})")
     exported = export_to_wandb(suite, manifest, cfg, return_state=True)
     if exported.is_completed():
         record = exported.result()
@@ -196,6 +201,31 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
                       f"the others are recorded in {summary}", data=suite)
     return suite
+
+
+def add_tags(run_id: str, extra: list[str]) -> None:
+    """Tag the flow run with the model it evaluates, once that is known (W&B: after the look-up)."""
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(UUID(run_id)).tags
+        client.update_flow_run(UUID(run_id), tags=[*current, *(t for t in extra if t not in current)])
+
+
+def previous_evaluation(scores_key: str) -> Previous | None:
+    """The newest score table under this key, with the flow run that wrote it; None if there is none
+    (or the look-up fails: a summary without a change column is no reason to fail an evaluation)."""
+    try:
+        art = Artifact.get(scores_key)
+        if art is None or art.flow_run_id is None:
+            return None
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(art.flow_run_id)
+        model = next((t.split(":", 1)[1] for t in run.tags if t.startswith("model:")), run.name)
+        rows = json.loads(art.data) if isinstance(art.data, str) else art.data
+        when = (run.start_time or art.created).strftime("%Y-%m-%d %H:%M UTC")
+        return Previous(model=model, run_name=run.name, when=when, rows=tuple(rows))
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning("no comparison with the previous evaluation: %s", e)
+        return None
 
 
 def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:

@@ -12,6 +12,11 @@ uv run nemotron nano3 setup
 # A single-node Slurm for the `--run PROFILE` tests (installs and starts the daemons; needs root).
 bash scripts/slurm/slurm.sh start >/dev/null
 
+# A browser for the Prefect UI tests (tests/test_ui.py): Debian's Chromium, headless.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 # Benchmark data: an offline Hugging Face cache (no hub here); the project copies a read-only one.
 if [ -z "${HF_HOME:-}" ] && [ -d ../shared/hf-home ]; then
   export HF_HOME="$(cd ../shared/hf-home && pwd)"

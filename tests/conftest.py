@@ -39,7 +39,8 @@ def pytest_configure(config):
     _server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
          "--analytics-off"],
-        env={**os.environ, "PREFECT_HOME": _home}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PREFECT_HOME": _home, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120

@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--never-healthy", action="store_true")
     ap.add_argument("--fail-logprobs", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--answer", default="The answer is 42.", help="what every completion says")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
     args, _ = ap.parse_known_args()
     print(f"fake server: loading model {args.served_model_name}", flush=True)
@@ -55,7 +56,7 @@ def main() -> None:
                 return
             prompts = req.get("prompt")
             prompts = prompts if isinstance(prompts, list) else [prompts]
-            choices = [{"index": i, "text": " The answer is 42.\n\n", "finish_reason": "stop", "logprobs": None}
+            choices = [{"index": i, "text": f" {args.answer}\n\n", "finish_reason": "stop", "logprobs": None}
                        for i in range(len(prompts))]
             self._send(200, {"id": "cmpl-fake", "object": "text_completion", "model": args.served_model_name,
                              "choices": choices,

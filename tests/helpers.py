@@ -11,6 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_HF_HOME = REPO.parent / "shared" / "hf-home"
+FAKE = Path(__file__).with_name("fake_server.py")
 
 
 def hf_home() -> Path | None:
@@ -43,3 +44,16 @@ def sacct_state(job_id: str) -> str:
             return out[0]
         time.sleep(0.5)
     return ""
+
+
+def fake_request(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
+    """The flow's parameters for the `local` config served by the fake server."""
+    overrides = [
+        f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} {' '.join(fake_args)}",
+        "deployment.venv=null", "deployment.extra_args=''", "deployment.startup_timeout=20",
+        f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
+        "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+        "evaluation.nemo_evaluator_config.config.params.max_retries=0",
+        "evaluation.retries=0", "evaluation.retry_delay=0", *extra,
+    ]
+    return {"config": "local", "overrides": overrides, "tasks": list(tasks)}

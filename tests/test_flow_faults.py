@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
@@ -19,22 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.eval import nano3_eval
 from nemotron import runtime
 from tests import fake_wandb_api, wandb_offline
-from tests.helpers import hf_home, nemotron
-
-FAKE = Path(__file__).with_name("fake_server.py")
-
-
-def fake_request(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
-    """The flow's parameters for the `local` config served by the fake server."""
-    overrides = [
-        f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} {' '.join(fake_args)}",
-        "deployment.venv=null", "deployment.extra_args=''", "deployment.startup_timeout=20",
-        f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
-        "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
-        "evaluation.nemo_evaluator_config.config.params.max_retries=0",
-        "evaluation.retries=0", "evaluation.retry_delay=0", *extra,
-    ]
-    return {"config": "local", "overrides": overrides, "tasks": list(tasks)}
+from tests.helpers import FAKE, fake_request, hf_home, nemotron
 
 
 def leftovers(tmp_path) -> str:
@@ -73,14 +57,19 @@ def test_failed_benchmark_is_named_and_the_others_recorded_and_exported(tmp_path
     assert not leftovers(tmp_path)
 
     with get_client(sync_client=True) as client:
+        flow_tags = client.read_flow_run(state.state_details.flow_run_id).tags
         tasks_run = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))
         artifacts = {a.key: a for a in client.read_artifacts(
             flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))}
-    assert {t.name for t in tasks_run if "benchmark" in t.tags} == {"gsm8k", "arc_challenge"}
+    model_tags = {"model:team/nemotron/nano3-rl-model:v3", "stage:rl"}  # the version evaluated, not the alias
+    assert model_tags <= set(flow_tags)
+    benchmarks = [t for t in tasks_run if "benchmark" in t.tags]
+    assert {t.name for t in benchmarks} == {"gsm8k", "arc_challenge"}
+    assert all(model_tags <= set(t.tags) for t in benchmarks)
     assert any(t.name.startswith("wandb-export") for t in tasks_run)  # the export subflow
-    assert {"nano3-eval-scores", "nano3-eval-summary", "nano3-eval-progress"} <= set(artifacts)
-    assert "**arc_challenge failed**" in artifacts["nano3-eval-summary"].data
-    assert "exact_match__strict-match" in str(artifacts["nano3-eval-scores"].data)
+    assert {"nano3-rl-model-scores", "nano3-rl-model-summary", "nano3-eval-progress"} <= set(artifacts)
+    assert "**arc_challenge failed**" in artifacts["nano3-rl-model-summary"].data
+    assert "exact_match__strict-match" in str(artifacts["nano3-rl-model-scores"].data)
 
     # `eval status RUN` / `eval logs RUN` read the same API and the run's files
     api = {"PREFECT_API_URL": PREFECT_API_URL.value()}

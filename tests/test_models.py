@@ -133,3 +133,22 @@ def test_not_logged_in_is_a_config_error(monkeypatch):
     monkeypatch.setattr(wandb, "Api", refuse)
     with pytest.raises(ConfigError, match="W&B is not usable: No API key configured.*wandb login"):
         models.resolve(ref(), say=lambda m: None)
+
+
+@pytest.mark.parametrize("overrides, stage, series", [
+    (["run.model=rl:v2"], "rl", "nano3-rl-model"),
+    (["run.model=lab/proj/nano3-sft-model:v7"], "sft", "nano3-sft-model"),  # named in full: still the sft stage
+    (["run.model=rl:v2", "run.artifacts.rl=my-rl"], "rl", "my-rl"),
+    (["run.model=my-ckpt:best"], None, "my-ckpt"),
+    (["run.model=builtin:smollm2-135m-instruct"], None, "smollm2-135m-instruct"),
+])
+def test_stage_and_series_tell_which_line_of_models_an_evaluation_belongs_to(overrides, stage, series):
+    r = ref(*overrides)
+    assert (r.stage, r.series) == (stage, series)
+    assert r.tags == [f"model:{r.artifact or r.ref}"] + ([f"stage:{stage}"] if stage else [])
+
+
+def test_resolved_version_is_the_model_tag(monkeypatch):
+    fake_wandb_api.install(monkeypatch, {"team/nemotron/nano3-rl-model:latest": RL_V3})
+    r = models.resolve(ref(), say=lambda m: None, local=False)
+    assert r.tags == ["model:team/nemotron/nano3-rl-model:v3", "stage:rl"] and r.record()["stage"] == "rl"

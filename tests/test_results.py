@@ -39,3 +39,27 @@ def test_table_and_summary_round_trip(tmp_path):
     path = results.write_summary(suite)
     assert results.read_summary(path) == suite and suite.failed == ["gsm8k"]
     assert "**gsm8k failed** after 2 attempt(s): boom" in (tmp_path / "scores.md").read_text()
+
+
+def test_summary_shows_the_change_against_the_previous_evaluation_of_the_series(tmp_path):
+    suite = SuiteResult("rl:latest", str(tmp_path), (
+        BenchmarkResult("hellaswag", "completed", str(tmp_path / "hellaswag"), 12.3, scores("hellaswag", tmp_path)),
+        BenchmarkResult("gsm8k", "failed", str(tmp_path / "gsm8k"), 4.0, error="boom"),
+    ))
+    before = results.Previous("team/p/nano3-rl-model:v2", "eval-rl:v2", "2026-11-27 10:00 UTC", (
+        {"benchmark": "hellaswag", "metric": "acc", "value": 0.75},
+        {"benchmark": "gsm8k", "metric": "exact_match", "value": 0.1}))
+    md = results.render_markdown(suite, before, series="nano3-rl-model", version="team/p/nano3-rl-model:v3")
+    assert md.startswith("# Evaluation of `team/p/nano3-rl-model:v3` (`rl:latest`)")
+    assert ("Change against the previous evaluation of `nano3-rl-model`: `team/p/nano3-rl-model:v2` "
+            "(flow run `eval-rl:v2`, 2026-11-27 10:00 UTC)") in md
+    assert "| hellaswag | acc | 0.0000 | 0.0000 | 2 | 12 | -0.7500 |" in md
+    assert "| hellaswag | acc_norm | 0.5000 | 0.5000 | 2 | 12 | new |" in md  # not in the previous run
+    assert "| gsm8k | FAILED | **FAILED** |  |  | 4 |  |" in md
+    first = results.render_markdown(suite, None, series="nano3-rl-model")
+    assert "First evaluation of `nano3-rl-model`" in first and "| change |" not in first
+
+
+def test_artifact_keys_are_what_prefect_accepts():
+    assert results.artifact_key("nano3-rl-model", "scores") == "nano3-rl-model-scores"
+    assert results.artifact_key("SmolLM2_135M.v1", "summary") == "smollm2-135m-v1-summary"

@@ -11,14 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import REPO, hf_home, nemotron, sacct_state, squeue
+from tests.helpers import FAKE, REPO, hf_home, nemotron, sacct_state, squeue
 
-FAKE = Path(__file__).with_name("fake_server.py")
 ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # local-slurm and local-slurm-ssh
 
 

@@ -36,6 +36,7 @@ class ModelRef:
     digest: str | None = None
     aliases: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+    stage: str | None = None  # the training stage whose artifact this is (run.artifacts): rl, sft, pretrain
 
     @property
     def slug(self) -> str:
@@ -49,11 +50,21 @@ class ModelRef:
         """The artifact's name without version (nano3-rl-model): what W&B groups versions by."""
         return self.artifact.rsplit("/", 1)[-1].split(":", 1)[0] if self.artifact else None
 
+    @property
+    def series(self) -> str:
+        """What successive evaluations are compared within: the artifact collection, else the model's slug."""
+        return self.collection or self.slug
+
+    @property
+    def tags(self) -> list[str]:
+        """Prefect run tags to find this model's evaluations by: `model:<version evaluated>`, `stage:<stage>`."""
+        return [f"model:{self.resolved or self.artifact or self.ref}"] + ([f"stage:{self.stage}"] if self.stage else [])
+
     def record(self) -> dict[str, Any]:
         """What the manifest and the W&B run keep about the model."""
         return {"ref": self.ref, "kind": self.kind, "checkpoint_path": self.path, "slug": self.slug,
                 "artifact": self.artifact, "resolved": self.resolved, "collection": self.collection,
-                "digest": self.digest, "aliases": list(self.aliases), "metadata": self.metadata}
+                "digest": self.digest, "aliases": list(self.aliases), "stage": self.stage, "metadata": self.metadata}
 
     @property
     def identity(self) -> str:
@@ -74,7 +85,14 @@ def parse(cfg: EvalConfig) -> ModelRef:
         return ModelRef(ref, "builtin", str(runtime.builtin_model_dir(name)))
     if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists():
         return ModelRef(ref, "path", str(Path(ref).expanduser().resolve()))
-    return ModelRef(ref, "wandb", None, artifact=artifact_name(ref, cfg))
+    artifact = artifact_name(ref, cfg)
+    return ModelRef(ref, "wandb", None, artifact=artifact, stage=_stage(artifact, cfg))
+
+
+def _stage(artifact: str, cfg: EvalConfig) -> str | None:
+    """The stage whose artifact this is: `nano3-rl-model` is run.artifacts.rl, so stage rl."""
+    collection = artifact.rsplit("/", 1)[-1].split(":", 1)[0]
+    return next((stage for stage, name in cfg.run.artifacts.items() if name == collection), None)
 
 
 def artifact_name(ref: str, cfg: EvalConfig) -> str:

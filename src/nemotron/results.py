@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,15 +145,50 @@ def render_table(suite: SuiteResult) -> str:
     return "\n".join([line(head), line(tuple("-" * w for w in widths)), *map(line, body)])
 
 
-def render_markdown(suite: SuiteResult) -> str:
+@dataclass(frozen=True)
+class Previous:
+    """The last earlier evaluation of the same model series, to show what changed."""
+
+    model: str  # the version it evaluated
+    run_name: str
+    when: str
+    rows: tuple[dict[str, Any], ...]
+
+
+def artifact_key(series: str, kind: str) -> str:
+    """`nano3-rl-model-scores`: one key per model series, so each version of it is one evaluation."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{series}-{kind}".lower()).strip("-")
+
+
+def change(row: dict[str, Any], previous: Previous) -> str:
+    """This row's value against the same benchmark and metric in `previous`: +0.0125, -0.0300, new."""
+    if row["value"] is None:
+        return ""
+    before = next((p["value"] for p in previous.rows
+                   if p["benchmark"] == row["benchmark"] and p["metric"] == row["metric"]), None)
+    return "new" if before is None else f"{row['value'] - before:+.4f}"
+
+
+def render_markdown(suite: SuiteResult, previous: Previous | None = None, *, series: str | None = None,
+                    version: str | None = None) -> str:
+    """The summary: scores, and with `previous` a change column against the last evaluation of the
+    series; `version` is what `suite.model` resolved to (rl:latest → …/nano3-rl-model:v3)."""
     rows = score_rows(suite)
-    out = [f"# Evaluation of `{suite.model}`", "",
-           "| benchmark | metric | value | ± stderr | samples | seconds |", "|---|---|---|---|---|---|"]
+    shown = f"`{version}` (`{suite.model}`)" if version and version != suite.model else f"`{suite.model}`"
+    out = [f"# Evaluation of {shown}", ""]
+    if previous is not None:
+        out += [f"Change against the previous evaluation of `{series}`: `{previous.model}` "
+                f"(flow run `{previous.run_name}`, {previous.when}).", ""]
+    elif series:
+        out += [f"First evaluation of `{series}` recorded here: nothing to compare with.", ""]
+    extra = previous is not None
+    out += ["| benchmark | metric | value | ± stderr | samples | seconds |" + (" change |" if extra else ""),
+            "|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for r in rows:
         value = "**FAILED**" if r["value"] is None else f"{r['value']:.4f}"
         stderr = "" if r["stderr"] is None else f"{r['stderr']:.4f}"
         out.append(f"| {r['benchmark']} | {r['metric']} | {value} | {stderr} | {r['samples'] or ''} "
-                   f"| {r['seconds']:.0f} |")
+                   f"| {r['seconds']:.0f} |" + (f" {change(r, previous)} |" if extra else ""))
     for r in suite.results:
         if not r.ok:
             out += ["", f"**{r.benchmark} failed** after {r.attempts} attempt(s): "
