@@ -38,7 +38,12 @@ from nemotron.results import BenchmarkResult, Previous, SuiteResult
 from nemotron.serving import Endpoint
 
 
-@task(task_run_name="{bench.name}", tags=["benchmark"])
+def retry_if_infrastructure(task, task_run, state) -> bool:
+    """Prefect's retry condition: only infrastructure failures get another attempt."""
+    return isinstance(state.data, BaseException) and benchmarks.retryable(state.data)
+
+
+@task(task_run_name="{bench.name}", tags=["benchmark"], retry_condition_fn=retry_if_infrastructure)
 async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str]) -> BenchmarkResult:
     """One `nemo-evaluator run_eval` against the shared endpoint (retries and timeout from config)."""
     log = get_run_logger()
@@ -46,6 +51,14 @@ async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str,
     result = await benchmarks.run_benchmark(bench, endpoint, env, on_line=log.warning)
     for s in result.scores:
         log.info("%s %s = %.4f ± %s (n=%s)", s.benchmark, s.metric, s.value, s.stderr, s.samples)
+    return result
+
+
+@task(task_run_name="{result.benchmark}", tags=["benchmark", "reused"])
+def reuse_benchmark(result: BenchmarkResult) -> BenchmarkResult:
+    """A benchmark an earlier run completed with the same key: its recorded result, nothing sent."""
+    get_run_logger().info("%s: complete in %s (same model, task and harness config): reusing its result",
+                          result.benchmark, result.output_dir)
     return result
 
 
@@ -145,38 +158,52 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
               started=stamp)
     add_tags(run_id, model.tags)
 
-    # 2. plan: registry lookup, harness configs, offline data check
-    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, run_dir, hf_home)
+    # 2. plan: registry lookup, harness configs, offline data check; what an earlier run already finished
+    store = Path(ev.output_dir).expanduser().resolve() / "benchmarks"
+    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, model.identity, store, hf_home)
+    benchmarks.link_into(run_dir, plans)
     eval_id = wandb_export.evaluation_id(model.identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
     progress = create_progress_artifact(0.0, key="nano3-eval-progress", description="benchmarks finished")
-
-    # 3. serve once, 4. map the benchmarks over the endpoint
     outcomes: dict[str, BenchmarkResult] = {}
-    with stop_when_cancelled(run_id), tags(*model.tags), \
-            serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
-                          detached=deployment.id is not None,  # a deployment run is a batch run
-                          on_record=lambda job: runs.save(run_id, server=job)) as server:
-        manifest = results.write_manifest(run_dir, {
-            "evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
-            "harness": wandb_export.versions(), "profile": profile, "config": redacted(cfg.model_dump(mode="json")),
-            "server": {"command": serving.server_spec(cfg.deployment, model.path).command,
-                       "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id},
-            "benchmarks": {p.name: p.run_config(server.endpoint) for p in plans},
-        })
-        env = benchmarks.harness_env(hf_home, cfg.offline)
-        waiting, running = list(plans), {}
-        started = time.monotonic()
-        while waiting or running:
-            while waiting and len(running) < ev.max_parallel:  # at most max_parallel against the server
-                p = waiting.pop(0)
-                running[run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
-                                                   timeout_seconds=p.timeout).submit(p, server.endpoint, env)] = p
-            future = next(as_completed(list(running)))
-            bench = running.pop(future)
-            outcomes[bench.name] = _outcome(future, bench, time.monotonic() - started)
-            update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
+    with tags(*model.tags):
+        for p in plans:
+            if (done := benchmarks.finished(p)) is not None:
+                outcomes[p.name] = reuse_benchmark(done)
+    todo = [p for p in plans if p.name not in outcomes]
+    update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
+    record = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
+              "harness": wandb_export.versions(), "profile": profile, "config": redacted(cfg.model_dump(mode="json")),
+              "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
+                             for p in plans}}
+
+    # 3. serve once, 4. map the missing benchmarks over the endpoint
+    if not todo:
+        say("every benchmark already has its result for this model and config: nothing to serve")
+        manifest = results.write_manifest(run_dir, record)
+    else:
+        with stop_when_cancelled(run_id), tags(*model.tags), \
+                serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
+                              detached=deployment.id is not None,  # a deployment run is a batch run
+                              on_record=lambda job: runs.save(run_id, server=job)) as server:
+            manifest = results.write_manifest(run_dir, {**record, "server": {
+                "command": serving.server_spec(cfg.deployment, model.path).command,
+                "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
+                "run_configs": {p.name: p.run_config(server.endpoint) for p in todo}}})
+            env = benchmarks.harness_env(hf_home, cfg.offline)
+            waiting, running = list(todo), {}
+            started = time.monotonic()
+            while waiting or running:
+                while waiting and len(running) < ev.max_parallel:  # at most max_parallel against the server
+                    p = waiting.pop(0)
+                    running[run_benchmark.with_options(
+                        retries=p.retries, retry_delay_seconds=ev.retry_delay, timeout_seconds=p.timeout,
+                    ).submit(p, server.endpoint, env)] = p
+                future = next(as_completed(list(running)))
+                bench = running.pop(future)
+                outcomes[bench.name] = _outcome(future, bench, time.monotonic() - started)
+                update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
 
     # 5. record: summary files, Prefect artifacts, and the W&B export subflow
     suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
@@ -229,10 +256,12 @@ def previous_evaluation(scores_key: str) -> Previous | None:
 
 
 def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:
-    """A finished future as a result record; a failure keeps its error text."""
+    """A finished future as a result record; a failure keeps its error text and kind."""
     try:
         return future.result()
     except BaseException as e:  # noqa: BLE001 - the failure is the record
-        error = f"{type(e).__name__}: {e}"
-    return BenchmarkResult(bench.name, "failed", bench.output_dir, seconds, error=error,
-                           attempts=bench.retries + 1)
+        retried = benchmarks.retryable(e)
+        return BenchmarkResult(bench.name, "failed", bench.output_dir, seconds, error=f"{type(e).__name__}: {e}",
+                               failure=getattr(e, "kind", "infrastructure" if retried else "configuration"),
+                               attempts=bench.retries + 1 if retried else 1)
+

@@ -23,8 +23,16 @@ def main() -> None:
     ap.add_argument("--fail-logprobs", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--answer", default="The answer is 42.", help="what every completion says")
+    ap.add_argument("--journal", help="append `start` when started and `request` per completion request")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
     args, _ = ap.parse_known_args()
+
+    def journal(what: str) -> None:
+        if args.journal:
+            with open(args.journal, "a") as f:
+                f.write(what + "\n")
+
+    journal("start")
     print(f"fake server: loading model {args.served_model_name}", flush=True)
     if args.never_healthy:
         while True:
@@ -50,6 +58,7 @@ def main() -> None:
 
         def do_POST(self) -> None:  # noqa: N802
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            journal("request")
             time.sleep(args.delay)
             if args.fail_logprobs and req.get("echo"):
                 self._send(500, {"error": {"message": "injected fault: logprobs unavailable"}})

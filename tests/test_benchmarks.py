@@ -1,10 +1,14 @@
+import json
+import pickle
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from nemotron import benchmarks
 from nemotron.config import load_config
-from nemotron.errors import ConfigError
+from nemotron.errors import BenchmarkError, ConfigError
+from nemotron.results import BenchmarkResult, Score
 from nemotron.serving import Endpoint
 from tests.helpers import SHARED_HF_HOME
 
@@ -13,7 +17,7 @@ MODEL = "/models/m"
 
 def plan(overrides=(), tasks=None, hf_home=None, config="local"):
     cfg = load_config(config, list(overrides))
-    return benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), MODEL, Path("/out"), hf_home)
+    return benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), MODEL, f"{MODEL}@1", Path("/out"), hf_home)
 
 
 def by_name(plans):
@@ -82,3 +86,51 @@ def test_harness_env_offline_switches(tmp_path, monkeypatch):
     assert "HF_DATASETS_CACHE" not in env and env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] == "0"
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert "HF_HUB_OFFLINE" not in benchmarks.harness_env(None, offline=False)
+
+
+def keyed(overrides=(), identity=f"{MODEL}@1"):
+    cfg = load_config("local", list(overrides))
+    (p,) = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, ["gsm8k"]), MODEL, identity, Path("/out"), None)
+    return p
+
+
+def test_benchmark_folder_is_keyed_by_model_task_and_harness_params():
+    p = keyed()
+    assert p.output_dir == f"/out/gsm8k-{p.key[:12]}" and keyed().key == p.key
+    assert keyed(identity=f"{MODEL}@2").key != p.key  # checkpoint rewritten / another artifact digest
+    assert keyed(["evaluation.nemo_evaluator_config.config.params.limit_samples=9"]).key != p.key
+    # how requests are sent is not what is asked: same results, same folder
+    assert keyed(["evaluation.nemo_evaluator_config.config.params.parallelism=16",
+                  "evaluation.nemo_evaluator_config.config.params.request_timeout=5"]).key == p.key
+
+
+def test_a_folder_counts_as_finished_only_with_a_result_under_the_same_key(tmp_path):
+    p = replace(keyed(), output_dir=str(tmp_path))
+    assert benchmarks.finished(p) is None
+    done = BenchmarkResult("gsm8k", "completed", str(tmp_path), 3.0, (Score("gsm8k", "em", 0.5, 0.1, 4),))
+    (tmp_path / benchmarks.RESULT_FILE).write_text(json.dumps({"key": p.key, "result": asdict(done)}))
+    assert benchmarks.finished(p) == replace(done, reused=True)
+    assert benchmarks.finished(replace(p, key="other")) is None
+    (tmp_path / benchmarks.RESULT_FILE).write_text("{truncated")
+    assert benchmarks.finished(p) is None
+
+
+@pytest.mark.parametrize("log, kind", [
+    ("aiohttp.client_exceptions.ClientResponseError: 500, message='INTERNAL SERVER ERROR'", "infrastructure"),
+    ("aiohttp.client_exceptions.ServerDisconnectedError: Server disconnected", "infrastructure"),
+    ("Cannot connect to host 127.0.0.1:8000 ssl:default [Connect call failed]", "infrastructure"),
+    ("asyncio.exceptions.TimeoutError", "infrastructure"),
+    ("OSError: Can't load tokenizer for '/models/m'.", "configuration"),
+    ("KeyError: 'no_such_task'", "configuration"),
+])
+def test_failures_are_told_apart_by_what_the_harness_log_shows(log, kind):
+    assert benchmarks.failure_kind(f"[I] starting\n{log}\nRuntimeError: Evaluation failed!\n") == kind
+
+
+def test_only_infrastructure_failures_are_retried():
+    from prefect.task_engine import TaskRunTimeoutError  # what a task's timeout_seconds raises
+
+    assert benchmarks.retryable(BenchmarkError("x", "infrastructure")) and benchmarks.retryable(TaskRunTimeoutError())
+    assert not benchmarks.retryable(BenchmarkError("x", "configuration"))
+    assert not benchmarks.retryable(BenchmarkError("x", "model")) and not benchmarks.retryable(ValueError())
+    assert pickle.loads(pickle.dumps(BenchmarkError("x", "model"))).kind == "model"  # survives Prefect's storage

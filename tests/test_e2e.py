@@ -41,3 +41,15 @@ def test_local_suite_end_to_end(tmp_path):
         assert bench in table
     assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1  # served once
     assert not vllm_processes(), "the server outlived the run"
+
+    # the same evaluation again: every benchmark is complete under its key, so no server starts
+    again = nemotron("nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}",
+                     "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+                     env={"HF_HOME": str(hf_home())}, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "nothing to serve" in again.stderr and "[serve]" not in again.stderr
+    _, second = sorted(tmp_path.glob("smollm2-135m-instruct/*/results.json"))
+    redo = json.loads(second.read_text())
+    assert all(r["reused"] for r in redo["results"])
+    assert [r["scores"] for r in redo["results"]] == [r["scores"] for r in doc["results"]]
+    assert not (second.parent / "server.log").exists()

@@ -38,7 +38,7 @@ def test_table_and_summary_round_trip(tmp_path):
     assert "hellaswag  acc_norm  0.5000  ± 0.5000" in table and "gsm8k      FAILED" in table
     path = results.write_summary(suite)
     assert results.read_summary(path) == suite and suite.failed == ["gsm8k"]
-    assert "**gsm8k failed** after 2 attempt(s): boom" in (tmp_path / "scores.md").read_text()
+    assert "**gsm8k failed** (unknown failure) after 2 attempt(s): boom" in (tmp_path / "scores.md").read_text()
 
 
 def test_summary_shows_the_change_against_the_previous_evaluation_of_the_series(tmp_path):

@@ -11,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import fcntl
+import hashlib
+import json
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import yaml
 
-from nemotron import registry
+from nemotron import registry, results
 from nemotron.config import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError
 from nemotron.results import BenchmarkResult, parse_output_dir
@@ -32,6 +35,14 @@ from nemotron.serving import Endpoint, free_port, log_tail
 
 KILL_GRACE_SECONDS = 10.0
 INTERRUPTED_MARKER = ".nemo_evaluator_interrupted"
+RESULT_FILE = "nemotron-result.json"  # written last: the benchmark is complete in this folder
+# harness params that change how requests are sent, not what is asked or scored: not part of the key
+TRANSPORT_PARAMS = ("parallelism", "request_timeout", "max_retries")
+# what an infrastructure failure leaves in the harness log: the endpoint unreachable, gone, too slow, or 5xx
+_INFRASTRUCTURE = re.compile(
+    r"ClientConnectorError|ServerDisconnectedError|Cannot connect to host|Connection refused|ConnectionResetError"
+    r"|ConnectError|RemoteProtocolError|ReadTimeout|TimeoutError|timed out|ClientResponseError: 5\d\d"
+    r"|status_code=5\d\d|Internal Server Error|Bad Gateway|Service Unavailable")
 # harness lines worth surfacing in the run log (the full output is in <output_dir>/run_eval.log)
 _NOTABLE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback \(most recent|^\s*\w*(Error|Exception):")
 
@@ -47,6 +58,7 @@ class BenchmarkPlan:
     timeout: float
     retries: int
     params: dict[str, Any] = field(hash=False, compare=False)
+    key: str = ""  # model identity + task + harness params: the same key means the same results
 
     def run_config(self, endpoint: Endpoint) -> dict[str, Any]:
         """The `--run_config` document nemo-evaluator reads."""
@@ -72,10 +84,21 @@ def select_tasks(cfg: EvalConfig, names: list[str] | None) -> list[TaskSpec]:
     return [configured.get(n) or TaskSpec(name=n) for n in dict.fromkeys(names)]
 
 
+def result_key(model_identity: str, task_type: str, params: dict[str, Any]) -> str:
+    """What makes two runs of a benchmark give the same results (transport settings aside)."""
+    asked = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS}
+    doc = json.dumps({"model": model_identity, "task": task_type, "params": asked}, sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
 def plan(
-    cfg: EvalConfig, specs: list[TaskSpec], model_path: str, run_dir: Path, hf_home: Path | None
+    cfg: EvalConfig, specs: list[TaskSpec], model_path: str, model_identity: str, store: Path,
+    hf_home: Path | None,
 ) -> list[BenchmarkPlan]:
-    """Resolve every task against the registry and build its harness config. Raises ConfigError."""
+    """Resolve every task against the registry and build its harness config. Raises ConfigError.
+
+    Each benchmark's folder is `<store>/<name>-<key>`: a re-run with the same key finds it complete,
+    or half done with its answered requests in the harness's response cache."""
     ev = cfg.evaluation
     plans = []
     for spec in specs:
@@ -93,12 +116,46 @@ def plan(
         if info.needs_logprobs and not params.get("extra", {}).get("tokenizer"):
             # log-likelihood tasks score continuations client-side: they need the model's tokenizer
             params = deep_merge(params, {"extra": {"tokenizer": model_path, "tokenizer_backend": "huggingface"}})
+        key = result_key(model_identity, info.qualified, params)
         plans.append(BenchmarkPlan(
             name=spec.name, task_type=info.qualified, endpoint_type=info.endpoint_type,
-            output_dir=str(run_dir / spec.name), timeout=spec.timeout or ev.timeout,
-            retries=ev.retries if spec.retries is None else spec.retries, params=params,
+            output_dir=str(store / f"{spec.name}-{key[:12]}"), timeout=spec.timeout or ev.timeout,
+            retries=ev.retries if spec.retries is None else spec.retries, params=params, key=key,
         ))
     return plans
+
+
+def finished(bench: BenchmarkPlan) -> BenchmarkResult | None:
+    """The recorded result if this exact benchmark (same key) already completed in its folder."""
+    path = Path(bench.output_dir) / RESULT_FILE
+    try:
+        doc = json.loads(path.read_text())
+        if doc["key"] != bench.key:
+            return None
+        found = results.result_from_dict(doc["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return replace(found, reused=True)
+
+
+def link_into(run_dir: Path, plans: list[BenchmarkPlan]) -> None:
+    """`<run_dir>/<name>` → the benchmark's keyed folder, so a run folder shows all it used."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for p in plans:
+        link = run_dir / p.name
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(p.output_dir, target_is_directory=True)
+
+
+def failure_kind(log: str) -> str:
+    """Infrastructure if the harness log shows the endpoint failing it, else configuration: a run that
+    fails without touching a broken endpoint fails the same way when tried again."""
+    return "infrastructure" if _INFRASTRUCTURE.search(log[-200_000:]) else "configuration"
+
+
+def retryable(error: BaseException) -> bool:
+    """Only infrastructure failures are worth another attempt (a task timeout is one)."""
+    return isinstance(error, TimeoutError) or getattr(error, "kind", None) == "infrastructure"
 
 
 def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
@@ -132,6 +189,27 @@ async def run_benchmark(
     """Run one benchmark to completion. Cancellation (timeout, Ctrl-C) stops its whole process group."""
     out = Path(bench.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _only_runner(out, bench.name):
+        result = await _run(bench, endpoint, env, on_line, out)
+    (out / RESULT_FILE).write_text(json.dumps({"key": bench.key, "result": asdict(result)}, indent=2) + "\n")
+    return result
+
+
+@contextlib.contextmanager
+def _only_runner(out: Path, name: str) -> Iterator[None]:
+    """One evaluation at a time per benchmark folder (two would mix their caches and results)."""
+    with (out / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchmarkError(f"{name}: another evaluation is running this benchmark into {out} "
+                                 "(same model and config); wait for it, then run again to reuse its result",
+                                 "infrastructure") from None
+        yield
+
+
+async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on_line: Callable[[str], None],
+               out: Path) -> BenchmarkResult:
     (out / INTERRUPTED_MARKER).unlink(missing_ok=True)
     cfg_path = out / "nemotron_run_config.yml"
     cfg_path.write_text(yaml.safe_dump(bench.run_config(endpoint), sort_keys=False))
@@ -139,6 +217,7 @@ async def run_benchmark(
     exe = str(Path(sys.executable).parent / "nemo-evaluator")
     env = {**env, "ADAPTER_PORT": str(free_port())}  # fresh per attempt: a used port stays busy ~60 s
     start = time.monotonic()
+    offset = log_path.stat().st_size if log_path.exists() else 0  # earlier attempts' lines are not this one's
     with log_path.open("ab") as log:
         shown = {k: v for k, v in env.items() if k.startswith(("HF_", "ADAPTER_", "NEMO_EVALUATOR_"))}
         log.write(f"# nemotron: run_eval {cfg_path} with {shown}\n".encode())
@@ -162,11 +241,15 @@ async def run_benchmark(
     seconds = time.monotonic() - start
     interrupted = (out / INTERRUPTED_MARKER).exists()
     if rc != 0 or interrupted:
+        with log_path.open("rb") as f:
+            f.seek(offset)
+            kind = "infrastructure" if interrupted else failure_kind(f.read().decode(errors="replace"))
         why = "was interrupted" if interrupted else f"exited with code {rc}"
-        raise BenchmarkError(f"{bench.name}: nemo-evaluator {why} after {seconds:.0f} s; "
-                             f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}")
+        raise BenchmarkError(f"{bench.name}: nemo-evaluator {why} after {seconds:.0f} s ({kind} failure); "
+                             f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}", kind)
     try:
         scores = parse_output_dir(bench.name, out)
     except ValueError as e:
-        raise BenchmarkError(f"{bench.name}: {e}; log {log_path}") from None
+        raise BenchmarkError(f"{bench.name}: {e} (model failure: the run ended without scores); log {log_path}",
+                             "model") from None
     return BenchmarkResult(bench.name, "completed", str(out), seconds, scores)

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -88,10 +87,9 @@ def evaluate(args: argparse.Namespace) -> int:
     cluster.check_resources(cfg.deployment, profile)
     model = models.parse(cfg)  # syntax only: W&B artifacts are looked up in the flow
     hf_home = Path(cfg.evaluation.hf_home).expanduser() if cfg.evaluation.hf_home else None
-    run_dir = Path(tempfile.gettempdir()) / "nemotron-dry-run" if args.dry_run else \
-        Path(cfg.evaluation.output_dir).expanduser().resolve() / model.slug / "<timestamp>"
+    store = Path(cfg.evaluation.output_dir).expanduser().resolve() / "benchmarks"
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
-                            run_dir, hf_home)
+                            model.identity, store, hf_home)
     if args.dry_run:
         print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
@@ -120,6 +118,10 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                        "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout},
             "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
                             "run_config": p.run_config(endpoint)} for p in plans],
+            "benchmark_folders": "<output_dir>/benchmarks/<name>-<key>: the key is the model's identity, the task "
+                                 "and its harness params; a folder that holds a result is reused, not recomputed"
+                                 + (" (W&B: the identity is the artifact digest, known after the look-up; the keys "
+                                    "above are placeholders)" if model.kind == "wandb" else ""),
             "offline_hf_cache": cfg.evaluation.hf_home if cfg.offline else None,
             "wandb_export": _export_plan(cfg),
         },

@@ -22,4 +22,15 @@ class ServeError(NemotronError):
 
 
 class BenchmarkError(NemotronError):
-    """A benchmark run failed; the message carries the exit code, the log tail and the output dir."""
+    """A benchmark run failed; the message carries the exit code, the log tail and the output dir.
+
+    `kind` says whose problem it is, and so whether trying again can help: "infrastructure"
+    (server unreachable or dead, timeout, 5xx: retried), "configuration" (unknown task, missing
+    tokenizer or data: not retried), "model" (the run ended but its output holds no scores)."""
+
+    def __init__(self, message: str, kind: str = "configuration"):
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):  # keep `kind` through pickling (Prefect stores task exceptions)
+        return type(self), (str(self), self.kind)

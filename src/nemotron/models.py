@@ -68,8 +68,21 @@ class ModelRef:
 
     @property
     def identity(self) -> str:
-        """What makes two evaluations of this model the same: the artifact version and digest, else the path."""
-        return f"{self.resolved}@{self.digest}" if self.resolved else str(self.path)
+        """What makes two evaluations of this model the same: the artifact version and digest, else the
+        path and when its files last changed (a checkpoint written again is a new model)."""
+        if self.resolved:
+            return f"{self.resolved}@{self.digest}"
+        return f"{self.path}@{_mtime(self.path)}" if self.path else "unresolved"
+
+
+def _mtime(path: str) -> int:
+    """The newest modification time of a checkpoint folder and its top-level files (0 if absent)."""
+    root = Path(path)
+    try:
+        files = [e for e in root.iterdir() if e.is_file()] if root.is_dir() else []
+        return int(max([root.stat().st_mtime, *(f.stat().st_mtime for f in files)]))
+    except OSError:
+        return 0
 
 
 def parse(cfg: EvalConfig) -> ModelRef:

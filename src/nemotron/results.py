@@ -40,7 +40,9 @@ class BenchmarkResult:
     seconds: float
     scores: tuple[Score, ...] = ()
     error: str | None = None
+    failure: str | None = None  # infrastructure | configuration | model (errors.BenchmarkError.kind)
     attempts: int = 1
+    reused: bool = False  # completed by an earlier run with the same key: nothing was sent
 
     @property
     def ok(self) -> bool:
@@ -191,7 +193,7 @@ def render_markdown(suite: SuiteResult, previous: Previous | None = None, *, ser
                    f"| {r['seconds']:.0f} |" + (f" {change(r, previous)} |" if extra else ""))
     for r in suite.results:
         if not r.ok:
-            out += ["", f"**{r.benchmark} failed** after {r.attempts} attempt(s): "
+            out += ["", f"**{r.benchmark} failed** ({r.failure or 'unknown'} failure) after {r.attempts} attempt(s): "
                     f"{(r.error or '').splitlines()[0] if r.error else ''} (output: `{r.output_dir}`)"]
     return "\n".join(out) + "\n"
 
@@ -208,12 +210,13 @@ def write_summary(suite: SuiteResult) -> Path:
     return path
 
 
+def result_from_dict(doc: dict[str, Any]) -> BenchmarkResult:
+    return BenchmarkResult(**{**doc, "scores": tuple(Score(**s) for s in doc["scores"])})
+
+
 def read_summary(path: Path) -> SuiteResult:
     doc = json.loads(Path(path).read_text())
-    results = tuple(
-        BenchmarkResult(**{**r, "scores": tuple(Score(**s) for s in r["scores"])}) for r in doc["results"]
-    )
-    return SuiteResult(doc["model"], str(Path(path).parent), results)
+    return SuiteResult(doc["model"], str(Path(path).parent), tuple(result_from_dict(r) for r in doc["results"]))
 
 
 def write_manifest(run_dir: Path, doc: dict[str, Any]) -> dict[str, Any]:
