@@ -178,32 +178,34 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
               "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
                              for p in plans}}
 
-    # 3. serve once, 4. map the missing benchmarks over the endpoint
+    # 3. serve once, 4. map the missing benchmarks over the endpoint; relaunch a server that dies
+    manifest = results.write_manifest(run_dir, record)
     if not todo:
         say("every benchmark already has its result for this model and config: nothing to serve")
-        manifest = results.write_manifest(run_dir, record)
-    else:
+    env = benchmarks.harness_env(hf_home, cfg.offline)
+    launches = 0
+    while todo:
+        launches += 1
         with stop_when_cancelled(run_id), tags(*model.tags), \
                 serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
                               detached=deployment.id is not None,  # a deployment run is a batch run
-                              on_record=lambda job: runs.save(run_id, server=job)) as server:
+                              on_record=lambda job: runs.save(run_id, server=job)) as server, \
+                serving.watch_health(server.endpoint.base_url, cfg.deployment.health_interval) as died:
             manifest = results.write_manifest(run_dir, {**record, "server": {
-                "command": serving.server_spec(cfg.deployment, model.path).command,
+                "command": serving.server_spec(cfg.deployment, model.path).command, "launches": launches,
                 "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
                 "run_configs": {p.name: p.run_config(server.endpoint) for p in todo}}})
-            env = benchmarks.harness_env(hf_home, cfg.offline)
-            waiting, running = list(todo), {}
-            started = time.monotonic()
-            while waiting or running:
-                while waiting and len(running) < ev.max_parallel:  # at most max_parallel against the server
-                    p = waiting.pop(0)
-                    running[run_benchmark.with_options(
-                        retries=p.retries, retry_delay_seconds=ev.retry_delay, timeout_seconds=p.timeout,
-                    ).submit(p, server.endpoint, env)] = p
-                future = next(as_completed(list(running)))
-                bench = running.pop(future)
-                outcomes[bench.name] = _outcome(future, bench, time.monotonic() - started)
-                update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
+            lost = run_benchmarks(todo, server.endpoint, env, ev, died, outcomes, progress, len(plans))
+        todo = [p for p in plans if p.name in lost]
+        if todo and launches > cfg.deployment.max_restarts:
+            log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",
+                      launches, cfg.deployment.max_restarts, ", ".join(lost))
+            outcomes.update(lost)
+            break
+        if todo:
+            say(f"[serve] the server died under {', '.join(lost)}: relaunching it ({launches}/"
+                f"{cfg.deployment.max_restarts}); they run again in their folders, where answered requests "
+                "replay from the response cache")
 
     # 5. record: summary files, Prefect artifacts, and the W&B export subflow
     suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
@@ -253,6 +255,35 @@ def previous_evaluation(scores_key: str) -> Previous | None:
     except Exception as e:  # noqa: BLE001
         get_run_logger().warning("no comparison with the previous evaluation: %s", e)
         return None
+
+
+def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, env: dict[str, str], ev, died: threading.Event,
+                   outcomes: dict[str, BenchmarkResult], progress: UUID, total: int) -> dict[str, BenchmarkResult]:
+    """At most `evaluation.max_parallel` benchmarks at a time against the server (a sliding window).
+    Returns the benchmarks its death cost — failed on the connection or never started — with the
+    failure to record if it is not relaunched; every other outcome goes into `outcomes`."""
+    waiting, running, lost = list(todo), {}, {}
+    started = time.monotonic()
+    while waiting or running:
+        while waiting and len(running) < ev.max_parallel and not died.is_set():
+            p = waiting.pop(0)
+            running[run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
+                                               timeout_seconds=p.timeout).submit(p, endpoint, env)] = p
+        if not running:
+            break
+        future = next(as_completed(list(running)))
+        bench = running.pop(future)
+        outcome = _outcome(future, bench, time.monotonic() - started)
+        if outcome.failure == "infrastructure" and (died.is_set() or not serving.healthy(endpoint.base_url)):
+            died.set()
+            lost[bench.name] = outcome
+        else:
+            outcomes[bench.name] = outcome
+            update_progress_artifact(progress, 100.0 * len(outcomes) / total)
+    for p in waiting:  # not started: the server was gone
+        lost[p.name] = BenchmarkResult(p.name, "failed", p.output_dir, 0.0, error="not started: the server died",
+                                       failure="infrastructure", attempts=0)
+    return lost
 
 
 def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:

@@ -66,8 +66,10 @@ def _status(record: dict, flow_run, task_runs) -> str:
             result = results.BenchmarkResult(name, "completed", str(run_dir / name), 0.0,
                                              results.parse_output_dir(name, run_dir / name))
         scores = ", ".join(f"{s.metric} {s.value:.4f}" for s in result.scores[:3]) if result else ""
-        error = f" ({result.error.splitlines()[0][:120]})" if result and result.error else ""
-        lines.append(f"  {name:<36} {tr.state.name if tr.state else 'unknown':<10} {scores}{error}")
+        error = f" ({result.failure or 'unknown'} failure, {result.attempts} attempt(s): " \
+                f"{result.error.splitlines()[0][:120]})" if result and result.error else ""
+        reused = " (reused: complete from an earlier run)" if result and result.reused else ""
+        lines.append(f"  {name:<36} {tr.state.name if tr.state else 'unknown':<10} {scores}{reused}{error}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 It accepts vLLM's command line (so `deployment.command` can point at it) and can misbehave:
 --never-healthy (starts, logs, never answers), --fail-logprobs (500 on echo/logprobs requests),
---delay S (every completion takes S seconds).
+--delay S (every completion takes S seconds), --fail-first N (503 for the first N requests);
+--journal FILE records each start and request, so a test can count what reached a server.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--fail-logprobs", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--answer", default="The answer is 42.", help="what every completion says")
+    ap.add_argument("--fail-first", type=int, default=0, help="answer the first N completion requests with a 503")
     ap.add_argument("--journal", help="append `start` when started and `request` per completion request")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
     args, _ = ap.parse_known_args()
@@ -59,6 +61,10 @@ def main() -> None:
         def do_POST(self) -> None:  # noqa: N802
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             journal("request")
+            self.server.posts += 1
+            if self.server.posts <= args.fail_first:
+                self._send(503, {"error": {"message": "injected fault: server overloaded"}})
+                return
             time.sleep(args.delay)
             if args.fail_logprobs and req.get("echo"):
                 self._send(500, {"error": {"message": "injected fault: logprobs unavailable"}})
@@ -75,7 +81,9 @@ def main() -> None:
             sys.stdout.write("fake server: " + fmt % a + "\n")
             sys.stdout.flush()
 
-    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.posts = 0
+    server.serve_forever()
 
 
 if __name__ == "__main__":

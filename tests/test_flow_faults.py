@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
@@ -79,7 +80,7 @@ def test_failed_benchmark_is_named_and_the_others_recorded_and_exported(tmp_path
     assert f"({run_id})" in status.stdout and "flow      Failed: 1/2 benchmarks failed: arc_challenge" in status.stdout
     assert re.search(r"server +local job \S+ on this machine: CANCELLED", status.stdout)
     assert re.search(r"gsm8k +Completed +exact_match__flexible-extract \d\.\d{4}", status.stdout)
-    assert re.search(r"arc_challenge +Failed .*BenchmarkError", status.stdout)
+    assert re.search(r"arc_challenge +Failed +\(infrastructure failure, 1 attempt\(s\): BenchmarkError", status.stdout)
     logs = nemotron("nano3", "eval", "logs", run_id, env=api)
     assert logs.returncode == 0 and "running gsm8k" in logs.stdout and "--- server log" in logs.stdout
     assert nemotron("nano3", "eval", "status", "no-such-run", env=api).returncode == 2
@@ -118,13 +119,48 @@ def test_failed_benchmark_is_named_and_the_others_recorded_and_exported(tmp_path
     assert [r.run_id for r in wandb_offline.runs(wandb_dir)] == [run.run_id, run.run_id]
 
 
-def test_benchmark_over_its_timeout_is_stopped(tmp_path):
-    request = fake_request(tmp_path, "--delay 600", extra=["evaluation.timeout=45"])
+def attempts_in(run_dir: str) -> int:
+    """How many times the harness was started in a benchmark folder (each attempt logs a header)."""
+    return (Path(run_dir) / "run_eval.log").read_text().count("# nemotron: run_eval")
+
+
+def test_benchmark_over_its_timeout_is_stopped_retried_then_failed(tmp_path):
+    request = fake_request(tmp_path, "--delay 600", extra=["evaluation.timeout=25", "evaluation.retries=1"])
     state = nano3_eval(**request, return_state=True)
     assert state.is_failed() and "gsm8k" in state.message
     (result,) = summary(tmp_path)["results"]
     assert result["status"] == "failed" and "TimeoutError" in result["error"]
+    assert result["failure"] == "infrastructure" and result["attempts"] == attempts_in(result["output_dir"]) == 2
     assert not leftovers(tmp_path)
+
+
+def test_overloaded_endpoint_is_retried_until_it_answers_and_a_rerun_sends_nothing(tmp_path):
+    """503 on the first request, the harness retrying nothing itself: an infrastructure failure, so
+    the benchmark is tried again (into the same folder) and completes. The fake server journals its
+    starts and requests: running the same evaluation again starts it not at all."""
+    journal = tmp_path / "journal"
+    request = fake_request(tmp_path, "--fail-first 1", "--journal", str(journal), extra=["evaluation.retries=2"])
+    state = nano3_eval(**request, return_state=True)
+    assert state.is_completed(), state.message
+    (result,) = summary(tmp_path)["results"]
+    assert result["status"] == "completed" and attempts_in(result["output_dir"]) == 2
+    served = journal.read_text()
+    assert served.count("start") == 1 and served.count("request") >= 2
+
+    again = nano3_eval(**request, return_state=True)
+    assert again.is_completed()
+    assert journal.read_text() == served  # no server start, no request
+    (rerun,) = json.loads((Path(again.result().run_dir) / "results.json").read_text())["results"]
+    assert rerun["reused"] and rerun["scores"] == result["scores"]
+
+
+def test_configuration_failure_is_not_retried(tmp_path):
+    request = fake_request(tmp_path, tasks=("arc_challenge",), extra=[
+        "evaluation.retries=2", "evaluation.nemo_evaluator_config.config.params.extra.tokenizer=/no/such/tokenizer"])
+    state = nano3_eval(**request, return_state=True)
+    assert state.is_failed()
+    (result,) = summary(tmp_path)["results"]
+    assert result["failure"] == "configuration" and result["attempts"] == attempts_in(result["output_dir"]) == 1
 
 
 def test_server_that_never_becomes_healthy_fails_within_the_startup_timeout(tmp_path):

@@ -31,7 +31,7 @@ from nemotron import registry, results
 from nemotron.config import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError
 from nemotron.results import BenchmarkResult, parse_output_dir
-from nemotron.serving import Endpoint, free_port, log_tail
+from nemotron.serving import Endpoint, free_port, healthy, log_tail
 
 KILL_GRACE_SECONDS = 10.0
 INTERRUPTED_MARKER = ".nemo_evaluator_interrupted"
@@ -154,8 +154,14 @@ def failure_kind(log: str) -> str:
 
 
 def retryable(error: BaseException) -> bool:
-    """Only infrastructure failures are worth another attempt (a task timeout is one)."""
-    return isinstance(error, TimeoutError) or getattr(error, "kind", None) == "infrastructure"
+    """Only infrastructure failures are worth another attempt (a task timeout is one) — and not
+    against a server that has died: the flow relaunches it and runs the benchmark again."""
+    if isinstance(error, TimeoutError):
+        return True
+    if getattr(error, "kind", None) != "infrastructure":
+        return False
+    endpoint = getattr(error, "endpoint", None)
+    return endpoint is None or healthy(endpoint)
 
 
 def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
@@ -246,7 +252,8 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
             kind = "infrastructure" if interrupted else failure_kind(f.read().decode(errors="replace"))
         why = "was interrupted" if interrupted else f"exited with code {rc}"
         raise BenchmarkError(f"{bench.name}: nemo-evaluator {why} after {seconds:.0f} s ({kind} failure); "
-                             f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}", kind)
+                             f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}", kind,
+                             endpoint.base_url)
     try:
         scores = parse_output_dir(bench.name, out)
     except ValueError as e:

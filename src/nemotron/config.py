@@ -71,6 +71,10 @@ class DeploymentSection(Strict):
     heartbeat_timeout: float = Field(
         300, ge=10, description="The server job stops itself when the submitting flow has been silent this long."
     )
+    max_restarts: int = Field(
+        2, ge=0, description="Relaunches of a server that died mid-suite (its unfinished benchmarks run again).")
+    health_interval: float = Field(
+        5, gt=0, description="Seconds between /health checks while benchmarks run; 3 misses in a row = died.")
 
 
 class HarnessParams(Strict):

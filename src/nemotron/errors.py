@@ -28,9 +28,10 @@ class BenchmarkError(NemotronError):
     (server unreachable or dead, timeout, 5xx: retried), "configuration" (unknown task, missing
     tokenizer or data: not retried), "model" (the run ended but its output holds no scores)."""
 
-    def __init__(self, message: str, kind: str = "configuration"):
+    def __init__(self, message: str, kind: str = "configuration", endpoint: str | None = None):
         super().__init__(message)
         self.kind = kind
+        self.endpoint = endpoint  # the server it ran against: a dead one is relaunched, not retried
 
-    def __reduce__(self):  # keep `kind` through pickling (Prefect stores task exceptions)
-        return type(self), (str(self), self.kind)
+    def __reduce__(self):  # keep the fields through pickling (Prefect stores task exceptions)
+        return type(self), (str(self), self.kind, self.endpoint)

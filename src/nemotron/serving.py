@@ -393,10 +393,40 @@ def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None],
         if pid is not None and _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-    job.fetch_log(run_dir / "server.log")
+    job.fetch_log(_log_name(run_dir))
     final = job.state()
     _record({**job.describe(), "state": final}, run_dir, on_record)
     say(f"[serve] stopped job {job.job_id} ({final})")
+
+
+def _log_name(run_dir: Path) -> Path:
+    """server.log for the first server of a run, server-2.log for a relaunch, and so on."""
+    n = 1
+    while (path := run_dir / ("server.log" if n == 1 else f"server-{n}.log")).exists():
+        n += 1
+    return path
+
+
+@contextlib.contextmanager
+def watch_health(base_url: str, interval: float, misses: int = 3) -> Iterator[threading.Event]:
+    """An event set once /health has failed `misses` times in a row: the server died (process
+    killed, job lost, node gone). Benchmarks notice too, as connection errors; this tells them apart
+    from a slow server."""
+    down, stop = threading.Event(), threading.Event()
+
+    def loop() -> None:
+        failed = 0
+        while not stop.wait(interval):
+            failed = 0 if healthy(base_url) else failed + 1
+            if failed >= misses:
+                down.set()
+                return
+
+    threading.Thread(target=loop, name="server-health", daemon=True).start()
+    try:
+        yield down
+    finally:
+        stop.set()
 
 
 def cancel_recorded(record: dict[str, str]) -> None:
