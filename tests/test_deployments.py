@@ -109,12 +109,14 @@ def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker
                 "--param", 'tasks=["hellaswag", "gsm8k"]', "--param", "config=local",
                 "--param", "profile=local-slurm-ssh", "--param",
                 "overrides=" + json.dumps([f"evaluation.output_dir={out}",
-                                           "evaluation.nemo_evaluator_config.config.params.limit_samples=1"]))
+                                           "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+                                           "evaluation.nemo_evaluator_config.config.params.max_new_tokens=32"]))
     assert r.returncode == 0, r.stdout + r.stderr
     (run_id,) = re.findall(r"UUID: ([0-9a-f-]{36})", r.stdout)
     run = wait_for_run(run_id)
     assert run.state.is_completed(), (run.state, (worker / "worker.log").read_text()[-3000:])
     assert run.name == "eval-sft:latest" and run.parameters["tasks"] == ["hellaswag", "gsm8k"]
+    assert {"model:YOUR-TEAM/nemotron/nano3-sft-model:v2", "stage:sft"} <= set(run.tags)  # the version evaluated
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
     assert sorted(t.name for t in tasks if "benchmark" in t.tags) == ["gsm8k", "hellaswag"]
