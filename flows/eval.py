@@ -173,13 +173,13 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                 outcomes[p.name] = reuse_benchmark(done)
     todo = [p for p in plans if p.name not in outcomes]
     update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
-    record = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
+    facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
               "harness": wandb_export.versions(), "profile": profile, "config": redacted(cfg.model_dump(mode="json")),
               "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
                              for p in plans}}
 
     # 3. serve once, 4. map the missing benchmarks over the endpoint; relaunch a server that dies
-    manifest = results.write_manifest(run_dir, record)
+    manifest = results.write_manifest(run_dir, facts)
     if not todo:
         say("every benchmark already has its result for this model and config: nothing to serve")
     env = benchmarks.harness_env(hf_home, cfg.offline)
@@ -191,7 +191,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                               detached=deployment.id is not None,  # a deployment run is a batch run
                               on_record=lambda job: runs.save(run_id, server=job)) as server, \
                 serving.watch_health(server.endpoint.base_url, cfg.deployment.health_interval) as died:
-            manifest = results.write_manifest(run_dir, {**record, "server": {
+            manifest = results.write_manifest(run_dir, {**facts, "server": {
                 "command": serving.server_spec(cfg.deployment, model.path).command, "launches": launches,
                 "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
                 "run_configs": {p.name: p.run_config(server.endpoint) for p in todo}}})
@@ -291,8 +291,9 @@ def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:
     try:
         return future.result()
     except BaseException as e:  # noqa: BLE001 - the failure is the record
-        retried = benchmarks.retryable(e)
+        failure = getattr(e, "kind", "infrastructure" if isinstance(e, TimeoutError) else "configuration")
+        with get_client(sync_client=True) as client:
+            attempts = client.read_task_run(future.task_run_id).run_count
         return BenchmarkResult(bench.name, "failed", bench.output_dir, seconds, error=f"{type(e).__name__}: {e}",
-                               failure=getattr(e, "kind", "infrastructure" if retried else "configuration"),
-                               attempts=bench.retries + 1 if retried else 1)
+                               failure=failure, attempts=attempts)
 
