@@ -98,14 +98,9 @@ def parse(cfg: EvalConfig) -> ModelRef:
         return ModelRef(ref, "builtin", str(runtime.builtin_model_dir(name)))
     if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists():
         return ModelRef(ref, "path", str(Path(ref).expanduser().resolve()))
-    artifact = artifact_name(ref, cfg)
-    return ModelRef(ref, "wandb", None, artifact=artifact, stage=_stage(artifact, cfg))
-
-
-def _stage(artifact: str, cfg: EvalConfig) -> str | None:
-    """The stage whose artifact this is: `nano3-rl-model` is run.artifacts.rl, so stage rl."""
-    collection = artifact.rsplit("/", 1)[-1].split(":", 1)[0]
-    return next((stage for stage, name in cfg.run.artifacts.items() if name == collection), None)
+    found = ModelRef(ref, "wandb", None, artifact=artifact_name(ref, cfg))
+    # the stage whose artifact this is: `nano3-rl-model` is run.artifacts.rl, so stage rl
+    return replace(found, stage=next((s for s, name in cfg.run.artifacts.items() if name == found.collection), None))
 
 
 def artifact_name(ref: str, cfg: EvalConfig) -> str:
