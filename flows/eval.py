@@ -29,7 +29,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from nemotron import benchmarks, cluster, models, profiles, results, runs, runtime, serving, wandb_export
+from nemotron import benchmarks, cluster, gate, models, profiles, results, runs, runtime, serving, wandb_export
 from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import EvalConfig, load_config, redacted
 from nemotron.errors import ConfigError
@@ -191,11 +191,22 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                               detached=deployment.id is not None,  # a deployment run is a batch run
                               on_record=lambda job: runs.save(run_id, server=job)) as server, \
                 serving.watch_health(server.endpoint.base_url, cfg.deployment.health_interval) as died:
-            manifest = results.write_manifest(run_dir, {**facts, "server": {
-                "command": serving.server_spec(cfg.deployment, model.path).command, "launches": launches,
-                "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
-                "run_configs": {p.name: p.run_config(server.endpoint) for p in todo}}})
-            lost = run_benchmarks(todo, server.endpoint, env, ev, died, outcomes, progress, len(plans))
+            for warning in benchmarks.verify_capabilities(todo, server.endpoint):
+                log.warning("%s", warning)
+            budget, source = gate.budget_for(server.endpoint.base_url, ev.in_flight)
+            say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")
+            sending = [p.sending(budget) for p in todo]
+            with gate.open_gate(server.endpoint.base_url, budget) as g:
+                manifest = results.write_manifest(run_dir, {**facts, "server": {
+                    "command": serving.server_spec(cfg.deployment, model.path).command, "launches": launches,
+                    "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
+                    "in_flight_budget": budget,
+                    "run_configs": {p.name: p.run_config(g.route(server.endpoint, p.name)) for p in sending}}})
+                try:
+                    lost = run_benchmarks(sending, server.endpoint, g, env, ev, died, outcomes, progress,
+                                          len(plans))
+                finally:
+                    gate.append_record(run_dir, {"launch": launches, **g.record()})
         todo = [p for p in plans if p.name in lost]
         if todo and launches > cfg.deployment.max_restarts:
             log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",
@@ -257,9 +268,11 @@ def previous_evaluation(scores_key: str) -> Previous | None:
         return None
 
 
-def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, env: dict[str, str], ev, died: threading.Event,
-                   outcomes: dict[str, BenchmarkResult], progress: UUID, total: int) -> dict[str, BenchmarkResult]:
-    """At most `evaluation.max_parallel` benchmarks at a time against the server (a sliding window).
+def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.Gate, env: dict[str, str], ev,
+                   died: threading.Event, outcomes: dict[str, BenchmarkResult], progress: UUID,
+                   total: int) -> dict[str, BenchmarkResult]:
+    """At most `evaluation.max_parallel` benchmarks at a time, their requests through the gate's
+    shared in-flight budget (a sliding window of harnesses, one window of requests).
     Returns the benchmarks its death cost — failed on the connection or never started — with the
     failure to record if it is not relaunched; every other outcome goes into `outcomes`."""
     waiting, running, lost = list(todo), {}, {}
@@ -267,8 +280,9 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, env: dict[str,
     while waiting or running:
         while waiting and len(running) < ev.max_parallel and not died.is_set():
             p = waiting.pop(0)
-            running[run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
-                                               timeout_seconds=p.timeout).submit(p, endpoint, env)] = p
+            attempt = run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
+                                                 timeout_seconds=p.timeout)
+            running[attempt.submit(p, through.route(endpoint, p.name), env)] = p
         if not running:
             break
         future = next(as_completed(list(running)))

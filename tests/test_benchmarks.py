@@ -1,16 +1,19 @@
 import json
 import pickle
+import subprocess
+import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
-from nemotron import benchmarks
+from nemotron import benchmarks, serving
 from nemotron.config import load_config
 from nemotron.errors import BenchmarkError, ConfigError
 from nemotron.results import BenchmarkResult, Score
-from nemotron.serving import Endpoint
-from tests.helpers import SHARED_HF_HOME
+from nemotron.serving import Endpoint, free_port
+from tests.helpers import FAKE, SHARED_HF_HOME
 
 MODEL = "/models/m"
 
@@ -61,9 +64,43 @@ def test_each_benchmark_has_its_own_output_dir():
 def test_run_config_targets_the_endpoint():
     p = plan(tasks=["gsm8k"])[0]
     doc = p.run_config(Endpoint("http://127.0.0.1:9", "m"))
-    assert doc["target"]["api_endpoint"] == {"url": "http://127.0.0.1:9/v1/completions", "model_id": "m",
-                                             "type": "completions"}
+    api = doc["target"]["api_endpoint"]
+    assert (api["url"], api["model_id"], api["type"]) == ("http://127.0.0.1:9/v1/completions", "m", "completions")
     assert doc["config"]["type"] == "lm-evaluation-harness.gsm8k"
+    # every request body is kept (perf/ replays them); the flow probes capabilities, not each harness
+    assert api["adapter_config"]["max_saved_requests"] >= 10**6
+    assert doc["config"]["required_capabilities"] == []
+
+
+def test_a_benchmark_sends_with_the_whole_budget_unless_the_config_caps_it():
+    (p,) = plan(tasks=["gsm8k"])
+    assert p.max_parallelism is None and p.sending(45).params["parallelism"] == 45
+    (capped,) = plan(["evaluation.nemo_evaluator_config.config.params.parallelism=4"], tasks=["gsm8k"])
+    assert capped.sending(45).params["parallelism"] == 4 and capped.sending(2).params["parallelism"] == 2
+    assert capped.sending(45).key == p.key  # how requests are sent is not part of the key
+
+
+def test_capabilities_are_probed_once_per_suite(tmp_path):
+    """Against the fault-injecting fake: it refuses echo/logprobs requests with a 500."""
+    cfg = load_config("local", [])
+    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, None), MODEL, "m@1", tmp_path, None)
+    assert {p.name for p in plans if "logprobs" in p.capabilities} >= {"hellaswag", "adlr_winogrande_5_shot"}
+    for args, refused in ((["--fail-logprobs"], True), ([], False)):
+        port = free_port()
+        journal = tmp_path / f"journal-{port}"
+        proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--journal", str(journal), *args],
+                                stdout=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            while not serving.healthy(url):
+                time.sleep(0.1)
+            warnings = benchmarks.verify_capabilities(plans, Endpoint(url, "fake"))
+        finally:
+            proc.kill()
+            proc.wait()
+        assert journal.read_text().count("request") == 1  # one probe for every logprobs task
+        assert (len(warnings) == 1 and "refused a logprobs request (HTTP 500" in warnings[0]
+                and "hellaswag" in warnings[0]) if refused else warnings == []
 
 
 @pytest.mark.skipif(not SHARED_HF_HOME.is_dir(), reason="needs ../shared/hf-home")

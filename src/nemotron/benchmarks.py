@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import yaml
 
 from nemotron import registry, results
@@ -38,6 +39,8 @@ INTERRUPTED_MARKER = ".nemo_evaluator_interrupted"
 RESULT_FILE = "nemotron-result.json"  # written last: the benchmark is complete in this folder
 # harness params that change how requests are sent, not what is asked or scored: not part of the key
 TRANSPORT_PARAMS = ("parallelism", "request_timeout", "max_retries")
+# nemo-evaluator keeps 5 request bodies by default; the throughput benchmark (perf/) replays them all
+SAVE_ALL_REQUESTS = 1_000_000_000
 # what an infrastructure failure leaves in the harness log: the endpoint unreachable, gone, too slow, or 5xx
 _INFRASTRUCTURE = re.compile(
     r"ClientConnectorError|ServerDisconnectedError|Cannot connect to host|Connection refused|ConnectionResetError"
@@ -59,13 +62,25 @@ class BenchmarkPlan:
     retries: int
     params: dict[str, Any] = field(hash=False, compare=False)
     key: str = ""  # model identity + task + harness params: the same key means the same results
+    max_parallelism: int | None = None  # the user's `parallelism`, a cap; else the whole in-flight budget
+    capabilities: tuple[str, ...] = ()  # what the endpoint must support: logprobs, ...
+
+    def sending(self, budget: int) -> BenchmarkPlan:
+        """This plan with its harness parallelism set for a shared in-flight budget: the whole budget
+        (the gate holds the rest back), or the user's cap if lower."""
+        parallelism = min(budget, self.max_parallelism or budget)
+        return replace(self, params={**self.params, "parallelism": parallelism})
 
     def run_config(self, endpoint: Endpoint) -> dict[str, Any]:
         """The `--run_config` document nemo-evaluator reads."""
         url = endpoint.chat_url if self.endpoint_type == "chat" else endpoint.completions_url
         return {
-            "config": {"type": self.task_type, "output_dir": self.output_dir, "params": self.params},
-            "target": {"api_endpoint": {"url": url, "model_id": endpoint.model_id, "type": self.endpoint_type}},
+            # no capability probe: it has a fixed 30 s timeout, which a busy server misses (the harness
+            # then dies before its first request); the flow checks capabilities once, itself
+            "config": {"type": self.task_type, "output_dir": self.output_dir, "params": self.params,
+                       "required_capabilities": []},
+            "target": {"api_endpoint": {"url": url, "model_id": endpoint.model_id, "type": self.endpoint_type,
+                                        "adapter_config": {"max_saved_requests": SAVE_ALL_REQUESTS}}},
         }
 
 
@@ -117,10 +132,12 @@ def plan(
             # log-likelihood tasks score continuations client-side: they need the model's tokenizer
             params = deep_merge(params, {"extra": {"tokenizer": model_path, "tokenizer_backend": "huggingface"}})
         key = result_key(model_identity, info.qualified, params)
+        cap = spec.nemo_evaluator_config.config.params.parallelism or ev.nemo_evaluator_config.config.params.parallelism
         plans.append(BenchmarkPlan(
             name=spec.name, task_type=info.qualified, endpoint_type=info.endpoint_type,
             output_dir=str(store / f"{spec.name}-{key[:12]}"), timeout=spec.timeout or ev.timeout,
             retries=ev.retries if spec.retries is None else spec.retries, params=params, key=key,
+            max_parallelism=cap, capabilities=info.capabilities,
         ))
     return plans
 
@@ -145,6 +162,31 @@ def link_into(run_dir: Path, plans: list[BenchmarkPlan]) -> None:
         link = run_dir / p.name
         if not link.is_symlink() and not link.exists():
             link.symlink_to(p.output_dir, target_is_directory=True)
+
+
+def verify_capabilities(plans: list[BenchmarkPlan], endpoint: Endpoint, timeout: float = 300) -> list[str]:
+    """nemo-evaluator's capability probe, once per suite and with time for a busy server (its own, per
+    harness, gives up after 30 s): one warning per capability the endpoint refuses."""
+    from nemo_evaluator.api.capabilities import BENCHMARK_CAPABILITIES
+
+    warnings, tried = [], set()
+    for p in plans:
+        for cap in p.capabilities:
+            url = endpoint.chat_url if p.endpoint_type == "chat" else endpoint.completions_url
+            if (cap, url) in tried or cap not in BENCHMARK_CAPABILITIES:
+                continue
+            tried.add((cap, url))
+            users = [q.name for q in plans if cap in q.capabilities and q.endpoint_type == p.endpoint_type]
+            payload = {**BENCHMARK_CAPABILITIES[cap].payload, "model": endpoint.model_id}
+            try:
+                response = httpx.post(url, json=payload, timeout=timeout)
+                why = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as e:
+                why = f"{type(e).__name__}: {e}"
+            if why:
+                warnings.append(f"the endpoint refused a {cap} request ({why}); {', '.join(users)} need it "
+                                "and will likely fail")
+    return warnings
 
 
 def failure_kind(log: str) -> str:
@@ -226,7 +268,7 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
     offset = log_path.stat().st_size if log_path.exists() else 0  # earlier attempts' lines are not this one's
     with log_path.open("ab") as log:
         shown = {k: v for k, v in env.items() if k.startswith(("HF_", "ADAPTER_", "NEMO_EVALUATOR_"))}
-        log.write(f"# nemotron: run_eval {cfg_path} with {shown}\n".encode())
+        log.write(f"# nemotron: run_eval {cfg_path} at {time.time():.3f} with {shown}\n".encode())
         proc = await asyncio.create_subprocess_exec(
             exe, "run_eval", "--run_config", str(cfg_path), env=env, cwd=out,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,

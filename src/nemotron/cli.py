@@ -101,6 +101,12 @@ def evaluate(args: argparse.Namespace) -> int:
     return run_flow(request)
 
 
+def _without_parallelism(run_config: dict) -> dict:
+    """The harness's parallelism is set at run time from the in-flight budget: not shown as a number."""
+    run_config["config"]["params"] = {k: v for k, v in run_config["config"]["params"].items() if k != "parallelism"}
+    return run_config
+
+
 def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan],
                 profile: profiles.Profile | None = None, force_squash: bool = False) -> str:
     model_path = model.path or f"<{model.ref}>"
@@ -116,8 +122,10 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                        else "this machine (NeMo-Run LocalExecutor)",
                        "command": spec.command, "env": redacted(spec.env),
                        "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout},
+            "in_flight": cfg.evaluation.in_flight or "sized from the server's KV cache once it is up",
             "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
-                            "run_config": p.run_config(endpoint)} for p in plans],
+                            "parallelism": p.max_parallelism or "the in-flight budget",
+                            "run_config": _without_parallelism(p.run_config(endpoint))} for p in plans],
             "benchmark_folders": "<output_dir>/benchmarks/<name>-<key>: the key is the model's identity, the task "
                                  "and its harness params; a folder that holds a result is reused, not recomputed"
                                  + (" (W&B: the identity is the artifact digest, known after the look-up; the keys "

@@ -83,7 +83,8 @@ class HarnessParams(Strict):
     limit_samples: int | float | None = Field(None, description="Samples per (sub)task; None = all.")
     max_new_tokens: int | None = Field(None, ge=1, description="Generation length cap.")
     max_retries: int | None = Field(None, ge=0, description="Retries per request.")
-    parallelism: int | None = Field(None, ge=1, description="Concurrent requests per benchmark.")
+    parallelism: int | None = Field(
+        None, ge=1, description="Cap on one benchmark's concurrent requests; None = the whole in-flight budget.")
     task: str | None = Field(None, description="Harness task name (normally from the registry).")
     temperature: float | None = Field(None, ge=0, description="Sampling temperature.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
@@ -116,7 +117,10 @@ class EvaluationSection(Strict):
     timeout: float = Field(14400, gt=0, description="Seconds per benchmark run before it is stopped.")
     retries: int = Field(1, ge=0, description="Retries of a failed benchmark run.")
     retry_delay: float = Field(10, ge=0, description="Seconds between retries.")
-    max_parallel: int = Field(4, ge=1, description="Benchmarks in flight against the one server.")
+    max_parallel: int = Field(4, ge=1, description="Benchmark harnesses running at once against the one server.")
+    in_flight: int | None = Field(
+        None, ge=1, description="Requests in flight to the server, shared by all benchmarks; None = sized from "
+        "the server's KV cache.")
     output_dir: str = Field("results", description="Where each evaluation writes its folder.")
     hf_home: str | None = Field(
         None, description="A pre-populated Hugging Face cache for the harness (default: $HF_HOME)."

@@ -37,9 +37,14 @@ class TaskInfo:
         return self.defaults.get("config", {}).get("params", {}).get("task") or self.name
 
     @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the endpoint must support (nemo-evaluator's names: logprobs, tools, image_url...)."""
+        return tuple(self.defaults.get("config", {}).get("required_capabilities") or ())
+
+    @property
     def needs_logprobs(self) -> bool:
         """Log-likelihood tasks: they need echo+logprobs and a tokenizer on the client side."""
-        return "logprobs" in self.defaults.get("config", {}).get("required_capabilities", [])
+        return "logprobs" in self.capabilities
 
 
 def _package_dir(name: str) -> Path:

@@ -1,0 +1,204 @@
+"""One in-flight budget for every benchmark that talks to the one server.
+
+Each harness has its own `parallelism`; run several with a small fixed one and the server idles
+while one finishes its tail, run them with a large one and they swamp it. The gate is a small
+HTTP proxy in the flow's process: every harness sends to `<gate>/<benchmark>/v1/...` with a
+parallelism as large as the whole budget, and the gate lets at most `budget` requests through to
+the server at a time, whichever benchmarks they come from. It also counts what it forwards —
+the figures the throughput benchmark (perf/) and `in-flight.json` report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from nemotron.serving import Endpoint
+
+FALLBACK_BUDGET = 32  # when the server publishes no KV-cache size (not vLLM, or no /metrics)
+TOKENS_PER_REQUEST = 1024  # a benchmark prompt plus its answer, roughly: what one request holds in the KV cache
+MAX_PER_ENGINE = 256  # vLLM's default max_num_seqs: more waits in its queue, not in ours
+RECORD_FILE = "in-flight.json"
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+_KV_TOKENS = re.compile(r'^vllm:cache_config_info\{[^}]*\bkv_cache_size_tokens="?(\d+)', re.M)
+_BLOCKS = re.compile(r'^vllm:cache_config_info\{[^}]*\bnum_gpu_blocks="(\d+)"', re.M)
+_BLOCK_SIZE = re.compile(r'^vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', re.M)
+
+
+def capacity(metrics: str) -> int | None:
+    """Requests the server holds at once, from vLLM's Prometheus `cache_config_info` (one line per
+    engine): its KV cache in tokens over what a request needs, capped per engine; None if absent."""
+    tokens = [int(t) for t in _KV_TOKENS.findall(metrics)]
+    if not tokens:
+        blocks, sizes = _BLOCKS.findall(metrics), _BLOCK_SIZE.findall(metrics)
+        tokens = [int(b) * int(s) for b, s in zip(blocks, sizes, strict=False)]
+    if not tokens:
+        return None
+    return sum(min(MAX_PER_ENGINE, max(1, t // TOKENS_PER_REQUEST)) for t in tokens)
+
+
+def budget_for(base_url: str, configured: int | None) -> tuple[int, str]:
+    """The in-flight budget and where it came from: the config's `evaluation.in_flight`, else the
+    server's capacity, else a fallback."""
+    if configured:
+        return configured, "evaluation.in_flight"
+    try:
+        with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as r:
+            found = capacity(r.read().decode(errors="replace"))
+    except OSError:
+        found = None
+    if found is None:
+        return FALLBACK_BUDGET, "a fallback: the server publishes no KV-cache size"
+    return found, f"the server's KV cache ({TOKENS_PER_REQUEST} tokens per request)"
+
+
+@dataclass
+class Traffic:
+    """What one benchmark sent through the gate (epoch seconds)."""
+
+    requests: int = 0
+    failed: int = 0  # no answer from the server, or a 5xx
+    first_request: float | None = None
+    last_response: float | None = None
+
+
+@dataclass
+class Gate:
+    upstream: str
+    budget: int
+    url: str = ""
+    opened: float = field(default_factory=time.time)
+    traffic: dict[str, Traffic] = field(default_factory=dict)
+    in_flight: int = 0
+    peak: int = 0
+    _area: float = 0.0  # ∫ in_flight dt: the mean is area / busy time
+    _busy: float = 0.0
+    _since: float = field(default_factory=time.monotonic)
+
+    def _count(self, delta: int) -> None:
+        now = time.monotonic()
+        if self.in_flight:
+            self._area += self.in_flight * (now - self._since)
+            self._busy += now - self._since
+        self._since, self.in_flight = now, self.in_flight + delta
+        self.peak = max(self.peak, self.in_flight)
+
+    def route(self, endpoint: Endpoint, benchmark: str) -> Endpoint:
+        """Where one benchmark sends: the gate, under its name (which the gate counts it by)."""
+        return replace(endpoint, base_url=f"{self.url}/{benchmark}")
+
+    def record(self) -> dict:
+        """The figures of this gate: budget, peak and mean requests in flight, per-benchmark traffic."""
+        self._count(0)
+        return {"upstream": self.upstream, "budget": self.budget, "opened": self.opened, "closed": time.time(),
+                "peak_in_flight": self.peak, "mean_in_flight": round(self._area / self._busy, 2) if self._busy else 0.0,
+                "busy_seconds": round(self._busy, 2),
+                "benchmarks": {name: asdict(t) for name, t in self.traffic.items()}}
+
+    async def _forward(self, request: web.Request, session: aiohttp.ClientSession,
+                       limit: asyncio.Semaphore) -> web.StreamResponse:
+        name, rest = request.match_info["benchmark"], request.match_info["rest"]
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        body = await request.read()
+        target = f"{self.upstream}/{rest}" + (f"?{request.query_string}" if request.query_string else "")
+        if request.method != "POST":  # model lists, health: not generation, not counted
+            return await self._send(session, request.method, target, headers, body)
+        t = self.traffic.setdefault(name, Traffic())
+        async with limit:
+            t.requests += 1
+            t.first_request = t.first_request or time.time()
+            self._count(+1)
+            try:
+                response = await self._send(session, "POST", target, headers, body)
+            finally:
+                self._count(-1)
+                t.last_response = time.time()
+        if response.status >= 500:
+            t.failed += 1
+        return response
+
+    @staticmethod
+    async def _send(session: aiohttp.ClientSession, method: str, target: str, headers: dict,
+                    body: bytes) -> web.Response:
+        try:
+            async with session.request(method, target, headers=headers, data=body) as up:
+                payload = await up.read()
+                keep = {k: v for k, v in up.headers.items() if k.lower() not in _HOP_HEADERS}
+                return web.Response(status=up.status, body=payload, headers=keep)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:  # the harness sees a 502: infrastructure
+            return web.Response(status=502, text=f"Bad Gateway: {type(e).__name__}: {e}")
+
+    async def _serve(self, started: threading.Event, stop: asyncio.Event) -> None:
+        limit = asyncio.Semaphore(self.budget)
+        connector = aiohttp.TCPConnector(limit=0)  # the semaphore is the limit
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                         auto_decompress=False) as session:
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+
+            async def handle(request: web.Request) -> web.StreamResponse:
+                return await self._forward(request, session, limit)
+
+            app.router.add_route("*", "/{benchmark}/{rest:.*}", handle)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://127.0.0.1:{port}"
+            started.set()
+            try:
+                await stop.wait()
+            finally:
+                await runner.cleanup()
+
+
+@contextlib.contextmanager
+def open_gate(upstream: str, budget: int) -> Iterator[Gate]:
+    """A gate in front of `upstream` for the duration of the block, on its own event loop thread."""
+    gate = Gate(upstream.rstrip("/"), budget)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(gate._serve(started, stop))
+        except BaseException as e:  # noqa: BLE001 - reported to the opener
+            failed.append(e)
+            started.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="in-flight-gate", daemon=True)
+    thread.start()
+    started.wait(30)
+    if failed or not gate.url:
+        raise RuntimeError(f"the in-flight gate did not start: {failed[0] if failed else 'no port after 30 s'}")
+    try:
+        yield gate
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+def append_record(run_dir: Path, record: dict) -> Path:
+    """`<run_dir>/in-flight.json`: one gate record per server launch."""
+    path = run_dir / RECORD_FILE
+    try:
+        launches = json.loads(path.read_text())
+    except (OSError, ValueError):
+        launches = []
+    path.write_text(json.dumps([*launches, record], indent=2) + "\n")
+    return path

@@ -1,0 +1,97 @@
+"""The in-flight gate: one budget shared by every benchmark, the server's capacity, a dead server."""
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from nemotron import gate
+from nemotron.serving import free_port
+from tests.helpers import FAKE
+
+METRICS = """# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+vllm:cache_config_info{block_size="16",engine="0",kv_cache_size_tokens="46592",num_gpu_blocks="2912"} 1.0
+vllm:num_requests_running{engine="0",model_name="m"} 0.0
+"""
+
+
+def test_capacity_is_the_kv_cache_over_a_requests_tokens_per_engine_and_capped():
+    assert gate.capacity(METRICS) == 45
+    two = METRICS + METRICS.splitlines()[1].replace('engine="0"', 'engine="1"') + "\n"
+    assert gate.capacity(two) == 90
+    big = METRICS.replace("46592", "10000000")
+    assert gate.capacity(big) == gate.MAX_PER_ENGINE
+    blocks_only = 'vllm:cache_config_info{block_size="16",num_gpu_blocks="640"} 1.0\n'
+    assert gate.capacity(blocks_only) == 10
+    assert gate.capacity("vllm:num_requests_running 0\n") is None
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    """The fault-injecting fake endpoint, answering each completion after 0.4 s."""
+    port = free_port()
+    journal = tmp_path / "journal"
+    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--delay", "0.4",
+                             "--journal", str(journal)], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+def post(url: str) -> int:
+    req = urllib.request.Request(url, data=json.dumps({"prompt": "2+2="}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["choices"]
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_benchmarks_share_one_budget(upstream):
+    """Two benchmarks send 6 requests each at once; the server never sees more than the budget."""
+    with gate.open_gate(upstream, budget=3) as g:
+        urls = [f"{g.url}/{name}/v1/completions" for name in ("mmlu", "gsm8k") for _ in range(6)]
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(post, urls))
+        took = time.monotonic() - start
+        with urllib.request.urlopen(f"{g.url}/mmlu/v1/models", timeout=5) as r:  # GETs pass, uncounted
+            assert json.loads(r.read())["data"][0]["id"] == "fake"
+        record = g.record()
+    assert codes == [200] * 12
+    assert record["peak_in_flight"] == 3 and record["budget"] == 3
+    assert 2.0 < record["mean_in_flight"] <= 3.0
+    assert took >= 4 * 0.4  # 12 requests, 3 at a time, 0.4 s each
+    assert {n: b["requests"] for n, b in record["benchmarks"].items()} == {"mmlu": 6, "gsm8k": 6}
+    for b in record["benchmarks"].values():
+        assert b["failed"] == 0 and b["first_request"] <= b["last_response"]
+
+
+def test_the_budget_comes_from_the_config_or_the_server_or_a_fallback(upstream):
+    assert gate.budget_for(upstream, 7) == (7, "evaluation.in_flight")
+    budget, why = gate.budget_for(upstream, None)  # the fake publishes no /metrics
+    assert budget == gate.FALLBACK_BUDGET and "fallback" in why
+
+
+def test_a_dead_server_is_a_bad_gateway_the_harness_counts_as_infrastructure(tmp_path):
+    with gate.open_gate(f"http://127.0.0.1:{free_port()}", budget=2) as g:
+        assert post(f"{g.url}/gsm8k/v1/completions") == 502
+        record = g.record()
+    assert record["benchmarks"]["gsm8k"] == {**record["benchmarks"]["gsm8k"], "requests": 1, "failed": 1}
+    path = gate.append_record(tmp_path, record)
+    gate.append_record(tmp_path, record)
+    assert len(json.loads(path.read_text())) == 2
