@@ -96,10 +96,15 @@ def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_
     starts = sum((run / b / "run_eval.log").read_text().count("# nemotron: run_eval") for b in SUITE)
     redone = first + second - needed
     print(f"suite needed {needed} requests; server 1 answered {first} (killed after {killed_after}), "
-          f"server 2 answered {second}; {starts} harness starts; beyond the needed: {redone}")
+          f"server 2 answered {second}; {starts} harness starts; beyond the needed: {redone}; "
+          f"in flight: {(run / 'in-flight.json').read_text()[:2000]}")
     assert first >= killed_after and second < needed  # the relaunch did not start over
-    in_flight = 2 * 4  # evaluation.max_parallel benchmarks × harness parallelism
-    assert redone <= in_flight + starts  # + one capability probe per harness start
+    # what can be lost is what was in flight: at most the gate's peak on the first server
+    launches = json.loads((run / "in-flight.json").read_text())
+    assert [x["launch"] for x in launches] == [1, 2]
+    assert launches[0]["budget"] == 45  # 2 GiB of KV cache / (46080 B per token × 1024 tokens per request)
+    assert 1 <= launches[0]["peak_in_flight"] <= 45 and launches[1]["peak_in_flight"] <= 45
+    assert redone <= launches[0]["peak_in_flight"] + len(launches)  # + one capability probe per launch
     assert not vllm_processes(), "a server outlived the run"
 
     # the same evaluation again: every benchmark is complete under its key, so no server starts

@@ -1,0 +1,185 @@
+"""Throughput benchmark: the suite through our flow against the physical limit of the one server.
+
+    uv run python perf/throughput.py [-c local] [--concurrency 64] [--out DIR] [key=value ...]
+
+1. runs the suite through the flow (the CLI, as a user would) into a fresh output folder;
+2. takes the requests the harnesses sent (nemo-evaluator's request cache, every body kept) and
+   replays them with a plain client at high concurrency against a fresh server of the same model:
+   the shortest time the server needs for the suite — the physical limit;
+3. prints the ratio flow / limit, model loads per suite, requests in flight (the gate's peak and
+   mean), and per benchmark the orchestration overhead: harness start → first request, last
+   response → result recorded. The figures go to <out>/throughput.json as well.
+
+Both sides are timed from a loaded model: the flow from the moment its server answered (the gate
+opened) to the last result recorded; its end-to-end time, model load included, is printed beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from nemotron import models, serving
+from nemotron.benchmarks import RESULT_FILE
+from nemotron.config import load_config
+from nemotron.gate import RECORD_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+_STARTED = re.compile(r"^# nemotron: run_eval \S+ at ([0-9.]+) ", re.M)
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 3) if total else 0.0
+
+
+def run_flow(config: str, out: Path, overrides: list[str]) -> tuple[Path, float, float]:
+    """The suite through the CLI; returns its run folder, wall seconds and the machine's busy share."""
+    env = dict(os.environ)
+    env.setdefault("HF_HOME", str(REPO.parent / "shared" / "hf-home"))
+    cmd = [sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", config, f"evaluation.output_dir={out}",
+           *overrides]
+    print("$", " ".join(cmd), flush=True)
+    cpu, start = cpu_times(), time.monotonic()
+    with (out / "flow.log").open("w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+    wall, busy = time.monotonic() - start, busy_share(cpu, cpu_times())
+    if rc != 0:
+        sys.exit(f"the flow failed (exit {rc}); its output: {out / 'flow.log'}")
+    (summary,) = out.glob("*/*/results.json")
+    return summary.parent, wall, busy
+
+
+def logged_requests(run_dir: Path) -> dict[str, list[dict]]:
+    """Every request body each benchmark sent, from nemo-evaluator's request cache (keyed by content)."""
+    from nemo_evaluator.adapters.caching.diskcaching import Cache
+
+    found = {}
+    for bench in sorted(p for p in run_dir.iterdir() if (p / RESULT_FILE).exists()):
+        cache = Cache(directory=str(bench / "cache" / "requests"))
+        found[bench.name] = [json.loads(cache[k]) if isinstance(cache[k], str | bytes) else cache[k] for k in cache]
+    return found
+
+
+async def replay(base_url: str, requests: list[dict], concurrency: int) -> tuple[float, int]:
+    """Send them all, `concurrency` at a time; (seconds from first send to last answer, failures)."""
+    limit = asyncio.Semaphore(concurrency)
+    failures = 0
+
+    async def one(session: aiohttp.ClientSession, body: dict) -> None:
+        nonlocal failures
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        async with limit, session.post(base_url + path, json=body) as r:
+            await r.read()
+            failures += r.status != 200
+
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        start = time.monotonic()
+        await asyncio.gather(*(one(session, body) for body in requests))
+        return time.monotonic() - start, failures
+
+
+def physical_limit(config: str, overrides: list[str], out: Path, requests: list[dict],
+                   concurrency: int) -> dict:
+    """A fresh server of the same model, the suite's requests replayed against it."""
+    cfg = load_config(config, overrides)
+    model = models.resolve(models.parse(cfg), print)
+    start = time.monotonic()
+    with serving.serve(cfg.deployment, model.path, out / "replay", print) as server:
+        load = time.monotonic() - start
+        cpu = cpu_times()
+        seconds, failures = asyncio.run(replay(server.endpoint.base_url, requests, concurrency))
+        busy = busy_share(cpu, cpu_times())
+    return {"seconds": round(seconds, 1), "requests": len(requests), "failures": failures,
+            "concurrency": concurrency, "model_load_seconds": round(load, 1), "machine_busy": busy}
+
+
+def flow_figures(run_dir: Path, wall: float, busy: float) -> dict:
+    launches = json.loads((run_dir / RECORD_FILE).read_text())
+    recorded = {p.name: (p / RESULT_FILE).stat().st_mtime for p in run_dir.iterdir() if (p / RESULT_FILE).exists()}
+    opened, done = launches[0]["opened"], max(recorded.values())
+    per_bench = {}
+    for name, when in recorded.items():
+        traffic = [rec["benchmarks"][name] for rec in launches if name in rec["benchmarks"]]
+        starts = [float(t) for t in _STARTED.findall((run_dir / name / "run_eval.log").read_text())]
+        if not traffic or not starts or traffic[0]["first_request"] is None:
+            continue
+        per_bench[name] = {
+            "requests": sum(t["requests"] for t in traffic),
+            "start_to_first_request": round(traffic[0]["first_request"] - starts[0], 1),
+            "last_response_to_recorded": round(when - max(t["last_response"] for t in traffic), 1),
+        }
+    loads = sum((run_dir / log).read_text().count("Application startup complete")
+                for log in os.listdir(run_dir) if re.fullmatch(r"server(-\d+)?\.log", log))
+    busy_s = sum(rec["busy_seconds"] for rec in launches)
+    return {"seconds": round(done - opened, 1), "end_to_end_seconds": round(wall, 1), "model_loads": loads,
+            "in_flight_budget": launches[0]["budget"], "peak_in_flight": max(r["peak_in_flight"] for r in launches),
+            "mean_in_flight": launches[0]["mean_in_flight"], "server_idle_seconds": round(done - opened - busy_s, 1),
+            "machine_busy": busy, "benchmarks": per_bench}
+
+
+def table(doc: dict) -> str:
+    f, lim = doc["flow"], doc["limit"]
+    rows = [
+        ("physical limit (replay, concurrency %d)" % lim["concurrency"], f"{lim['seconds']:.1f} s",
+         f"{lim['requests']} requests, {lim['failures']} failed, machine busy {lim['machine_busy']:.0%}"),
+        ("suite through the flow (server ready → done)", f"{f['seconds']:.1f} s",
+         f"server idle {f['server_idle_seconds']:.1f} s"),
+        ("ratio flow / limit (goal ≤ 1.15)", f"{doc['ratio']:.2f}", ""),
+        ("suite end to end (model load included)", f"{f['end_to_end_seconds']:.1f} s",
+         f"ratio {doc['end_to_end_ratio']:.2f}; machine busy {f['machine_busy']:.0%}"),
+        ("model loads per suite (goal 1)", str(f["model_loads"]), ""),
+        ("requests in flight", f"peak {f['peak_in_flight']}", f"mean {f['mean_in_flight']}, budget "
+                                                             f"{f['in_flight_budget']}"),
+    ]
+    out = [f"{a:<46} {b:>12}  {c}" for a, b, c in rows]
+    out += ["", f"{'benchmark':<36} {'requests':>8} {'start→first request':>20} {'last response→recorded':>23}"]
+    for name, b in doc["flow"]["benchmarks"].items():
+        out.append(f"{name:<36} {b['requests']:>8} {b['start_to_first_request']:>18.1f} s "
+                   f"{b['last_response_to_recorded']:>21.1f} s")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-c", "--config", default="local")
+    ap.add_argument("--concurrency", type=int, default=64, help="the replay client's requests at once")
+    ap.add_argument("--out", type=Path, help="working folder (default: a new temporary one)")
+    ap.add_argument("overrides", nargs="*", help="config overrides, as on `nemotron nano3 eval`")
+    args = ap.parse_args()
+    out = (args.out or Path(tempfile.mkdtemp(prefix="nemotron-perf-"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    (out / "flow").mkdir()
+    run_dir, wall, busy = run_flow(args.config, out / "flow", args.overrides)
+    flow = flow_figures(run_dir, wall, busy)
+    requests = [r for reqs in logged_requests(run_dir).values() for r in reqs]
+    limit = physical_limit(args.config, args.overrides, out, requests, args.concurrency)
+    doc = {"config": args.config, "overrides": args.overrides, "cores": os.cpu_count(), "flow": flow,
+           "limit": limit, "ratio": round(flow["seconds"] / limit["seconds"], 2),
+           "end_to_end_ratio": round(flow["end_to_end_seconds"] / (limit["seconds"] + limit["model_load_seconds"]), 2)}
+    (out / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(table(doc))
+    print(f"\nfigures: {out / 'throughput.json'}; flow output: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
