@@ -75,11 +75,11 @@ def _status(record: dict, flow_run, task_runs) -> str:
 
 def _logs(record: dict, entries) -> str:
     out = [f"{e.timestamp:%H:%M:%S} {_level(e.level):<7} {e.message}" for e in entries]
-    log = Path(record["run_dir"]) / "server.log"
+    logs = serving.server_logs(Path(record["run_dir"]))  # the newest launch's, if the server was relaunched
     server = record.get("server")
-    tail = serving.log_tail(log, 40) if log.exists() else serving.recorded_log_tail(server, 40) if server else ""
+    tail = serving.log_tail(logs[-1], 40) if logs else serving.recorded_log_tail(server, 40) if server else ""
     if tail:
-        out += ["", "--- server log (last 40 lines) ---", tail.rstrip()]
+        out += ["", f"--- {logs[-1].name if logs else 'server log'} (last 40 lines) ---", tail.rstrip()]
     return "\n".join(out)
 
 

@@ -82,7 +82,8 @@ def test_failed_benchmark_is_named_and_the_others_recorded_and_exported(tmp_path
     assert re.search(r"gsm8k +Completed +exact_match__flexible-extract \d\.\d{4}", status.stdout)
     assert re.search(r"arc_challenge +Failed +\(infrastructure failure, 1 attempt\(s\): BenchmarkError", status.stdout)
     logs = nemotron("nano3", "eval", "logs", run_id, env=api)
-    assert logs.returncode == 0 and "running gsm8k" in logs.stdout and "--- server log" in logs.stdout
+    assert logs.returncode == 0 and "running gsm8k" in logs.stdout
+    assert "--- server.log (last 40 lines) ---" in logs.stdout
     assert nemotron("nano3", "eval", "status", "no-such-run", env=api).returncode == 2
 
     # W&B: one offline run, with what succeeded, the failure, the table, the results artifact, the input

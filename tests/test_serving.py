@@ -101,3 +101,10 @@ def test_queue_time_does_not_count_but_startup_does(tmp_path, monkeypatch):
     with pytest.raises(ServeError, match=r"(?s)not healthy after 3 s.*still loading weights"):
         serving.wait_ready(job, print)
     assert 3 + 4.5 <= time.monotonic() - start < 15  # 10 pending polls, then the 3 s startup budget
+
+
+def test_server_logs_are_one_per_launch_in_order(tmp_path):
+    assert serving.server_logs(tmp_path) == []
+    for name in ("server.log", "server-2.log", "server-3.log", "server-5.log"):
+        (tmp_path / name).write_text("x")
+    assert [p.name for p in serving.server_logs(tmp_path)] == ["server.log", "server-2.log", "server-3.log"]

@@ -73,11 +73,13 @@ def test_evaluation_id_is_stable_and_follows_model_and_configs():
 
 
 def test_result_files_keep_results_and_samples_not_caches(tmp_path):
-    for name in ("results.json", "manifest.json", "scores.md", "gsm8k/results.yml", "gsm8k/run_eval.log",
+    for name in ("results.json", "manifest.json", "scores.md", "in-flight.json", "server.log", "server-2.log",
+                 "gsm8k/results.yml", "gsm8k/run_eval.log",
                  "gsm8k/eval_factory_metrics.json", "gsm8k/m/results_2026.json", "gsm8k/m/samples_gsm8k_2026.jsonl",
                  "gsm8k/cache/responses/x", "gsm8k/lm_cache_rank0.db/cache.db", "gsm8k/response_stats_cache/cache.db"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     names = sorted(n for _, n in wandb_export.result_files(tmp_path, ["gsm8k"]))
     assert names == ["gsm8k/eval_factory_metrics.json", "gsm8k/m/results_2026.json", "gsm8k/m/samples_gsm8k_2026.jsonl",
-                     "gsm8k/results.yml", "gsm8k/run_eval.log", "manifest.json", "results.json", "scores.md"]
+                     "gsm8k/results.yml", "gsm8k/run_eval.log", "in-flight.json", "manifest.json", "results.json",
+                     "scores.md", "server-2.log", "server.log"]

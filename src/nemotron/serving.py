@@ -393,18 +393,23 @@ def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None],
         if pid is not None and _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-    job.fetch_log(_log_name(run_dir))
+    job.fetch_log(_log_name(run_dir, len(server_logs(run_dir)) + 1))
     final = job.state()
     _record({**job.describe(), "state": final}, run_dir, on_record)
     say(f"[serve] stopped job {job.job_id} ({final})")
 
 
-def _log_name(run_dir: Path) -> Path:
+def _log_name(run_dir: Path, n: int = 1) -> Path:
     """server.log for the first server of a run, server-2.log for a relaunch, and so on."""
-    n = 1
-    while (path := run_dir / ("server.log" if n == 1 else f"server-{n}.log")).exists():
-        n += 1
-    return path
+    return run_dir / ("server.log" if n == 1 else f"server-{n}.log")
+
+
+def server_logs(run_dir: Path) -> list[Path]:
+    """The run's server logs, one per launch, in launch order."""
+    logs: list[Path] = []
+    while (path := _log_name(run_dir, len(logs) + 1)).exists():
+        logs.append(path)
+    return logs
 
 
 @contextlib.contextmanager

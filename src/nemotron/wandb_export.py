@@ -30,7 +30,7 @@ RESULTS_TYPE = "evaluation-results"
 HARNESS_PACKAGES = ("nemo-evaluator", "nemo-evaluator-launcher", "nvidia-lm-eval", "vllm")
 # harness output worth keeping; caches (cache/, *.db) are large and only serve reruns
 RESULT_FILES = ("results.yml", "*.json", "*/results_*.json", "*/samples_*.jsonl", "run_eval.log")
-SUITE_FILES = ("results.json", "scores.md", "manifest.json", "server.log")
+SUITE_FILES = ("results.json", "scores.md", "manifest.json", "in-flight.json", "server*.log")
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def versions() -> dict[str, str]:
 
 def result_files(run_dir: Path, benchmarks: list[str]) -> list[tuple[Path, str]]:
     """(file, name in the artifact) for the suite's summary and each benchmark's harness output."""
-    files = [(run_dir / n, n) for n in SUITE_FILES if (run_dir / n).is_file()]
+    files = [(f, f.name) for pattern in SUITE_FILES for f in sorted(run_dir.glob(pattern)) if f.is_file()]
     for bench in benchmarks:
         out = run_dir / bench
         seen = set()
