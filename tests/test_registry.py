@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from nemotron import registry
@@ -49,3 +52,11 @@ def test_offline_cache_holds_all_spec_tasks_but_openbookqa():
     missing = {t: registry.missing_offline(registry.lookup(t).harness_task, SHARED_HF_HOME) for t in SPEC_TASKS}
     assert missing.pop("openbookqa") == ["openbookqa (main)"]
     assert all(v == [] for v in missing.values()), missing
+
+
+def test_capability_payloads_come_without_importing_nemo_evaluator():
+    """Its import reconfigures the root logger: the flow's console would fill with HTTP request lines."""
+    code = ("import sys; from nemotron import registry; p = registry.capability_payloads(); "
+            "assert p['logprobs']['echo'] is True, p; assert 'nemo_evaluator' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -167,17 +167,16 @@ def link_into(run_dir: Path, plans: list[BenchmarkPlan]) -> None:
 def verify_capabilities(plans: list[BenchmarkPlan], endpoint: Endpoint, timeout: float = 300) -> list[str]:
     """nemo-evaluator's capability probe, once per suite and with time for a busy server (its own, per
     harness, gives up after 30 s): one warning per capability the endpoint refuses."""
-    from nemo_evaluator.api.capabilities import BENCHMARK_CAPABILITIES
-
+    payloads = registry.capability_payloads()
     warnings, tried = [], set()
     for p in plans:
         for cap in p.capabilities:
             url = endpoint.chat_url if p.endpoint_type == "chat" else endpoint.completions_url
-            if (cap, url) in tried or cap not in BENCHMARK_CAPABILITIES:
+            if (cap, url) in tried or cap not in payloads:
                 continue
             tried.add((cap, url))
             users = [q.name for q in plans if cap in q.capabilities and q.endpoint_type == p.endpoint_type]
-            payload = {**BENCHMARK_CAPABILITIES[cap].payload, "model": endpoint.model_id}
+            payload = {**payloads[cap], "model": endpoint.model_id}
             try:
                 response = httpx.post(url, json=payload, timeout=timeout)
                 why = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"

@@ -55,6 +55,18 @@ def _package_dir(name: str) -> Path:
 
 
 @functools.cache
+def capability_payloads() -> dict[str, dict[str, Any]]:
+    """nemo-evaluator's probe request per capability (logprobs, tools, ...), read from its module
+    file: importing the package would reconfigure the root logger of the flow's process."""
+    path = _package_dir("nemo_evaluator") / "api" / "capabilities.py"
+    spec = importlib.util.spec_from_file_location("nemo_evaluator_capabilities", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {name: dict(c.payload) for name, c in module.BENCHMARK_CAPABILITIES.items()}
+
+
+@functools.cache
 def tasks() -> dict[tuple[str, str], TaskInfo]:
     path = _package_dir("nemo_evaluator_launcher") / "resources" / "all_tasks_irs.yaml"
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
