@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +188,8 @@ def _cli_until_benchmark_runs(tmp_path):
         if "running gsm8k" in line or time.monotonic() > deadline:
             break
     assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
+    # keep reading: a CLI blocked on a full pipe would not get to stop its server
+    threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()
     time.sleep(3)
     assert "fake_server.py" in leftovers(tmp_path), "the fake server should be up"
     return proc
