@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,25 +51,54 @@ def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
     return round((after[0] - before[0]) / total, 3) if total else 0.0
 
 
-def run_flow(config: str, out: Path, overrides: list[str]) -> tuple[Path, float, float]:
-    """The suite through the CLI; returns its run folder, wall seconds and the machine's busy share."""
+class CpuSampler:
+    """The machine's busy CPU, sampled each second: core-seconds spent between two moments."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), cpu_times()[0]))
+            self._stop.wait(1.0)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def core_seconds(self, start: float, end: float) -> float:
+        def at(t: float) -> int:
+            return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+        return round((at(end) - at(start)) / os.sysconf("SC_CLK_TCK"), 1)
+
+
+def run_flow(config: str, out: Path, overrides: list[str]) -> tuple[Path, float, float, CpuSampler]:
+    """The suite through the CLI; returns its run folder, wall seconds, the machine's busy share and
+    its CPU samples."""
     env = dict(os.environ)
     env.setdefault("HF_HOME", str(REPO.parent / "shared" / "hf-home"))
     cmd = [sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", config, f"evaluation.output_dir={out}",
            *overrides]
     print("$", " ".join(cmd), flush=True)
     cpu, start = cpu_times(), time.monotonic()
-    with (out / "flow.log").open("w") as log:
+    with (out / "flow.log").open("w") as log, CpuSampler() as sampler:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
     wall, busy = time.monotonic() - start, busy_share(cpu, cpu_times())
     if rc != 0:
         sys.exit(f"the flow failed (exit {rc}); its output: {out / 'flow.log'}")
     (summary,) = out.glob("*/*/results.json")
-    return summary.parent, wall, busy
+    return summary.parent, wall, busy, sampler
 
 
 def logged_requests(run_dir: Path) -> dict[str, list[dict]]:
-    """Every request body each benchmark sent, from nemo-evaluator's request cache (keyed by content)."""
+    """Every distinct request body each benchmark sent, from nemo-evaluator's request cache (keyed by
+    content: a request a harness repeats is answered once)."""
     from nemo_evaluator.adapters.caching.diskcaching import Cache
 
     found = {}
@@ -107,12 +137,14 @@ def physical_limit(config: str, overrides: list[str], out: Path, requests: list[
         load = time.monotonic() - start
         cpu = cpu_times()
         seconds, failures = asyncio.run(replay(server.endpoint.base_url, requests, concurrency))
-        busy = busy_share(cpu, cpu_times())
+        after = cpu_times()
     return {"seconds": round(seconds, 1), "requests": len(requests), "failures": failures,
-            "concurrency": concurrency, "model_load_seconds": round(load, 1), "machine_busy": busy}
+            "concurrency": concurrency, "model_load_seconds": round(load, 1),
+            "machine_busy": busy_share(cpu, after),
+            "core_seconds": round((after[0] - cpu[0]) / os.sysconf("SC_CLK_TCK"), 1)}
 
 
-def flow_figures(run_dir: Path, wall: float, busy: float) -> dict:
+def flow_figures(run_dir: Path, wall: float, busy: float, cpu: CpuSampler) -> dict:
     launches = json.loads((run_dir / RECORD_FILE).read_text())
     recorded = {p.name: (p / RESULT_FILE).stat().st_mtime for p in run_dir.iterdir() if (p / RESULT_FILE).exists()}
     opened, done = launches[0]["opened"], max(recorded.values())
@@ -133,7 +165,8 @@ def flow_figures(run_dir: Path, wall: float, busy: float) -> dict:
     return {"seconds": round(done - opened, 1), "end_to_end_seconds": round(wall, 1), "model_loads": loads,
             "in_flight_budget": launches[0]["budget"], "peak_in_flight": max(r["peak_in_flight"] for r in launches),
             "mean_in_flight": launches[0]["mean_in_flight"], "server_idle_seconds": round(done - opened - busy_s, 1),
-            "machine_busy": busy, "benchmarks": per_bench}
+            "requests_sent": sum(b["requests"] for rec in launches for b in rec["benchmarks"].values()),
+            "machine_busy": busy, "core_seconds": cpu.core_seconds(opened, done), "benchmarks": per_bench}
 
 
 def table(doc: dict) -> str:
@@ -142,7 +175,10 @@ def table(doc: dict) -> str:
         ("physical limit (replay, concurrency %d)" % lim["concurrency"], f"{lim['seconds']:.1f} s",
          f"{lim['requests']} requests, {lim['failures']} failed, machine busy {lim['machine_busy']:.0%}"),
         ("suite through the flow (server ready → done)", f"{f['seconds']:.1f} s",
-         f"server idle {f['server_idle_seconds']:.1f} s"),
+         f"{f['requests_sent']} requests sent; server idle {f['server_idle_seconds']:.1f} s (none in flight)"),
+        ("machine CPU: flow vs replay", f"{f['core_seconds']:.0f} core-s",
+         f"replay {lim['core_seconds']:.0f} core-s: harnesses (start-up, scoring) used "
+         f"{f['core_seconds'] - lim['core_seconds']:.0f} of {os.cpu_count()} cores × {f['seconds']:.0f} s"),
         ("ratio flow / limit (goal ≤ 1.15)", f"{doc['ratio']:.2f}", ""),
         ("suite end to end (model load included)", f"{f['end_to_end_seconds']:.1f} s",
          f"ratio {doc['end_to_end_ratio']:.2f}; machine busy {f['machine_busy']:.0%}"),
@@ -169,8 +205,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     (out / "flow").mkdir()
-    run_dir, wall, busy = run_flow(args.config, out / "flow", args.overrides)
-    flow = flow_figures(run_dir, wall, busy)
+    run_dir, wall, busy, cpu = run_flow(args.config, out / "flow", args.overrides)
+    flow = flow_figures(run_dir, wall, busy, cpu)
     requests = [r for reqs in logged_requests(run_dir).values() for r in reqs]
     limit = physical_limit(args.config, args.overrides, out, requests, args.concurrency)
     doc = {"config": args.config, "overrides": args.overrides, "cores": os.cpu_count(), "flow": flow,
