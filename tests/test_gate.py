@@ -1,16 +1,18 @@
 """The in-flight gate: one budget shared by every benchmark, the server's capacity, a dead server."""
 
 import concurrent.futures
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from nemotron import gate
+from nemotron import gate, serving
 from nemotron.serving import free_port
 from tests.helpers import FAKE
 
@@ -95,3 +97,27 @@ def test_a_dead_server_is_a_bad_gateway_the_harness_counts_as_infrastructure(tmp
     path = gate.append_record(tmp_path, record)
     gate.append_record(tmp_path, record)
     assert len(json.loads(path.read_text())) == 2
+
+
+def post_until_dropped(url: str) -> None:
+    with contextlib.suppress(OSError):  # the gate closes the connection
+        post(url)
+
+
+def test_closing_the_gate_does_not_wait_for_requests_in_flight(tmp_path):
+    """Ctrl-C or a cancel mid-suite: the server is stopped right after, so the gate must not hold it up."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--delay", "600"],
+                            stdout=subprocess.DEVNULL)
+    try:
+        while not serving.healthy(f"http://127.0.0.1:{port}"):
+            time.sleep(0.1)
+        with gate.open_gate(f"http://127.0.0.1:{port}", budget=2) as g:
+            threading.Thread(target=post_until_dropped, args=(f"{g.url}/gsm8k/v1/completions",), daemon=True).start()
+            while not g.in_flight:
+                time.sleep(0.1)
+            start = time.monotonic()
+        assert time.monotonic() - start < gate.CLOSE_SECONDS + 3
+    finally:
+        proc.kill()
+        proc.wait()

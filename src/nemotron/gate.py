@@ -30,6 +30,7 @@ FALLBACK_BUDGET = 32  # when the server publishes no KV-cache size (not vLLM, or
 TOKENS_PER_REQUEST = 1024  # a benchmark prompt plus its answer, roughly: what one request holds in the KV cache
 MAX_PER_ENGINE = 256  # vLLM's default max_num_seqs: more waits in its queue, not in ours
 RECORD_FILE = "in-flight.json"
+CLOSE_SECONDS = 1.0
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 _KV_TOKENS = re.compile(r'^vllm:cache_config_info\{[^}]*\bkv_cache_size_tokens="?(\d+)', re.M)
 _BLOCKS = re.compile(r'^vllm:cache_config_info\{[^}]*\bnum_gpu_blocks="(\d+)"', re.M)
@@ -150,7 +151,9 @@ class Gate:
                 return await self._forward(request, session, limit)
 
             app.router.add_route("*", "/{benchmark}/{rest:.*}", handle)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            # on close (the suite ended, or Ctrl-C / a cancel) requests still in flight are dropped at once:
+            # the server is about to be stopped, and the harnesses with it
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_SECONDS)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
             await site.start()
@@ -190,7 +193,7 @@ def open_gate(upstream: str, budget: int) -> Iterator[Gate]:
         yield gate
     finally:
         loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
+        thread.join(CLOSE_SECONDS + 5)
 
 
 def append_record(run_dir: Path, record: dict) -> Path:
