@@ -30,7 +30,9 @@ def page_text(path: str, expect: str, attempts: int = 3) -> str:
     url = PREFECT_API_URL.value().removesuffix("/api") + path
     text = ""
     for _ in range(attempts):
-        dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+        # A desktop-sized window: the UI's virtual scrollers (an artifact key's version timeline)
+        # render only the rows inside the viewport, and headless Chromium's default one is too small.
+        dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000",
                               "--virtual-time-budget=15000", "--dump-dom", url],
                              capture_output=True, text=True, timeout=120).stdout
         dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
