@@ -97,6 +97,10 @@ def stop_when_cancelled(run_id: str) -> Iterator[None]:
         yield
         return
     done = threading.Event()
+    # A signal of its own that raises KeyboardInterrupt, as Ctrl-C does (even mid-syscall): SIGINT itself is
+    # ignored in a CLI started in the background of a script (`nemotron ... &`), so it could not stop that run.
+    interrupt = signal.SIGUSR1 if threading.current_thread() is threading.main_thread() else signal.SIGINT
+    previous = signal.signal(interrupt, signal.default_int_handler) if interrupt == signal.SIGUSR1 else None
 
     def watch() -> None:
         with get_client(sync_client=True) as client:
@@ -105,7 +109,7 @@ def stop_when_cancelled(run_id: str) -> Iterator[None]:
                     state = client.read_flow_run(UUID(run_id)).state
                     if state is not None and (state.is_cancelling() or state.is_cancelled()):
                         runs.save(run_id, cancel_requested=True)
-                        os.kill(os.getpid(), signal.SIGINT)  # exactly Ctrl-C, even mid-syscall
+                        os.kill(os.getpid(), interrupt)
                         return
 
     threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
@@ -113,6 +117,8 @@ def stop_when_cancelled(run_id: str) -> Iterator[None]:
         yield
     finally:
         done.set()
+        if previous is not None:
+            signal.signal(interrupt, previous)
 
 
 def _run_name() -> str:

@@ -178,9 +178,12 @@ def _cli_until_benchmark_runs(tmp_path):
     overrides = [f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} --delay 600", "deployment.venv=null",
                  "deployment.extra_args=''", "deployment.heartbeat_timeout=10", f"evaluation.output_dir={tmp_path}",
                  f"evaluation.hf_home={hf_home()}", "evaluation.retries=0"]
+    # Ctrl-C reaches a CLI in the foreground of a terminal: SIGINT at its default even if the tests
+    # themselves run where it is ignored (the background of a script, as CI may start them)
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "gsm8k",
                              *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     seen = []
     for line in proc.stdout:
@@ -192,15 +195,18 @@ def _cli_until_benchmark_runs(tmp_path):
     threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()
     time.sleep(3)
     assert "fake_server.py" in leftovers(tmp_path), "the fake server should be up"
-    return proc
+    return proc, seen
 
 
 def test_ctrl_c_stops_the_server(tmp_path):
     """SIGINT to the CLI while benchmarks run: the server job is cancelled, nothing is left."""
-    proc = _cli_until_benchmark_runs(tmp_path)
+    proc, seen = _cli_until_benchmark_runs(tmp_path)
     try:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the CLI did not stop within 60 s of Ctrl-C:\n" + "".join(seen[-40:])) from None
     finally:
         proc.kill()
     time.sleep(1)
@@ -211,7 +217,7 @@ def test_ctrl_c_stops_the_server(tmp_path):
 def test_killed_cli_leaves_no_server(tmp_path):
     """SIGKILL gives the CLI no chance to clean up: the job script misses its heartbeat (10 s here)
     and stops the server."""
-    proc = _cli_until_benchmark_runs(tmp_path)
+    proc, _ = _cli_until_benchmark_runs(tmp_path)
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 30

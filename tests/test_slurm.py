@@ -7,6 +7,7 @@ server never become healthy.
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -56,11 +57,14 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path):
     assert not squeue() and not any(tmp_path.iterdir())  # nothing submitted, nothing written
 
 
-def _cli_until_benchmark_runs(tmp_path, *fake_args):
+def _cli_until_benchmark_runs(tmp_path, *fake_args, sigint=signal.SIG_DFL):
+    """The CLI on Slurm against the fake server, once gsm8k runs; `sigint`: its SIGINT disposition
+    at start (SIG_IGN: a CLI in the background of a script, which Ctrl-C does not reach)."""
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
                              "local-slurm", "-t", "gsm8k", *fake_overrides(tmp_path, *fake_args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **ENV, "COLUMNS": "200"})
+                            env={**os.environ, **ENV, "COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     seen = []
     deadline = time.monotonic() + 180
     for line in proc.stdout:
@@ -115,12 +119,13 @@ def test_crash_hook_cancels_the_job_a_killed_flow_left_behind(tmp_path):
 
 def test_cancel_through_the_prefect_api_cancels_the_slurm_job(tmp_path):
     """`prefect flow-run cancel` (what the UI's Cancel does) on an attached run: the flow stops like
-    Ctrl-C, the job leaves squeue within 30 s, and the run ends Cancelled."""
+    Ctrl-C, the job leaves squeue within 30 s, and the run ends Cancelled — also for a CLI started in
+    the background of a script, where SIGINT is ignored."""
     from prefect import get_client
 
     from nemotron import runs
 
-    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600")
+    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600", sigint=signal.SIG_IGN)
     try:
         (job,) = squeue()
         (record,) = [r for p in runs.index_dir().glob("*.json")
