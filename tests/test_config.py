@@ -1,6 +1,6 @@
 import pytest
 
-from nemotron.config import load_config, redacted
+from nemotron.config import load_config
 from nemotron.errors import ConfigError
 
 
@@ -85,8 +85,3 @@ def test_hf_home_defaults_to_environment(monkeypatch, tmp_path):
     cfg = load_config("default")
     assert cfg.evaluation.hf_home == str(tmp_path) and cfg.offline
     assert not load_config("default", ["evaluation.hf_offline=false"]).offline
-
-
-def test_redacted_hides_secrets():
-    assert redacted({"a": {"WANDB_API_KEY": "x", "token": "", "name": "n"}}) == \
-        {"a": {"WANDB_API_KEY": "***", "token": "", "name": "n"}}

@@ -25,12 +25,12 @@ def test_cpu_command_from_local_config_uses_the_serving_venv():
     assert "VIRTUAL_ENV" not in serving.server_spec(load_config("local").deployment, "/m", container=True).env
 
 
-def run_script(tmp_path: Path, spec: serving.ServerSpec) -> subprocess.Popen:
+def run_script(tmp_path: Path, spec: serving.ServerSpec, script: str | None = None) -> subprocess.Popen:
     """Run the job script the way NeMo-Run does: `bash <job_dir>/scripts/server.sh`."""
     (tmp_path / "scripts").mkdir(exist_ok=True)
-    script = tmp_path / "scripts" / "server.sh"
-    script.write_text(serving.job_script(spec))
-    return subprocess.Popen(["bash", str(script)], start_new_session=True)
+    path = tmp_path / "scripts" / "server.sh"
+    path.write_text(script or serving.job_script(spec))
+    return subprocess.Popen(["bash", str(path)], start_new_session=True)
 
 
 def wait_for(path: Path, seconds: float = 10) -> str:
@@ -108,3 +108,25 @@ def test_server_logs_are_one_per_launch_in_order(tmp_path):
     for name in ("server.log", "server-2.log", "server-3.log", "server-5.log"):
         (tmp_path / name).write_text("x")
     assert [p.name for p in serving.server_logs(tmp_path)] == ["server.log", "server-2.log", "server-3.log"]
+
+
+def test_the_job_script_holds_no_secret_and_the_server_no_inherited_one(tmp_path, monkeypatch):
+    """Issue 14: secret entries of deployment.env reach the server through a private file the job deletes,
+    the submitter's own secrets (W&B, cloud keys) are unset, and the script names no value."""
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-value-1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value-22")
+    cfg = load_config("local", ["deployment.env.SERVER_TOKEN=server-secret-333", "deployment.env.PLAIN=plain-v"])
+    spec = serving.server_spec(cfg.deployment, "/ckpt")
+    private = tmp_path / "private.env"
+    private.write_text("SERVER_TOKEN=server-secret-333\n")
+    script = serving.job_script(spec, str(private))
+    assert "server-secret-333" not in script and "wandb-secret-value-1" not in script
+    assert "unset AWS_SECRET_ACCESS_KEY WANDB_API_KEY" in script and "export PLAIN=plain-v" in script
+    probe = serving.ServerSpec("env > \"$JOB_DIR/server-env\"; sleep 1", spec.env, "127.0.0.1", 0, "m", 60,
+                               secret_env=spec.secret_env, unset=spec.unset)
+    job = run_script(tmp_path, probe, script=serving.job_script(probe, str(private)))
+    job.wait(timeout=30)
+    env = (tmp_path / "server-env").read_text()
+    assert "SERVER_TOKEN=server-secret-333" in env and "PLAIN=plain-v" in env
+    assert "wandb-secret-value-1" not in env and "aws-secret-value-22" not in env
+    assert not private.exists()  # read once, then deleted

@@ -8,12 +8,16 @@ enroot `.sqsh` on the cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
 import shlex
+import shutil
 import socket
+import tempfile
 import threading
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +125,30 @@ def target_for(run, profile: Profile | None, dep: DeploymentSection, image: str 
         poll_estimated_start_time=False,
     )
     return Target(executor, tunnel, home, slurm=True, ssh=profile.tunnel == "ssh")
+
+
+def write_private(target: Target, profile: Profile | None, text: str) -> str:
+    """A file only the job's user can read, beside the job folders but not in them (they are kept and
+    copied; this is deleted by the job once read); returns its path where the job runs."""
+    base = profile.remote_job_dir if target.ssh else target.home
+    folder = f"{base.rstrip('/')}/.secrets"
+    name = f"{folder}/{uuid.uuid4().hex}.env"
+    fd, local = tempfile.mkstemp(prefix="nemotron-secrets-")  # 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        target.sh(f"umask 077 && mkdir -p {shlex.quote(folder)} && chmod 700 {shlex.quote(folder)}")
+        if target.ssh:
+            target.tunnel.put(local, name)
+            target.sh(f"chmod 600 {shlex.quote(name)}")
+        else:
+            shutil.move(local, name)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(local)
+    if target.executor is not None and getattr(target.executor, "container_image", None):
+        target.executor.container_mounts.append(f"{folder}:{folder}")  # the job reads it inside the container
+    return name
 
 
 def connect(target: Target, profile: Profile) -> None:

@@ -246,16 +246,3 @@ def _fields_at(path: list[str]) -> list[str]:
         if model is None:
             return []
     return list(model.model_fields)
-
-
-SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
-
-
-def redacted(data: Any) -> Any:
-    """A copy with secret-looking values replaced, for printing."""
-    if isinstance(data, dict):
-        return {k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) and v else redacted(v)
-                for k, v in data.items()}
-    if isinstance(data, list):
-        return [redacted(v) for v in data]
-    return data

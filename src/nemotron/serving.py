@@ -22,17 +22,18 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
-from nemotron import cluster, runtime
+from nemotron import cluster, runtime, secrets
 from nemotron.cluster import Target
 from nemotron.config import DeploymentSection
 from nemotron.errors import ServeError
 from nemotron.profiles import Profile
+from nemotron.results import write_atomic
 
 STATE_POLL_SECONDS = 2.0
 STOP_GRACE_SECONDS = 20.0
@@ -68,6 +69,8 @@ class ServerSpec:
     startup_timeout: float
     heartbeat_timeout: float = 300
     setup: tuple[str, ...] = ()  # shell lines before the server (profile startup_commands)
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # never in the script: a private file
+    unset: tuple[str, ...] = ()  # secret variables the job would inherit from the submitter's environment
 
 
 def venv_dir(dep: DeploymentSection) -> Path | None:
@@ -87,12 +90,16 @@ def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] 
         "--data-parallel-size", str(dep.data_parallel_size),
     ]
     command = " ".join([dep.command, *map(shlex.quote, args), '--port "$PORT"', dep.extra_args]).strip()
-    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **dep.env}
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           **{k: v for k, v in dep.env.items() if not secrets.is_secret_name(k)}}
+    secret_env = {k: v for k, v in dep.env.items() if secrets.is_secret_name(k)}
     venv = None if container else venv_dir(dep)  # a container brings its own vLLM
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
+    # the server gets the secrets deployment.env names, not the ones the submitting process happens to hold
+    unset = tuple(n for n in secrets.secret_env_names() if n not in secret_env)
     return ServerSpec(command, env, dep.host, dep.port, dep.served_model_name, dep.startup_timeout,
-                      dep.heartbeat_timeout, tuple(setup))
+                      dep.heartbeat_timeout, tuple(setup), secret_env, unset)
 
 
 def free_port() -> int:
@@ -101,15 +108,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def job_script(spec: ServerSpec) -> str:
+def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     """The shell the NeMo-Run job runs (locally, or on a Slurm node, maybe in a container).
+
+    It holds no secret: it unsets the secret variables it would inherit, and reads the secret entries
+    of deployment.env from `secrets_file` (private, outside the job directory), deleting it at once.
 
     It finds its job directory from its own path (NeMo-Run runs `bash <job_dir>/scripts/server.sh`,
     or `/nemo_run/scripts/server.sh` in a container), starts the server there, writes `endpoint`
     (http://node:port) for the submitter, and stops the server if the submitter's `heartbeat`
     file stops changing for `heartbeat_timeout` seconds (its own clock: no skew between hosts).
     """
-    exports = [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
+    exports = [f"unset {' '.join(spec.unset)}"] if spec.unset else []
+    exports += [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
+    if spec.secret_env:
+        f = shlex.quote(secrets_file or "<a private file written at submission>")
+        exports.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; rm -f {f}; "
+                       f"else echo 'missing {f}: the secret entries of deployment.env' >&2; fi")
     if "VIRTUAL_ENV" in spec.env:
         exports.append('export PATH="$VIRTUAL_ENV/bin:$PATH"')
     host = "$(hostname)" if spec.host in WILDCARD_HOSTS else shlex.quote(spec.host)
@@ -193,8 +208,10 @@ class ServerJob:
         self.target.sh(f"echo {self._beats} > {shlex.quote(self.job_dir)}/heartbeat", check=False)
 
     def fetch_log(self, dest: Path) -> None:
+        """A copy of the server log in the run folder (which W&B receives), secrets masked."""
         with contextlib.suppress(Exception):
             self.target.tunnel.get(f"{self.job_dir}/server.log", str(dest))
+            write_atomic(dest, secrets.mask(dest.read_text(errors="replace")))
 
     def describe(self) -> dict[str, str]:
         """What another process needs to find and cancel this job (`status`, cancellation hooks)."""
@@ -293,7 +310,12 @@ def serve(
     job: ServerJob | None = None
     with _root_logging_kept(), exp, contextlib.ExitStack() as stack:
         try:
-            exp.add(run.Script(inline=job_script(spec)), name="server")
+            secrets_file = None
+            if spec.secret_env:
+                secrets_file = cluster.write_private(target, profile, "".join(
+                    f"{k}={shlex.quote(v)}\n" for k, v in spec.secret_env.items()))
+                stack.callback(target.sh, f"rm -f {shlex.quote(secrets_file)}", False)  # if the job never read it
+            exp.add(run.Script(inline=job_script(spec, secrets_file)), name="server")
             exp.run(detach=True)  # local jobs cannot detach: run() returns after launch, __exit__ waits
             job = ServerJob(exp, target, spec)
             say(f"[serve] NeMo-Run experiment {job.experiment_id}, job {job.job_id}, job dir {job.job_dir}")
@@ -371,7 +393,7 @@ def _root_logging_kept() -> Iterator[None]:
 
 
 def _record(record: dict[str, str], run_dir: Path, on_record: Callable[[dict[str, str]], None]) -> None:
-    (run_dir / "server.json").write_text(json.dumps(record, indent=2))
+    write_atomic(run_dir / "server.json", json.dumps(record, indent=2))
     on_record(record)
 
 

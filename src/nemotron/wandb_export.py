@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from nemotron.config import EvalConfig, redacted
+from nemotron import secrets
+from nemotron.config import EvalConfig
 from nemotron.results import SuiteResult, score_rows
 
 RESULTS_TYPE = "evaluation-results"
@@ -58,6 +59,7 @@ def detect_login(say: Callable[[str], None] = print) -> bool:
         return True
     key = api_key()
     if key:
+        secrets.remember(key)
         os.environ["WANDB_API_KEY"] = key
         say("[info] Detected W&B login, setting WANDB_API_KEY")
     return key is not None
@@ -120,7 +122,8 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
         entity=where.entity, project=where.project, id=eval_id, resume="allow",
         name=f"eval-{model['slug']}", job_type="evaluation", group=model.get("collection") or model["slug"],
         tags=["nano3", "evaluation", *(t for t in (model.get("collection"),) if t)],
-        config={"model": model, "evaluation": redacted(cfg.model_dump(mode="json")), "harness": manifest["harness"]},
+        config=secrets.masked({"model": model, "evaluation": cfg.model_dump(mode="json"),
+                               "harness": manifest["harness"]}),
         dir=os.environ.get("WANDB_DIR") or suite.run_dir,  # offline runs stay beside the results they hold
         settings=wandb.Settings(console="off", silent=True),
     )
@@ -153,7 +156,7 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
         )
         files = result_files(Path(suite.run_dir), [r.benchmark for r in suite.results])
         for path, name in files:
-            artifact.add_file(str(path), name=name)
+            artifact.add_file(str(_masked_copy(path, run.dir)), name=name)
         run.log_artifact(artifact, aliases=[eval_id, "latest"])
         record = {"run_id": run.id, "project": where.project, "entity": where.entity, "offline": where.offline,
                   "run_dir": run.dir and str(Path(run.dir).parent), "artifact": artifact.name, "files": len(files),
@@ -162,6 +165,22 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
         run.finish()
     say("W&B: " + describe(record))
     return record
+
+
+def _masked_copy(path: Path, scratch: str) -> Path:
+    """The file itself, or a copy with secret values masked if it holds any (belt and braces: the files
+    are written masked, but the harness's own outputs are not ours to trust)."""
+    try:
+        text = path.read_text()
+    except (UnicodeDecodeError, OSError):
+        return path
+    hidden = secrets.mask(text)
+    if hidden == text:
+        return path
+    copy = Path(scratch) / "masked" / hashlib.sha256(str(path).encode()).hexdigest()[:16] / path.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(hidden)
+    return copy
 
 
 def describe(record: dict[str, Any]) -> str:

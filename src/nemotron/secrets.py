@@ -1,0 +1,132 @@
+"""Secrets stay home: one redactor for everything the evaluation writes or shows.
+
+It masks by value: the values of environment variables whose names say they hold a secret
+(`WANDB_API_KEY`, `HF_TOKEN`, `AWS_SECRET_ACCESS_KEY`, ...), the W&B key `wandb login` stored, and the
+values of config entries with such names (`deployment.env.SERVER_TOKEN`) once a config is known.
+A value copied elsewhere — into a served model name through `${oc.env:...}`, a log line, an error —
+is masked there too, which a redactor that only looks at key names cannot do.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+MIN_LENGTH = 8  # shorter values are not credentials, and masking "1" or "true" everywhere would garble text
+_SECRET_WORDS = {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
+_KEY_QUALIFIERS = {"api", "access", "private", "secret", "signing", "encryption", "master", "license", "service"}
+# environment a child process needs that is not a secret, whatever its name says
+_NOT_SECRET = {"SSH_AUTH_SOCK"}
+
+_lock = threading.Lock()
+_remembered: set[str] = set()
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_name(name: str) -> bool:
+    """`HF_TOKEN`, `WANDB_API_KEY`, `db_password` are; `tokenizer`, `max_new_tokens`, `SORT_KEY` are not."""
+    if name in _NOT_SECRET:
+        return False
+    words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if w]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(w == "key" and i > 0 and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words))
+
+
+def secret_env_names(environ: dict[str, str] | None = None) -> list[str]:
+    """The names of the secret variables in an environment (default: this process's)."""
+    env = os.environ if environ is None else environ
+    return sorted(k for k in env if is_secret_name(k))
+
+
+def remember(*values: str | None) -> None:
+    """Mask these values from now on (a config's secret entries, a key read from ~/.netrc)."""
+    with _lock:
+        _remembered.update(v for v in values if v and len(v) >= MIN_LENGTH)
+
+
+def remember_config(data: Any) -> None:
+    """Remember the values of a config's (or profile's) secret-named entries, at any depth."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if isinstance(v, str) and is_secret_name(str(k)):
+                remember(v)
+            else:
+                remember_config(v)
+    elif isinstance(data, list):
+        for v in data:
+            remember_config(v)
+
+
+def values() -> list[str]:
+    """Every value masked now, longest first (so a secret containing another is masked whole)."""
+    found = {v for k, v in os.environ.items() if v and len(v) >= MIN_LENGTH and is_secret_name(k)}
+    with _lock:
+        found |= _remembered
+    return sorted(found, key=len, reverse=True)
+
+
+def mask(text: str) -> str:
+    """The text with every known secret value replaced by ***."""
+    for value in values():
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def masked(data: Any) -> Any:
+    """A copy of JSON-like data with secret values masked: in any string, and whole under a secret key."""
+    if isinstance(data, dict):
+        return {k: MASK if is_secret_name(str(k)) and isinstance(v, str) and v else masked(v)
+                for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [masked(v) for v in data]
+    if isinstance(data, str):
+        return mask(data)
+    return data
+
+
+def contains_secret(text: str) -> bool:
+    return mask(text) != text
+
+
+class MaskingFilter(logging.Filter):
+    """Masks secret values in every record a handler emits (console, Prefect's API, files)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = mask(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+def mask_logging() -> None:
+    """Put a MaskingFilter on every handler this process logs through (idempotent)."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
+            handler.addFilter(MaskingFilter())
+
+
+def hidden_overrides(overrides: list[str]) -> list[str]:
+    """The CLI's overrides as they may be stored (flow-run parameters): a secret value (under a secret-named
+    key, or one already known) moves into this process's environment, where the in-process flow reads it
+    back through `${oc.env:...}`, and the stored override keeps only that reference."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and value and not value.startswith("${") and (
+                is_secret_name(key.rsplit(".", 1)[-1]) or contains_secret(value)):
+            name = f"NEMOTRON_SECRET_OVERRIDE_{len(out)}"
+            os.environ[name] = value
+            remember(value)
+            item = f"{key}=${{oc.env:{name}}}"
+        out.append(item)
+    return out

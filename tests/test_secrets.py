@@ -1,0 +1,62 @@
+"""The one redactor (issue 14): secrets are masked by value wherever they were copied, not only by key name."""
+
+import logging
+
+import pytest
+
+from nemotron import secrets
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "PREFECT_API_KEY", "AWS_SECRET_ACCESS_KEY",
+                                  "AWS_SESSION_TOKEN", "db_password", "ServerToken", "OPENAI_API_KEY", "apikey"])
+def test_secret_names(name):
+    assert secrets.is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "tokenizer_backend", "max_new_tokens", "SORT_KEY", "HF_HOME",
+                                  "PATH", "served_model_name", "SSH_AUTH_SOCK"])
+def test_words_that_merely_contain_token_or_key_are_not_secrets(name):
+    assert not secrets.is_secret_name(name)
+
+
+def test_a_secret_value_is_masked_wherever_it_was_copied(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-1234567890")
+    text = "served model tok-1234567890, url http://x/tok-1234567890/v1"
+    assert secrets.mask(text) == "served model ***, url http://x/***/v1"
+    data = {"deployment": {"served_model_name": "tok-1234567890", "env": {"API_TOKEN": "short"}},
+            "tokenizer": "/ckpt", "list": ["a tok-1234567890 b"]}
+    assert secrets.masked(data) == {"deployment": {"served_model_name": "***", "env": {"API_TOKEN": "***"}},
+                                    "tokenizer": "/ckpt", "list": ["a *** b"]}
+
+
+def test_config_secrets_are_remembered_and_short_values_never_masked():
+    secrets.remember_config({"deployment": {"env": {"SERVER_API_KEY": "srv-key-0987654321", "FOO": "srv-plain"}}})
+    assert secrets.mask("key srv-key-0987654321 plain srv-plain") == "key *** plain srv-plain"
+    secrets.remember("1", "true")  # too short to be credentials: masking them would garble every text
+    assert secrets.mask("1 true") == "1 true"
+
+
+def test_cli_overrides_keep_references_to_secret_values(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijkl")
+    hidden = secrets.hidden_overrides(["deployment.env.SERVER_TOKEN=literal-secret-1", "a.b=hf_abcdefghijkl",
+                                       "evaluation.timeout=10", "deployment.env.X_TOKEN=${oc.env:HF_TOKEN}"])
+    assert hidden[0] == "deployment.env.SERVER_TOKEN=${oc.env:NEMOTRON_SECRET_OVERRIDE_0}"
+    assert hidden[1] == "a.b=${oc.env:NEMOTRON_SECRET_OVERRIDE_1}"
+    assert hidden[2:] == ["evaluation.timeout=10", "deployment.env.X_TOKEN=${oc.env:HF_TOKEN}"]
+    import os
+    assert os.environ["NEMOTRON_SECRET_OVERRIDE_0"] == "literal-secret-1"
+    monkeypatch.delenv("NEMOTRON_SECRET_OVERRIDE_0")
+    monkeypatch.delenv("NEMOTRON_SECRET_OVERRIDE_1")
+
+
+def test_log_records_are_masked_by_the_handler_filter(monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-key-abcdef123")
+    logger = logging.getLogger("nemotron-test-masking")
+    handler = logging.Handler()
+    seen = []
+    handler.emit = lambda record: seen.append(handler.format(record))
+    logger.addHandler(handler)
+    secrets.mask_logging()
+    logger.warning("model %s failed", "wandb-key-abcdef123")
+    logger.removeHandler(handler)
+    assert seen == ["model *** failed"]
