@@ -18,20 +18,21 @@ from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.artifacts import (
-    Artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.futures import as_completed
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from nemotron import benchmarks, cluster, gate, models, profiles, results, runs, runtime, serving, wandb_export
+from nemotron import benchmarks, cluster, gate, models, profiles, results, runs, runtime, secrets, serving, wandb_export
 from nemotron.benchmarks import BenchmarkPlan
-from nemotron.config import EvalConfig, load_config, redacted
+from nemotron.config import EvalConfig
 from nemotron.errors import ConfigError
 from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
 from nemotron.results import BenchmarkResult, Previous, SuiteResult
@@ -121,12 +122,16 @@ def stop_when_cancelled(run_id: str) -> Iterator[None]:
             signal.signal(interrupt, previous)
 
 
+def _trusted() -> bool:
+    """Started from the CLI on the user's own machine; a deployment run (UI, API, trigger) is not."""
+    return deployment.id is None
+
+
 def _run_name() -> str:
     """`eval-<model>`: the model the request resolves to (its `model`, else the config's run.model)."""
     params = flow_run.parameters
     try:
-        req = EvalRequest(**params)
-        return f"eval-{models.parse(load_config(req.config, req.config_overrides())).ref}"
+        return f"eval-{models.parse(EvalRequest(**params).load(_trusted())).ref}"
     except Exception:  # noqa: BLE001 - a bad request fails in the flow, with its message
         return f"eval-{params.get('model') or 'invalid-request'}"
 
@@ -142,19 +147,21 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     `config` + `overrides` (+ `model`, applied last) make the evaluation config, as on the CLI;
     `profile` names an env.toml profile: the server runs there (Slurm), the benchmarks run here.
     """
+    secrets.mask_logging()  # console and Prefect's API: no secret value leaves in a log line
     log = get_run_logger()
     say = log.info
     request = EvalRequest(model=model, tasks=tasks, config=config, profile=profile, overrides=overrides or [],
                           force_squash=force_squash)
 
-    # 1. the config, and the model reference resolved to a checkpoint path (W&B artifacts: here)
+    # 1. the config (a deployment run's overrides are data: checked), the model resolved (W&B artifacts: here)
     try:
-        cfg = load_config(request.config, request.config_overrides())
+        cfg = request.load(trusted=_trusted())
         where = profiles.load_profile(profile) if profile else None
+        secrets.remember_config([cfg.model_dump(mode="json"), where.model_dump() if where else None])
         model = models.resolve(models.parse(cfg), say, local=not cluster.is_slurm(where))
     except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
         log.error("%s", e)
-        return Failed(message=str(e), data=e)
+        return Failed(message=secrets.mask(str(e)), data=e)
     ev = cfg.evaluation
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / stamp
@@ -172,76 +179,82 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
     progress = create_progress_artifact(0.0, key="nano3-eval-progress", description="benchmarks finished")
-    outcomes: dict[str, BenchmarkResult] = {}
-    with tags(*model.tags):
-        for p in plans:
-            if (done := benchmarks.finished(p)) is not None:
-                outcomes[p.name] = reuse_benchmark(done)
-    todo = [p for p in plans if p.name not in outcomes]
-    update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
-    facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
-              "harness": wandb_export.versions(), "profile": profile, "config": redacted(cfg.model_dump(mode="json")),
-              "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
-                             for p in plans}}
 
-    # 3. serve once, 4. map the missing benchmarks over the endpoint; relaunch a server that dies
-    manifest = results.write_manifest(run_dir, facts)
-    if not todo:
-        say("every benchmark already has its result for this model and config: nothing to serve")
-    env = benchmarks.harness_env(hf_home, cfg.offline)
-    launches = 0
-    while todo:
-        launches += 1
-        with stop_when_cancelled(run_id), tags(*model.tags), \
-                serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
-                              detached=deployment.id is not None,  # a deployment run is a batch run
-                              on_record=lambda job: runs.save(run_id, server=job)) as server, \
-                serving.watch_health(server.endpoint.base_url, cfg.deployment.health_interval) as died:
-            for warning in benchmarks.verify_capabilities(todo, server.endpoint):
-                log.warning("%s", warning)
-            budget, source = gate.budget_for(server.endpoint.base_url, ev.in_flight)
-            say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")
-            sending = [p.sending(budget) for p in todo]
-            with gate.open_gate(server.endpoint.base_url, budget) as g:
-                manifest = results.write_manifest(run_dir, {**facts, "server": {
-                    "command": serving.server_spec(cfg.deployment, model.path).command, "launches": launches,
-                    "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
-                    "in_flight_budget": budget,
-                    "run_configs": {p.name: p.run_config(g.route(server.endpoint, p.name)) for p in sending}}})
-                try:
-                    lost = run_benchmarks(sending, server.endpoint, g, env, ev, died, outcomes, progress,
-                                          len(plans))
-                finally:
-                    gate.append_record(run_dir, {"launch": launches, **g.record()})
-        todo = [p for p in plans if p.name in lost]
-        if todo and launches > cfg.deployment.max_restarts:
-            log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",
-                      launches, cfg.deployment.max_restarts, ", ".join(lost))
-            outcomes.update(lost)
-            break
-        if todo:
-            say(f"[serve] the server died under {', '.join(lost)}: relaunching it ({launches}/"
-                f"{cfg.deployment.max_restarts}); they run again in their folders, where answered requests "
-                "replay from the response cache")
+    # 3. hold the benchmark folders: a second run of the same evaluation (a trigger and a deployment run for one
+    #    version) waits here, before serving, then reuses what the first one finished
+    with benchmarks.claimed(plans, say):
+        outcomes: dict[str, BenchmarkResult] = {}
+        with tags(*model.tags):
+            for p in plans:
+                if (done := benchmarks.finished(p)) is not None:
+                    outcomes[p.name] = reuse_benchmark(done)
+        todo = [p for p in plans if p.name not in outcomes]
+        update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
+        facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
+                 "harness": wandb_export.versions(), "profile": profile,
+                 "config": secrets.masked(cfg.model_dump(mode="json")),
+                 "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
+                                for p in plans}}
 
-    # 5. record: summary files, Prefect artifacts, and the W&B export subflow
-    suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
-    summary = results.write_summary(suite)
-    label = model.resolved or model.ref
-    scores_key = results.artifact_key(model.series, "scores")
-    previous = previous_evaluation(scores_key)
-    create_table_artifact(results.score_rows(suite), key=scores_key, description=f"Scores of {label}")
-    create_markdown_artifact(results.render_markdown(suite, previous, series=model.series, version=label),
-                             key=results.artifact_key(model.series, "summary"), description=f"Evaluation of {label}")
-    say(f"results: {summary} (score table: artifact {scores_key})")
-    exported = export_to_wandb(suite, manifest, cfg, return_state=True)
-    if exported.is_completed():
-        record = exported.result()
-        runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")
-    else:
-        runs.save(run_id, wandb=f"export failed: {exported.message}")
-        log.error("W&B export failed: %s; the results are safe in %s; export them again with "
-                  "`nemotron nano3 eval export %s`", exported.message, run_dir, run_id)
+        # 4. serve once, map the missing benchmarks over the endpoint; relaunch a server that dies
+        manifest = results.write_manifest(run_dir, facts)
+        if not todo:
+            say("every benchmark already has its result for this model and config: nothing to serve")
+        env = benchmarks.harness_env(hf_home, cfg.offline)
+        launches = 0
+        while todo:
+            launches += 1
+            with stop_when_cancelled(run_id), tags(*model.tags), \
+                    serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
+                                  detached=deployment.id is not None,  # a deployment run is a batch run
+                                  on_record=lambda job: runs.save(run_id, server=job)) as server, \
+                    serving.watch_health(server.endpoint.base_url, cfg.deployment.health_interval) as died:
+                for warning in benchmarks.verify_capabilities(todo, server.endpoint):
+                    log.warning("%s", warning)
+                budget, source = gate.budget_for(server.endpoint.base_url, ev.in_flight)
+                say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")
+                sending = [p.sending(budget) for p in todo]
+                with gate.open_gate(server.endpoint.base_url, budget) as g:
+                    manifest = results.write_manifest(run_dir, {**facts, "server": {
+                        "command": serving.server_spec(cfg.deployment, model.path).command, "launches": launches,
+                        "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
+                        "in_flight_budget": budget,
+                        "run_configs": {p.name: p.run_config(g.route(server.endpoint, p.name)) for p in sending}}})
+                    try:
+                        lost = run_benchmarks(sending, server.endpoint, g, env, ev, died, outcomes, progress,
+                                              len(plans))
+                    finally:
+                        gate.append_record(run_dir, {"launch": launches, **g.record()})
+            todo = [p for p in plans if p.name in lost]
+            if todo and launches > cfg.deployment.max_restarts:
+                log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",
+                          launches, cfg.deployment.max_restarts, ", ".join(lost))
+                outcomes.update(lost)
+                break
+            if todo:
+                say(f"[serve] the server died under {', '.join(lost)}: relaunching it ({launches}/"
+                    f"{cfg.deployment.max_restarts}); they run again in their folders, where answered requests "
+                    "replay from the response cache")
+
+        # 5. record: summary files, Prefect artifacts, and the W&B export subflow
+        suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
+        summary = results.write_summary(suite)
+        label = model.resolved or model.ref
+        scores_key = results.artifact_key(model.series, "scores")
+        previous = previous_evaluation(scores_key, model.version)
+        create_table_artifact(results.score_rows(suite), key=scores_key, description=f"Scores of {label}")
+        create_markdown_artifact(results.render_markdown(suite, previous, series=model.series, version=label),
+                                 key=results.artifact_key(model.series, "summary"),
+                                 description=f"Evaluation of {label}")
+        say(f"results: {summary} (score table: artifact {scores_key})")
+        exported = export_to_wandb(suite, manifest, cfg, return_state=True)
+        if exported.is_completed():
+            record = exported.result()
+            runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")
+        else:
+            runs.save(run_id, wandb=f"export failed: {exported.message}")
+            log.error("W&B export failed: %s; the results are safe in %s; export them again with "
+                      "`nemotron nano3 eval export %s`", exported.message, run_dir, run_id)
 
     if suite.failed:
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
@@ -256,19 +269,25 @@ def add_tags(run_id: str, extra: list[str]) -> None:
         client.update_flow_run(UUID(run_id), tags=[*current, *(t for t in extra if t not in current)])
 
 
-def previous_evaluation(scores_key: str) -> Previous | None:
-    """The newest score table under this key, with the flow run that wrote it; None if there is none
-    (or the look-up fails: a summary without a change column is no reason to fail an evaluation)."""
+def previous_evaluation(scores_key: str, version: str) -> Previous | None:
+    """The newest score table under this key written for another model version (a second evaluation of
+    this version is no "previous"), with its flow run; None if there is none (or the look-up fails: a
+    summary without a change column is no reason to fail an evaluation)."""
     try:
-        art = Artifact.get(scores_key)
-        if art is None or art.flow_run_id is None:
-            return None
         with get_client(sync_client=True) as client:
-            run = client.read_flow_run(art.flow_run_id)
-        model = next((t.split(":", 1)[1] for t in run.tags if t.startswith("model:")), run.name)
-        rows = json.loads(art.data) if isinstance(art.data, str) else art.data
-        when = (run.start_time or art.created).strftime("%Y-%m-%d %H:%M UTC")
-        return Previous(model=model, run_name=run.name, when=when, rows=tuple(rows))
+            tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[scores_key])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=50)
+            for art in tables:
+                if art.flow_run_id is None:
+                    continue
+                run = client.read_flow_run(art.flow_run_id)
+                model = next((t.split(":", 1)[1] for t in run.tags if t.startswith("model:")), run.name)
+                if model == version:
+                    continue
+                rows = json.loads(art.data) if isinstance(art.data, str) else art.data
+                when = (run.start_time or art.created).strftime("%Y-%m-%d %H:%M UTC")
+                return Previous(model=model, run_name=run.name, when=when, rows=tuple(rows))
+        return None
     except Exception as e:  # noqa: BLE001
         get_run_logger().warning("no comparison with the previous evaluation: %s", e)
         return None

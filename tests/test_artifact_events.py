@@ -42,3 +42,20 @@ def test_new_versions_after_the_last_seen_oldest_first():
     listed = [SimpleNamespace(version=v, qualified_name=f"t/p/m:{v}") for v in ("v3", "v0", "v10", "v2")]
     assert [a.version for a in artifact_events.new_versions(listed, 2)] == ["v3", "v10"]
     assert artifact_events.new_versions(listed, 10) == []
+
+
+def test_one_version_is_one_event_whatever_the_event_type_alias_or_source():
+    """Issue 14: "new version", "alias added" and the watcher's event for v5 are one event, so one run."""
+    created = artifact_events.from_webhook({**PAYLOAD, "event_type": "CREATE_ARTIFACT", "alias": ""})
+    aliased = artifact_events.from_webhook(PAYLOAD)
+    watched = artifact_events.event("LINK_ARTIFACT", "team/nemotron/nano3-rl-model:v5", "nano3-rl-model", "team",
+                                    "nemotron")
+    assert created["id"] == aliased["id"] == watched["id"]
+
+
+@pytest.mark.parametrize("field, value", [("artifact_version_string", "team/nemotron/m:v5; rm -rf ~"),
+                                          ("artifact_version_string", "/etc/passwd"), ("event_type", "x.y"),
+                                          ("entity_name", ["a"]), ("alias", "a b")])
+def test_a_field_of_the_wrong_shape_is_refused_naming_it(field, value):
+    with pytest.raises(ValueError, match=f"payload field {field}="):
+        artifact_events.from_webhook({**PAYLOAD, field: value})

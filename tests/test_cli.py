@@ -125,3 +125,34 @@ def test_parallelism_beyond_the_profiles_gpus_exits_2():
 def test_force_squash_without_a_container_exits_2():
     r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--force-squash")
     assert r.returncode == 2 and "--force-squash re-imports a container image" in r.stderr
+
+
+def test_overrides_go_before_between_and_after_options(tmp_path):
+    r = nemotron("nano3", "eval", "run.model=/ckpt/a", "-c", "local", "-t", "gsm8k",
+                 f"evaluation.output_dir={tmp_path}", "--dry-run", "evaluation.retries=4")
+    assert r.returncode == 0, r.stderr
+    assert "model: /ckpt/a" in r.stdout and f"output_dir: {tmp_path}" in r.stdout and "retries: 4" in r.stdout
+    bad = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--nope")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: nemotron: unrecognized arguments: --nope"
+
+
+def test_a_task_whose_framework_is_not_installed_is_refused_naming_its_package():
+    r = nemotron("nano3", "eval", "-c", "local", "-t", "AIME_2025", "--dry-run")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "simple_evals framework, which is not installed" in r.stderr and "uv add nvidia-simple-evals" in r.stderr
+
+
+def test_dry_run_masks_secret_values_not_words_that_contain_token(tmp_path):
+    r = nemotron("nano3", "eval", "-c", "local", "-t", "hellaswag", "--dry-run",
+                 "evaluation.nemo_evaluator_config.config.params.extra.tokenizer=/my/tokenizer",
+                 "deployment.served_model_name=${oc.env:HF_TOKEN}", env={"HF_TOKEN": "hf_dryrunsecret42"})
+    assert r.returncode == 0, r.stderr
+    assert "tokenizer: /my/tokenizer" in r.stdout and "hf_dryrunsecret42" not in r.stdout
+    assert "--served-model-name *** " in r.stdout and "model_id: ***" in r.stdout
+
+
+def test_batch_refuses_what_the_worker_would_refuse_before_submitting():
+    r = nemotron("nano3", "eval", "--batch", "local-slurm", "-c", "local", "deployment.command=id",
+                 env={"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml"),
+                      "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # nothing listens: it must not get that far
+    assert r.returncode == 2 and "'deployment.command' is not allowed in a run started through Prefect" in r.stderr

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from nemotron import benchmarks, cluster, models, profiles, serving, wandb_export
-from nemotron.config import SECRET_WORDS, EvalConfig, load_config, redacted, validate
+from nemotron import benchmarks, cluster, models, profiles, secrets, serving, wandb_export
+from nemotron.config import EvalConfig, load_config, validate
 from nemotron.errors import ConfigError, NemotronError
 from nemotron.request import EvalRequest
 
@@ -52,9 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     return root
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Overrides may stand before, between and after the options (`eval run.model=X -t gsm8k a.b=Y`), as
+    users mix them; they apply in the order written."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or getattr(args, "stage", None) != "eval"]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         if args.stage == "setup":
             return setup()
         return evaluate(args)
@@ -81,6 +94,7 @@ def evaluate(args: argparse.Namespace) -> int:
     name = args.run or args.batch
     profile = profiles.load_profile(name) if name else None  # unknown profile: exit 2, listing them
     cfg = load_config(args.config, args.overrides)
+    secrets.remember_config([cfg.model_dump(mode="json"), profile.model_dump() if profile else None])
     if args.force_squash and not cluster.image_for(cfg.deployment, profile):
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "
                           "Slurm profile and deployment.image (or the profile's container_image)")
@@ -93,12 +107,16 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
-    request = EvalRequest.checked(tasks=args.task, config=args.config, profile=name, overrides=args.overrides,
-                                  force_squash=args.force_squash)
-    if args.batch:
+    if args.batch:  # a run created through Prefect: refused here as the worker would refuse it
+        request = EvalRequest.checked(tasks=args.task, config=args.config, profile=name, overrides=args.overrides,
+                                      force_squash=args.force_squash)
+        request.load(trusted=False)
         return submit_batch(request)
     wandb_export.detect_login()
-    return run_flow(request)
+    # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values
+    return run_flow(EvalRequest.checked(tasks=args.task, config=args.config, profile=name,
+                                        overrides=secrets.hidden_overrides(args.overrides),
+                                        force_squash=args.force_squash))
 
 
 def _without_parallelism(run_config: dict) -> dict:
@@ -113,14 +131,15 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
     spec = serving.server_spec(cfg.deployment, model_path)
     endpoint = serving.Endpoint("http://<node>:<port>", spec.model_id)
     doc = {
-        "config": redacted(cfg.model_dump(mode="json", exclude_none=True)),
+        "config": secrets.masked(cfg.model_dump(mode="json", exclude_none=True)),
         "plan": {
             "model": {"ref": model.ref, "kind": model.kind, **(
                 {"artifact": model.artifact, "checkpoint_path": "resolved in the flow through the W&B API"}
                 if model.kind == "wandb" else {"checkpoint_path": model.path})},
             "server": {"where": f"{profile.name} (Slurm, tunnel {profile.tunnel})" if cluster.is_slurm(profile)
                        else "this machine (NeMo-Run LocalExecutor)",
-                       "command": spec.command, "env": redacted(spec.env),
+                       "command": spec.command,
+                       "env": {**spec.env, **{k: secrets.MASK for k in spec.secret_env}},
                        "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout},
             "in_flight": cfg.evaluation.in_flight or "sized from the server's KV cache once it is up",
             "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
@@ -144,7 +163,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
         if "sbatch" in job:
             text += "\n# sbatch script NeMo-Run would submit\n" + job["sbatch"].rstrip() + "\n"
         text += "\n# server job script (scripts/server.sh in the job directory)\n" + job["job_script"] + "\n"
-    return redact_secrets(text)
+    return secrets.mask(text)
 
 
 def _export_plan(cfg: EvalConfig) -> str:
@@ -153,14 +172,6 @@ def _export_plan(cfg: EvalConfig) -> str:
         return skipped
     return (f"one run in {where.entity + '/' if where.entity else ''}{where.project}"
             + (" (offline)" if where.offline else ""))
-
-
-def redact_secrets(text: str) -> str:
-    """Belt and braces: no secret-looking environment value is ever printed."""
-    for key, value in os.environ.items():
-        if value and len(value) >= 8 and any(w in key.lower() for w in SECRET_WORDS):
-            text = text.replace(value, "***")
-    return text
 
 
 def monitor(command: str, rest: list[str]) -> int:

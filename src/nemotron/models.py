@@ -23,6 +23,7 @@ from nemotron.errors import ConfigError, SetupError
 _ARTIFACT = re.compile(r"^(?:(?:(?P<entity>[^/:\s]+)/)?(?P<project>[^/:\s]+)/)?(?P<name>[^/:\s]+)"
                        r"(?::(?P<version>[^/:\s]+))?$")
 _ITERATION = re.compile(r"^iter_\d+$")
+_SAFE_PATH = re.compile(r"[\w.+~@/-]+")  # nemo-evaluator renders the path (the tokenizer) into a shell line
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,14 @@ class ModelRef:
         return self.collection or self.slug
 
     @property
+    def version(self) -> str:
+        """The version evaluated: entity/project/name:vN once resolved, else the reference."""
+        return self.resolved or self.artifact or self.ref
+
+    @property
     def tags(self) -> list[str]:
         """Prefect run tags to find this model's evaluations by: `model:<version evaluated>`, `stage:<stage>`."""
-        return [f"model:{self.resolved or self.artifact or self.ref}"] + ([f"stage:{self.stage}"] if self.stage else [])
+        return [f"model:{self.version}"] + ([f"stage:{self.stage}"] if self.stage else [])
 
     def record(self) -> dict[str, Any]:
         """What the manifest and the W&B run keep about the model."""
@@ -149,6 +155,10 @@ def _resolve_artifact(ref: ModelRef, say: Callable[[str], None], local: bool) ->
     found = replace(ref, resolved=art.qualified_name, digest=art.digest, aliases=tuple(art.aliases),
                     metadata=dict(art.metadata or {}))
     path = checkpoint_path(art.metadata or {}, _references(art))
+    if path is not None and not _SAFE_PATH.fullmatch(path):  # W&B metadata is other people's data
+        raise ConfigError(f"model artifact {art.qualified_name} names the checkpoint path {path!r}, which holds "
+                          "characters a served path may not (quotes, spaces, `$`, `;`, commas ...); pass "
+                          "deployment.checkpoint_path=/a/plain/path")
     if path is None:
         if not local:
             raise ConfigError(

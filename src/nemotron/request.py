@@ -8,16 +8,18 @@ a run is created.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nemotron import registry
-from nemotron.config import CONFIG_DIR
+from nemotron.config import CONFIG_DIR, EvalConfig, load_config
 from nemotron.errors import ConfigError
 
-# no character class may start with a-z, #, / or @: Prefect's CLI prints the pattern through rich markup
-MODEL_PATTERN = r"^(builtin:[\w.-]+|(/|~|\.).*|([\w.-]+/){0,2}[\w.-]+(:[\w.-]+)?)$"
+# no character class may start with a-z, #, / or @: Prefect's CLI prints the pattern through rich markup.
+# A path holds no quote, space, comma, `$` or `;`: nemo-evaluator renders it (as the tokenizer) into a shell line.
+MODEL_PATTERN = r"^(builtin:[\w.-]+|(/|~|\.)[\w.+~@/-]*|([\w.-]+/){0,2}[\w.-]+(:[\w.-]+)?)$"
 
 ModelReference = Annotated[str, Field(
     pattern=MODEL_PATTERN, examples=["rl:latest", "sft:v2", "team/nemotron/nano3-rl-model:v3", "/ckpt/step_100"],
@@ -29,6 +31,35 @@ ConfigPath = Annotated[str, Field(pattern=r"^\S+\.ya?ml$", description="A YAML c
 ProfileName = Annotated[str, Field(pattern=r"^[\w.-]+$", description="A profile (table) in the worker's env.toml.")]
 Override = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.-]*=", examples=["deployment.tensor_parallel_size=8"],
                                 description="key=value, as on the command line.")]
+
+
+# What a run created through Prefect (a deployment run from the UI or `prefect deployment run`, a
+# trigger) may override: what to evaluate, how much, how patiently, and where scores go in W&B.
+# Nothing that becomes a command, an environment, a path written to, or a host to bind.
+_HARNESS_PARAMS = r"nemo_evaluator_config\.config\.params\.(limit_samples|max_new_tokens|max_retries|parallelism" \
+    r"|temperature|top_p|request_timeout|extra\.num_fewshot)"
+PREFECT_OVERRIDABLE = (
+    r"run\.model", r"run\.wandb\.(entity|project)", r"run\.artifacts\.\w+",
+    r"deployment\.(checkpoint_path|tensor_parallel_size|data_parallel_size|startup_timeout|heartbeat_timeout"
+    r"|max_restarts|health_interval)",
+    r"evaluation\.(timeout|retries|retry_delay|max_parallel|in_flight)", rf"evaluation\.{_HARNESS_PARAMS}",
+    r"evaluation\.tasks\.\d+\.(name|timeout|retries)", rf"evaluation\.tasks\.\d+\.{_HARNESS_PARAMS}",
+    r"export\.wandb\.(entity|project)",
+)
+_OVERRIDABLE = re.compile("|".join(f"({k})" for k in PREFECT_OVERRIDABLE))
+_LITERAL = re.compile(r"^[\w.+~@/:-]*$")  # no interpolation, quoting, spaces, lists or maps
+
+
+def check_prefect_override(item: str) -> None:
+    """One override of a run created through Prefect: an allowed key, a literal value; ConfigError otherwise."""
+    key, _, value = item.partition("=")
+    if not _OVERRIDABLE.fullmatch(key):
+        raise ConfigError(f"override {key!r} is not allowed in a run started through Prefect (a deployment run or a "
+                          "trigger): such runs may set only the model, tasks, limits, few-shot, generation, timeouts, "
+                          "retries and the W&B target (README: Deployments); run it from the CLI to change it")
+    if not _LITERAL.fullmatch(value):
+        raise ConfigError(f"override {item!r}: a run started through Prefect takes literal values only (letters, "
+                          "digits and . _ - + ~ @ / :), no ${...} interpolation, quotes, spaces, lists or maps")
 
 
 class EvalRequest(BaseModel):
@@ -52,6 +83,18 @@ class EvalRequest(BaseModel):
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ConfigError(f"invalid {where}: {err['msg']} (got {str(err.get('input'))[:200]!r})") from None
+
+    def load(self, trusted: bool) -> EvalConfig:
+        """The evaluation config. An untrusted request (created through Prefect: a deployment run, a trigger)
+        uses one of config/*.yaml and only the overrides `check_prefect_override` allows; the CLI user on
+        their own machine (trusted) keeps config paths and every override."""
+        if not trusted:
+            if self.config.endswith((".yaml", ".yml")):
+                raise ConfigError(f"config {self.config!r}: a run started through Prefect uses a config of the "
+                                  f"worker's config/ folder by name ({', '.join(ConfigName.__args__)})")
+            for item in self.overrides:
+                check_prefect_override(item)
+        return load_config(self.config, self.config_overrides())
 
     def config_overrides(self) -> list[str]:
         """The overrides, with `model` applied last (it wins, like a trailing `run.model=...`)."""

@@ -1,0 +1,49 @@
+"""A run created through Prefect takes data, not code (issue 14): allowed keys, literal values, config names."""
+
+import pytest
+
+from nemotron.errors import ConfigError
+from nemotron.request import EvalRequest, check_prefect_override
+
+
+@pytest.mark.parametrize("item", [
+    "run.model=rl:v2", "evaluation.nemo_evaluator_config.config.params.limit_samples=10",
+    "evaluation.tasks.0.nemo_evaluator_config.config.params.extra.num_fewshot=0", "evaluation.retries=3",
+    "deployment.tensor_parallel_size=8", "export.wandb.project=my-evals", "deployment.checkpoint_path=/ckpt/step_1"])
+def test_data_overrides_are_allowed(item):
+    check_prefect_override(item)
+
+
+@pytest.mark.parametrize("item, says", [
+    ("deployment.command=bash -c 'id > /tmp/pwned'", "'deployment.command' is not allowed"),
+    ("deployment.extra_args=--trust-remote-code", "'deployment.extra_args' is not allowed"),
+    ("deployment.env.LD_PRELOAD=/tmp/x.so", "'deployment.env.LD_PRELOAD' is not allowed"),
+    ("deployment.venv=/tmp/venv", "not allowed"), ("deployment.image=evil:latest", "not allowed"),
+    ("evaluation.output_dir=/etc", "not allowed"), ("evaluation.hf_home=/tmp", "not allowed"),
+    ("evaluation.nemo_evaluator_config.config.params.extra.tokenizer=/x", "not allowed"),
+    ("evaluation.nemo_evaluator_config.config.params.task=/tmp/evil.yaml", "not allowed"),
+    ("evaluation.nemo_evaluator_config.config.params={extra: {args: x}}", "not allowed"),
+    ("run.model=${oc.env:WANDB_API_KEY}", "literal values only"),
+    ("export.wandb.project=a b", "literal values only"), ("run.wandb.entity=[a]", "literal values only"),
+])
+def test_code_paths_and_interpolation_are_refused_naming_the_key(item, says):
+    with pytest.raises(ConfigError, match=r"override .*" + says.replace("(", r"\(").replace("'", "'")):
+        check_prefect_override(item)
+
+
+def test_untrusted_request_is_checked_before_the_config_is_loaded(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    request = EvalRequest(config="local", overrides=["deployment.served_model_name=${oc.env:WANDB_API_KEY}"])
+    assert request.load(trusted=True).deployment.served_model_name == "k" * 40  # the CLI user's own choice
+    with pytest.raises(ConfigError, match="not allowed in a run started through Prefect"):
+        request.load(trusted=False)
+    with pytest.raises(ConfigError, match="uses a config of the worker's config/ folder by name"):
+        EvalRequest(config="/tmp/mine.yaml").load(trusted=False)
+    assert EvalRequest(config="local", model="rl:v3",
+                       overrides=["evaluation.retries=0"]).load(trusted=False).run.model == "rl:v3"
+
+
+@pytest.mark.parametrize("model", ['/ckpt"; id; "', "/ckpt/a b", "~/$(id)", "/a,tokenizer=x"])
+def test_a_model_path_that_would_reach_the_harness_shell_line_is_refused(model):
+    with pytest.raises(ConfigError, match="invalid model"):
+        EvalRequest.checked(model=model)
