@@ -171,3 +171,46 @@ def test_only_infrastructure_failures_are_retried():
     assert not benchmarks.retryable(BenchmarkError("x", "configuration"))
     assert not benchmarks.retryable(BenchmarkError("x", "model")) and not benchmarks.retryable(ValueError())
     assert pickle.loads(pickle.dumps(BenchmarkError("x", "model"))).kind == "model"  # survives Prefect's storage
+
+
+def test_harness_env_is_built_from_what_it_needs_not_inherited(tmp_path, monkeypatch):
+    """Issue 14: cloud, Prefect and W&B credentials never reach a harness; HF_TOKEN does, when set."""
+    for name, value in {"WANDB_API_KEY": "w" * 20, "PREFECT_API_KEY": "p" * 20, "AWS_SECRET_ACCESS_KEY": "a" * 20,
+                        "SOME_RANDOM_VAR": "x", "HF_TOKEN": "hf_" + "t" * 20}.items():
+        monkeypatch.setenv(name, value)
+    env = benchmarks.harness_env(tmp_path, offline=True)
+    assert not {"WANDB_API_KEY", "PREFECT_API_KEY", "AWS_SECRET_ACCESS_KEY", "SOME_RANDOM_VAR"} & set(env)
+    assert env["HF_TOKEN"] == "hf_" + "t" * 20 and env["PATH"].startswith(str(Path(sys.executable).parent))
+
+
+def test_a_second_claim_on_the_same_benchmark_waits_for_the_first(tmp_path, monkeypatch):
+    """Two runs of one evaluation: the second waits (before serving), then goes on; it never fails."""
+    monkeypatch.setattr(benchmarks, "CLAIM_POLL_SECONDS", 0.1)
+    cfg = load_config("local")
+    (p,) = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, ["gsm8k"]), MODEL, "m@1", tmp_path, None)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(2)",
+                               str(Path(p.output_dir) / benchmarks.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    Path(p.output_dir).mkdir(parents=True, exist_ok=True)
+    assert holder.stdout.readline().strip() == "held"
+    said, start = [], time.monotonic()
+    with benchmarks.claimed([p], said.append):
+        waited = time.monotonic() - start
+    holder.wait()
+    assert 1.0 < waited < 10 and "another evaluation is running it" in said[0] and len(said) == 1
+
+
+def test_the_harness_dies_with_the_process_that_started_it(tmp_path):
+    """Issue 14: the reaper's stdin is a pipe only the flow holds; the flow gone (here: the pipe closed),
+    the harness's whole process group is killed — a `kill -9` of the flow leaves no harness."""
+    marker = f"sleep-{tmp_path.name}"
+    reaper = subprocess.Popen([sys.executable, "-m", "nemotron.reaper", "bash", "-c",
+                               f"exec -a {marker} sleep 300 & wait"], stdin=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while marker not in subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline, "the harness never started"
+        time.sleep(0.1)
+    reaper.stdin.close()
+    reaper.wait(timeout=10)
+    time.sleep(0.5)
+    assert marker not in subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout

@@ -63,3 +63,25 @@ def test_summary_shows_the_change_against_the_previous_evaluation_of_the_series(
 def test_artifact_keys_are_what_prefect_accepts():
     assert results.artifact_key("nano3-rl-model", "scores") == "nano3-rl-model-scores"
     assert results.artifact_key("SmolLM2_135M.v1", "summary") == "smollm2-135m-v1-summary"
+
+
+def test_records_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = results.write_atomic(tmp_path / "results.json", '{"a": 1}\n')
+    assert path.read_text() == '{"a": 1}\n'
+
+    def crash(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.os, "fsync", crash)
+    with pytest.raises(OSError):
+        results.write_atomic(path, '{"a": 2, "b": "half')
+    assert path.read_text() == '{"a": 1}\n'  # the old record stands, and no temporary file is left
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_damaged_record_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text('{"schema_version": 1, "model": "m", "resu')
+    with pytest.raises(results.ConfigError, match=f"{path} is damaged") as e:
+        results.read_summary(path)
+    assert "\n" not in str(e.value)

@@ -28,7 +28,7 @@ import anyio
 import httpx
 import yaml
 
-from nemotron import registry, results
+from nemotron import registry, results, secrets
 from nemotron.config import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError
 from nemotron.results import BenchmarkResult, parse_output_dir
@@ -118,6 +118,7 @@ def plan(
     plans = []
     for spec in specs:
         info = registry.lookup(spec.name)
+        registry.check_installed(info)
         if cfg.offline and hf_home is not None:
             missing = registry.missing_offline(info.harness_task, hf_home)
             if missing:
@@ -205,13 +206,23 @@ def retryable(error: BaseException) -> bool:
     return endpoint is None or healthy(endpoint)
 
 
+# what a harness needs from the flow's environment; nothing else is inherited (no cloud, Prefect or W&B keys)
+_HARNESS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SHELL",
+                "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "no_proxy",
+                "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                "OMP_NUM_THREADS", "HF_ENDPOINT")
+_HARNESS_ENV_PREFIXES = ("LC_", "XDG_")
+
+
 def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
-    """Environment for run_eval: `lm-eval` on PATH, telemetry off, the HF cache and offline switches."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    """Environment for run_eval, built from what it needs: `lm-eval` on PATH, telemetry off, the HF
+    cache and offline switches, and `HF_TOKEN` (gated datasets) when set."""
+    env = {k: v for k, v in os.environ.items() if k in _HARNESS_ENV or k.startswith(_HARNESS_ENV_PREFIXES)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
     env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] = "0"
-    env.pop("HF_DATASETS_CACHE", None)  # it would override $HF_HOME/datasets
-    env.pop("WANDB_API_KEY", None)  # the harness never needs it; keep it out of its logs and dumps
+    if os.environ.get("HF_TOKEN"):
+        env["HF_TOKEN"] = os.environ["HF_TOKEN"]
+    hf_home = hf_home or (Path(os.environ["HF_HOME"]) if os.environ.get("HF_HOME") else None)
     if hf_home is not None:
         env["HF_HOME"] = str(hf_home)
     if offline:
@@ -236,22 +247,39 @@ async def run_benchmark(
     """Run one benchmark to completion. Cancellation (timeout, Ctrl-C) stops its whole process group."""
     out = Path(bench.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _only_runner(out, bench.name):
-        result = await _run(bench, endpoint, env, on_line, out)
-    (out / RESULT_FILE).write_text(json.dumps({"key": bench.key, "result": asdict(result)}, indent=2) + "\n")
+    result = await _run(bench, endpoint, env, on_line, out)
+    results.write_atomic(out / RESULT_FILE, json.dumps({"key": bench.key, "result": asdict(result)}, indent=2) + "\n")
     return result
 
 
+LOCK_FILE = ".lock"
+CLAIM_POLL_SECONDS = 2.0
+
+
 @contextlib.contextmanager
-def _only_runner(out: Path, name: str) -> Iterator[None]:
-    """One evaluation at a time per benchmark folder (two would mix their caches and results)."""
-    with (out / ".lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BenchmarkError(f"{name}: another evaluation is running this benchmark into {out} "
-                                 "(same model and config); wait for it, then run again to reuse its result",
-                                 "infrastructure") from None
+def claimed(plans: list[BenchmarkPlan], say: Callable[[str], None]) -> Iterator[None]:
+    """Hold every benchmark folder of `plans` for this evaluation, waiting while another holds one.
+
+    Two runs of the same evaluation (a trigger and a deployment run for one model version, two users)
+    must not serve twice or mix their caches and results: the second waits here, before serving, and
+    then finds the first one's results complete. The locks are taken in folder order (no deadlock
+    between overlapping suites) and released when the process ends, however it ends."""
+    with contextlib.ExitStack() as stack:
+        for p in sorted(plans, key=lambda p: p.output_dir):
+            out = Path(p.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context((out / LOCK_FILE).open("w"))
+            told = False
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        say(f"{p.name}: another evaluation is running it into {out} (same model, task and config); "
+                            "waiting for it, to reuse its result")
+                        told = True
+                    time.sleep(CLAIM_POLL_SECONDS)
         yield
 
 
@@ -259,7 +287,7 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
                out: Path) -> BenchmarkResult:
     (out / INTERRUPTED_MARKER).unlink(missing_ok=True)
     cfg_path = out / "nemotron_run_config.yml"
-    cfg_path.write_text(yaml.safe_dump(bench.run_config(endpoint), sort_keys=False))
+    results.write_atomic(cfg_path, yaml.safe_dump(bench.run_config(endpoint), sort_keys=False))
     log_path = out / "run_eval.log"
     exe = str(Path(sys.executable).parent / "nemo-evaluator")
     env = {**env, "ADAPTER_PORT": str(free_port())}  # fresh per attempt: a used port stays busy ~60 s
@@ -267,14 +295,17 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
     offset = log_path.stat().st_size if log_path.exists() else 0  # earlier attempts' lines are not this one's
     with log_path.open("ab") as log:
         shown = {k: v for k, v in env.items() if k.startswith(("HF_", "ADAPTER_", "NEMO_EVALUATOR_"))}
-        log.write(f"# nemotron: run_eval {cfg_path} at {time.time():.3f} with {shown}\n".encode())
+        log.write(secrets.mask(f"# nemotron: run_eval {cfg_path} at {time.time():.3f} with {shown}\n").encode())
+        # the reaper (stdin: a pipe only this process holds) kills the harness's group if this process dies
         proc = await asyncio.create_subprocess_exec(
-            exe, "run_eval", "--run_config", str(cfg_path), env=env, cwd=out,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            sys.executable, "-m", "nemotron.reaper", exe, "run_eval", "--run_config", str(cfg_path), env=env,
+            cwd=out, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             assert proc.stdout is not None
             async for raw in proc.stdout:
+                raw = secrets.mask(raw.decode(errors="replace")).encode()
                 log.write(raw)
                 line = raw.decode(errors="replace").rstrip()
                 if _NOTABLE.search(line) and "trust_remote_code" not in line:  # datasets>=4: harmless

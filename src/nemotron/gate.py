@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from nemotron.results import write_atomic
 from nemotron.serving import Endpoint
 
 FALLBACK_BUDGET = 32  # when the server publishes no KV-cache size (not vLLM, or no /metrics)
@@ -152,8 +153,10 @@ class Gate:
 
             app.router.add_route("*", "/{benchmark}/{rest:.*}", handle)
             # on close (the suite ended, or Ctrl-C / a cancel) requests still in flight are dropped at once:
-            # the server is about to be stopped, and the harnesses with it
-            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_SECONDS)
+            # the server is about to be stopped, and the harnesses with it. A client that goes away (a harness
+            # killed or timed out) cancels its handler, which frees its slot and drops the upstream request.
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_SECONDS,
+                                   handler_cancellation=True)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
             await site.start()
@@ -203,5 +206,4 @@ def append_record(run_dir: Path, record: dict) -> Path:
         launches = json.loads(path.read_text())
     except (OSError, ValueError):
         launches = []
-    path.write_text(json.dumps([*launches, record], indent=2) + "\n")
-    return path
+    return write_atomic(path, json.dumps([*launches, record], indent=2) + "\n")

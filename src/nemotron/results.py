@@ -6,17 +6,49 @@ One function reads a run's files (`parse_output_dir`) and one writes the suite's
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
+import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from nemotron.errors import ConfigError
+
 SCHEMA_VERSION = 1
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write a whole file or nothing: a temporary file in the same folder, renamed over the target,
+    so a crash mid-write never leaves a truncated record for `eval status` or `eval export`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_json(path: Path) -> Any:
+    """A record file; a missing one raises OSError, a damaged one a one-line ConfigError naming it."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{path} is damaged ({e}); delete it, or run the evaluation again to rewrite it") from None
 
 
 @dataclass(frozen=True)
@@ -204,9 +236,8 @@ def write_summary(suite: SuiteResult) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"schema_version": SCHEMA_VERSION, "model": suite.model, "failed": suite.failed,
            "results": [asdict(r) for r in suite.results]}
-    path = run_dir / "results.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    (run_dir / "scores.md").write_text(render_markdown(suite))
+    path = write_atomic(run_dir / "results.json", json.dumps(doc, indent=2) + "\n")
+    write_atomic(run_dir / "scores.md", render_markdown(suite))
     return path
 
 
@@ -215,8 +246,12 @@ def result_from_dict(doc: dict[str, Any]) -> BenchmarkResult:
 
 
 def read_summary(path: Path) -> SuiteResult:
-    doc = json.loads(Path(path).read_text())
-    return SuiteResult(doc["model"], str(Path(path).parent), tuple(result_from_dict(r) for r in doc["results"]))
+    doc = read_json(path)
+    try:
+        return SuiteResult(doc["model"], str(Path(path).parent), tuple(result_from_dict(r) for r in doc["results"]))
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is damaged (not a results record: {type(e).__name__}: {e}); run the evaluation "
+                          "again to rewrite it") from None
 
 
 def write_manifest(run_dir: Path, doc: dict[str, Any]) -> dict[str, Any]:
@@ -224,5 +259,5 @@ def write_manifest(run_dir: Path, doc: dict[str, Any]) -> dict[str, Any]:
     server args); exported with the results and read back by `eval export`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"schema_version": SCHEMA_VERSION, **doc}
-    (run_dir / "manifest.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    write_atomic(run_dir / "manifest.json", json.dumps(doc, indent=2, default=str) + "\n")
     return doc

@@ -1,0 +1,37 @@
+"""Run a harness so that it cannot outlive the flow: `python -m nemotron.reaper CMD [ARGS...]`.
+
+The flow starts this in a new session and holds the write end of its stdin. When the flow's process
+ends in any way — including `kill -9`, which runs no cleanup — the pipe closes, this reads EOF and
+SIGKILLs its whole process group: the harness, lm-eval and the adapter proxy. (A parent-death signal
+would reach only the direct child, and fires when the forking *thread* ends, not the process.)
+SIGTERM from the flow reaches the group directly, so this process ignores it and waits for the
+harness to finish its own shutdown; it exits with the harness's code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python -m nemotron.reaper CMD [ARGS...]", file=sys.stderr)
+        return 2
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # after the fork: the harness keeps its own handler
+
+    def reap_when_orphaned() -> None:
+        while sys.stdin.buffer.read(65536):  # the flow never writes; EOF means it is gone
+            pass
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=reap_when_orphaned, daemon=True).start()
+    return child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
