@@ -214,3 +214,13 @@ def test_the_harness_dies_with_the_process_that_started_it(tmp_path):
     reaper.wait(timeout=10)
     time.sleep(0.5)
     assert marker not in subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+
+
+def test_the_reaper_passes_the_harness_exit_code_through():
+    for code in (0, 3):  # stdin held open until it exits, as the flow holds it
+        proc = subprocess.Popen([sys.executable, "-m", "nemotron.reaper", "bash", "-c", f"echo out; exit {code}"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        assert proc.wait(timeout=30) == code
+        assert (proc.stdout.read(), proc.stderr.read()) == (b"out\n", b"")
+        proc.stdin.close()

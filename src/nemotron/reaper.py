@@ -25,13 +25,18 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # after the fork: the harness keeps its own handler
 
     def reap_when_orphaned() -> None:
-        while sys.stdin.buffer.read(65536):  # the flow never writes; EOF means it is gone
+        while os.read(0, 65536):  # the flow never writes; EOF means it is gone (raw fd: no lock at exit)
             pass
-        os.killpg(0, signal.SIGKILL)
+        if os.getpgrp() == os.getpid():  # our own group (the flow starts us in a new session): all of it
+            os.killpg(0, signal.SIGKILL)
+        child.kill()  # started in someone else's group: only what we started
 
     threading.Thread(target=reap_when_orphaned, daemon=True).start()
-    return child.wait()
+    code = child.wait()
+    return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell reports it
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter shutdown while the reaping thread blocks in read()
