@@ -164,9 +164,10 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         return Failed(message=secrets.mask(str(e)), data=e)
     ev = cfg.evaluation
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / stamp
-    hf_home = runtime.writable_hf_home(Path(ev.hf_home), say) if ev.hf_home else None
     run_id = str(flow_run.id)
+    # two runs of one model may start in the same second (a trigger and a user): the run id keeps them apart
+    run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / f"{stamp}-{run_id[:8]}"
+    hf_home = runtime.writable_hf_home(Path(ev.hf_home), say) if ev.hf_home else None
     runs.save(run_id, name=flow_run.name, run_dir=str(run_dir), model=model.ref, profile=profile,
               started=stamp)
     add_tags(run_id, model.tags)

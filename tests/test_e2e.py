@@ -6,6 +6,10 @@ One suite, one fault: the vLLM server is SIGKILLed (with its engine process) whi
 benchmarks run. The flow must notice, relaunch it once, finish every benchmark with full scores,
 and not recompute what the first server answered (the response cache replays it). Then the same
 evaluation again must reuse everything: no server, no request.
+
+The same run carries distinctive secrets (issue 14) — in WANDB_API_KEY, HF_TOKEN, a literal
+deployment.env entry and a `${oc.env:...}` override — and exports to W&B (offline): none of them
+may appear in anything it leaves, on disk or in the Prefect server.
 """
 
 import json
@@ -17,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from tests.helpers import hf_home, nemotron
 
@@ -58,19 +64,54 @@ def cached_responses(benchmark_dir: Path) -> int:
         return db.execute("select count(*) from Cache").fetchone()[0]
 
 
+SECRETS = {"WANDB_API_KEY": "wandb-e2e-0c7f3a9d41", "HF_TOKEN": "hf_e2eToken5b21d8",
+           "E2E_SERVER_TOKEN": "srv-e2e-e94d02"}
+LITERAL = "pw-e2e-literal-7a1c55"  # deployment.env.SERVICE_PASSWORD, written on the command line
+
+
+def leaked(root: Path, values: list[str]) -> list[str]:
+    """Files under `root` (links not followed) that hold any of the values."""
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                found += [f"{path}: {v}" for v in values if v.encode() in data]
+    return found
+
+
+def leaked_to_prefect(flow_run_id: str, values: list[str]) -> list[str]:
+    """What the Prefect server stored of the run (parameters, state, logs) that holds any of the values."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
+        stored = json.dumps(run.parameters) + str(run.state.message) + "\n".join(e.message for e in logs)
+        for offset in range(200, 5000, 200):  # every page of logs
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200,
+                                    offset=offset)
+            stored += "\n".join(e.message for e in page)
+            if len(page) < 200:
+                break
+    assert "running gsm8k" in stored  # the logs were read
+    return [v for v in values if v in stored]
+
+
 @pytest.mark.e2e
 def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_path):
     assert not vllm_processes(), "a vLLM server is already running"
     proc = subprocess.Popen(
         [sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}",
-         "deployment.health_interval=1", *SMALL],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HOME": str(hf_home())})
+         "deployment.health_interval=1", *SMALL, f"deployment.env.SERVICE_PASSWORD={LITERAL}",
+         "deployment.env.SERVER_TOKEN=${oc.env:E2E_SERVER_TOKEN}", "export.wandb.project=e2e"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HF_HOME": str(hf_home()), "WANDB_MODE": "offline", **SECRETS})
     killed_after = kill_server_once_it_answered(tmp_path / "smollm2-135m-instruct", proc, KILL_AFTER)
     out, _ = proc.communicate(timeout=1800)
     assert killed_after, "the server was never killed: " + out[-3000:]
     assert proc.returncode == 0, out[-5000:]
     assert "the server died under" in out and "relaunching it (1/2)" in out
-    assert "W&B export skipped: no W&B project configured" in out  # a notice, not a failure
+    assert "W&B: run eval-" in out and "(offline: sync with `wandb sync" in out
 
     (summary,) = tmp_path.glob("smollm2-135m-instruct/*/results.json")
     doc = json.loads(summary.read_text())
@@ -106,6 +147,18 @@ def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_
     assert 1 <= launches[0]["peak_in_flight"] <= 45 and launches[1]["peak_in_flight"] <= 45
     assert redone <= launches[0]["peak_in_flight"] + len(launches)  # + one capability probe per launch
     assert not vllm_processes(), "a server outlived the run"
+
+    # secrets stayed home: not in the run folder (with the offline W&B run), the benchmark folders, the
+    # NeMo-Run job folders, or what the Prefect server stored of the run
+    values = [*SECRETS.values(), LITERAL]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["deployment"]["env"]["SERVICE_PASSWORD"] == "***"
+    assert list(run.glob("wandb/offline-run-*/run-*.wandb"))
+    assert leaked(tmp_path, values) == []
+    for record in run.glob("server.json"):
+        job_dir = Path(json.loads(record.read_text())["job_dir"])
+        assert (job_dir / "scripts" / "server.sh").is_file() and leaked(job_dir.parent, values) == []
+    assert leaked_to_prefect(manifest["flow_run_id"], values) == []
 
     # the same evaluation again: every benchmark is complete under its key, so no server starts
     again = nemotron("nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}", *SMALL,

@@ -7,7 +7,6 @@ exit 2. `--dry-run` prints the resolved config and the plan and imports neither 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -113,10 +112,12 @@ def evaluate(args: argparse.Namespace) -> int:
         request.load(trusted=False)
         return submit_batch(request)
     wandb_export.detect_login()
-    # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values
-    return run_flow(EvalRequest.checked(tasks=args.task, config=args.config, profile=name,
-                                        overrides=secrets.hidden_overrides(args.overrides),
-                                        force_squash=args.force_squash))
+    # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values,
+    # and what reads this process's command line (W&B records it as run metadata) sees them masked
+    request = EvalRequest.checked(tasks=args.task, config=args.config, profile=name,
+                                  overrides=secrets.hidden_overrides(args.overrides), force_squash=args.force_squash)
+    sys.argv[1:] = [secrets.mask(a) for a in sys.argv[1:]]
+    return run_flow(request)
 
 
 def _without_parallelism(run_config: dict) -> dict:
@@ -248,7 +249,7 @@ def export_again(ref: str | None) -> int:
     record = runs.find(ref)
     run_dir = Path(record["run_dir"])
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = results.read_json(run_dir / "manifest.json")
         suite = results.read_summary(run_dir / "results.json")
     except OSError as e:
         raise ConfigError(f"run {record.get('name')} ({record['flow_run_id']}) has no finished results to export: "
