@@ -49,10 +49,11 @@ def worker(deployment, tmp_path_factory):
     """A process worker whose flow runs see the fake `wandb.Api` (artifact look-ups only)."""
     tmp = tmp_path_factory.mktemp("worker")
     artifacts = {"YOUR-TEAM/nemotron/nano3-sft-model:latest": SFT}
+    # where results go is the worker's setting (runs started through Prefect may not redirect writes)
     env = {**os.environ, **ENV, **fake_wandb_api.subprocess_env(tmp, artifacts), "HF_HOME": str(hf_home()),
-           "WANDB_MODE": "offline"}
+           "WANDB_MODE": "offline", "NEMOTRON_OUTPUT_DIR": str(tmp / "results")}
     with open(tmp / "worker.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "1"],
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "2"],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     yield tmp
     os.killpg(proc.pid, signal.SIGTERM)
@@ -98,34 +99,55 @@ def test_server_rejects_a_bad_parameter(deployment, param, value):
     assert len(runs_of(deployment)) == before  # no flow run was created
 
 
+def start_run(*params: str) -> str:
+    """`prefect deployment run` with these `--param`s; returns the flow run id."""
+    r = prefect("deployment", "run", DEPLOYMENT, *(a for p in params for a in ("--param", p)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run_id,) = re.findall(r"UUID: ([0-9a-f-]{36})", r.stdout)
+    return run_id
+
+
+def run_dir_of(root, run_id: str):
+    """The results folder a flow run wrote (its manifest names the run)."""
+    (found,) = [m.parent for m in root.glob("*/*/manifest.json") if json.loads(m.read_text())["flow_run_id"] == run_id]
+    return found
+
+
 @pytest.mark.e2e
 def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker, tmp_path):
     """`prefect deployment run --param model=sft:latest ...` → the worker runs the flow: the fake
     `wandb.Api` resolves the artifact to the built-in model's folder (a file:// reference), real vLLM
     serves it in a Slurm job reached through NeMo-Run's SSH tunnel (slurm.sh's login node) and our
-    port forward, the harness runs here, and the export is real W&B, offline."""
-    out = tmp_path / "results"
-    r = prefect("deployment", "run", DEPLOYMENT, "--param", "model=sft:latest",
-                "--param", 'tasks=["hellaswag", "gsm8k"]', "--param", "config=local",
-                "--param", "profile=local-slurm-ssh", "--param",
-                "overrides=" + json.dumps([f"evaluation.output_dir={out}",
-                                           "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
-                                           "evaluation.nemo_evaluator_config.config.params.max_new_tokens=32"]))
-    assert r.returncode == 0, r.stdout + r.stderr
-    (run_id,) = re.findall(r"UUID: ([0-9a-f-]{36})", r.stdout)
-    run = wait_for_run(run_id)
-    assert run.state.is_completed(), (run.state, (worker / "worker.log").read_text()[-3000:])
-    assert run.name == "eval-sft:latest" and run.parameters["tasks"] == ["hellaswag", "gsm8k"]
-    assert {"model:YOUR-TEAM/nemotron/nano3-sft-model:v2", "stage:sft"} <= set(run.tags)  # the version evaluated
+    port forward, the harness runs here, and the export is real W&B, offline.
+    The same evaluation is started twice at once (issue 14: a trigger and a user, say): one server
+    launch, and both runs Completed with the same scores."""
+    out = worker / "results"
+    params = ("model=sft:latest", 'tasks=["hellaswag", "gsm8k"]', "config=local", "profile=local-slurm-ssh",
+              "overrides=" + json.dumps(["evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+                                         "evaluation.nemo_evaluator_config.config.params.max_new_tokens=32"]))
+    ids = [start_run(*params), start_run(*params)]
+    finished = [wait_for_run(i) for i in ids]
+    for run in finished:
+        assert run.state.is_completed(), (run.state, (worker / "worker.log").read_text()[-3000:])
+        assert run.name == "eval-sft:latest" and run.parameters["tasks"] == ["hellaswag", "gsm8k"]
+        assert {"model:YOUR-TEAM/nemotron/nano3-sft-model:v2", "stage:sft"} <= set(run.tags)  # the version evaluated
+    served = [d for d in map(lambda i: run_dir_of(out, i), ids) if (d / "server.json").exists()]
+    assert len(served) == 1, "one evaluation, one server launch"
+    (summary,) = [served[0] / "results.json"]
+    run_id = json.loads((served[0] / "manifest.json").read_text())["flow_run_id"]
+    other = run_dir_of(out, next(i for i in ids if i != run_id))
+    reused = json.loads((other / "results.json").read_text())["results"]
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [UUID(run_id)]}))
     assert sorted(t.name for t in tasks if "benchmark" in t.tags) == ["gsm8k", "hellaswag"]
 
-    (summary,) = out.glob("sft-latest/*/results.json")
     doc = json.loads(summary.read_text())
     assert [(x["benchmark"], x["status"]) for x in doc["results"]] == [("hellaswag", "completed"),
                                                                        ("gsm8k", "completed")]
     assert all(x["scores"] for x in doc["results"])
+    assert all(x["reused"] for x in reused) and [x["scores"] for x in reused] == [x["scores"] for x in doc["results"]]
+    waited = nemotron("nano3", "eval", "logs", next(i for i in ids if i != run_id))
+    assert "waiting for it, to reuse its result" in waited.stdout and "nothing to serve" in waited.stdout
     server = json.loads((summary.parent / "server.json").read_text())
     assert server["executor"] == "slurm" and server["job_id"].isdigit()
     assert server["job_dir"].startswith("/var/tmp/nemotron-login/jobs/")  # the profile's remote_job_dir
@@ -157,7 +179,7 @@ def test_batch_submits_a_run_and_returns_at_once(worker, deployment, tmp_path):
     (here it fails fast: the artifact does not exist, so nothing is served)."""
     start = time.monotonic()
     r = nemotron("nano3", "eval", "--batch", "local-slurm", "-c", "local", "-t", "hellaswag", "run.model=rl:v404",
-                 f"evaluation.output_dir={tmp_path}", env=ENV)
+                 env=ENV)
     elapsed = time.monotonic() - start
     assert r.returncode == 0, r.stderr[-3000:]
     (run_id,) = re.findall(r"\(([0-9a-f-]{36})\)", r.stdout)
@@ -165,11 +187,11 @@ def test_batch_submits_a_run_and_returns_at_once(worker, deployment, tmp_path):
     assert elapsed < 30, f"--batch took {elapsed:.0f} s"
     run = wait_for_run(run_id, timeout=300)
     assert run.parameters == {"tasks": ["hellaswag"], "config": "local", "profile": "local-slurm",
-                              "overrides": ["run.model=rl:v404", f"evaluation.output_dir={tmp_path}"],
+                              "overrides": ["run.model=rl:v404"],
                               "force_squash": False}
     assert run.deployment_id == deployment.id and run.name == "eval-rl:v404"
     assert run.state.is_failed() and "wandb artifact ls YOUR-TEAM/nemotron" in run.state.message
-    assert not list(tmp_path.iterdir())  # nothing was served or written
+    assert not (worker / "results" / "rl-v404").exists()  # nothing was served or written
 
 
 def test_batch_without_a_server_says_how_to_start_one():
@@ -206,10 +228,10 @@ def relay(deployment, tmp_path_factory):
     proc.wait(timeout=20)
 
 
-def webhook(version: str) -> bytes:
-    """A body as W&B renders deployments/wandb-webhook-payload.json for an alias added to a version."""
+def webhook(version: str, event_type: str = "ADD_ARTIFACT_ALIAS", alias: str = "latest") -> bytes:
+    """A body as W&B renders deployments/wandb-webhook-payload.json (default: an alias added to a version)."""
     template = (REPO / "deployments" / "wandb-webhook-payload.json").read_text()
-    values = {"event_type": "ADD_ARTIFACT_ALIAS", "event_author": "trainer", "alias": "latest",
+    values = {"event_type": event_type, "event_author": "trainer", "alias": alias,
               "artifact_version": "wandb-artifact://_id/QXJ0aWZhY3Q6MTIz", "artifact_version_string": version,
               "artifact_collection_name": version.rsplit("/", 1)[1].split(":")[0], "entity_name": "YOUR-TEAM",
               "project_name": "nemotron"}
@@ -234,27 +256,46 @@ def runs_for_model(deployment, model: str) -> list:
     return [r for r in runs_of(deployment) if r.parameters.get("model") == model]
 
 
-def test_signed_webhook_starts_one_evaluation_of_that_version(deployment, worker, relay):
+def test_new_version_alias_and_watcher_for_one_version_start_one_evaluation(deployment, worker, relay,
+                                                                             monkeypatch):
+    """Issue 14: W&B's "new version" and "alias added" webhooks (the README subscribes to both), their
+    repeats and the watcher's event for the same version are one event, so one flow run."""
+    from flows.watch import watch_wandb_artifacts
+
     version = "YOUR-TEAM/nemotron/nano3-rl-model:v5"
-    body = webhook(version)
-    headers = {"X-Wandb-Signature": artifact_events.signature(body, SECRET), "Content-Type": "application/json"}
-    first = httpx.post(f"{relay}/wandb", content=body, headers=headers, timeout=30)
-    assert first.status_code == 200, first.text
-    assert first.json()["model"] == version
+    ids = set()
+    for body in (webhook(version, "CREATE_ARTIFACT", ""), webhook(version), webhook(version)):
+        headers = {"X-Wandb-Signature": artifact_events.signature(body, SECRET), "Content-Type": "application/json"}
+        r = httpx.post(f"{relay}/wandb", content=body, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == version
+        ids.add(r.json()["id"])
+    fake_wandb_api.install(monkeypatch, {version: {"qualified_name": version}})
+    assert watch_wandb_artifacts(artifacts=["nano3-rl-model"], entity="YOUR-TEAM", project="nemotron",
+                                 emit_existing=True) == [version]
+    assert len(ids) == 1 and len(stored_events(ids.pop())) == 1
     deadline = time.monotonic() + 90
     while not runs_for_model(deployment, version) and time.monotonic() < deadline:
         time.sleep(2)
+    time.sleep(15)  # give the trigger every chance to fire again
     (run,) = runs_for_model(deployment, version)
     assert run.created_by.type == "AUTOMATION"
-    assert len(stored_events(first.json()["id"])) == 1
-    again = httpx.post(f"{relay}/wandb", content=body, headers=headers, timeout=30)  # W&B retries, or repeats
-    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
-    time.sleep(15)  # give the trigger every chance to fire twice
-    assert len(runs_for_model(deployment, version)) == 1
     # the worker ran it: the fake W&B knows no such version, so it fails before serving, naming it
     finished = wait_for_run(str(run.id), timeout=300)
     assert finished.state.is_failed() and "nano3-rl-model:v5" in finished.state.message
     assert finished.name == f"eval-{version}"  # named when the worker starts it
+
+
+def test_a_deployment_run_that_would_run_a_command_is_refused_before_serving(worker, tmp_path):
+    """Issue 14: parameters are data. `deployment.command` would be a shell line in the server's job script,
+    run as the worker's user: the run fails at once naming the key, and nothing runs or is served."""
+    marker = tmp_path / "pwned"
+    run_id = start_run("config=local", "overrides=" + json.dumps([f"deployment.command=touch {marker}"]))
+    run = wait_for_run(run_id, timeout=300)
+    assert run.state.is_failed(), run.state
+    assert "override 'deployment.command' is not allowed in a run started through Prefect" in run.state.message
+    assert not marker.exists()
+    assert not [m for m in (worker / "results").glob("*/*/manifest.json") if run_id in m.read_text()]
 
 
 @pytest.mark.parametrize("signature", [None, "", "bm90IHRoZSBzaWduYXR1cmU="])
