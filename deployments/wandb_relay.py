@@ -32,7 +32,7 @@ def create_app(secret: str, api_url: str, api_key: str | None = None) -> FastAPI
             raise HTTPException(401, f"missing or invalid {artifact_events.SIGNATURE_HEADER}")
         try:
             event = artifact_events.from_webhook(json.loads(body))
-        except ValueError as e:  # JSONDecodeError is a ValueError
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; nesting too deep: RecursionError
             raise HTTPException(422, f"not a W&B artifact webhook: {e}") from None
         try:
             await anyio.to_thread.run_sync(artifact_events.post, [event], api_url, api_key)

@@ -166,14 +166,14 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_id = str(flow_run.id)
     # two runs of one model may start in the same second (a trigger and a user): the run id keeps them apart
-    run_dir = Path(ev.output_dir).expanduser().resolve() / model.slug / f"{stamp}-{run_id[:8]}"
+    run_dir = Path(os.path.expanduser(ev.output_dir)).resolve() / model.slug / f"{stamp}-{run_id[:8]}"
     hf_home = runtime.writable_hf_home(Path(ev.hf_home), say) if ev.hf_home else None
     runs.save(run_id, name=flow_run.name, run_dir=str(run_dir), model=model.ref, profile=profile,
               started=stamp)
     add_tags(run_id, model.tags)
 
     # 2. plan: registry lookup, harness configs, offline data check; what an earlier run already finished
-    store = Path(ev.output_dir).expanduser().resolve() / "benchmarks"
+    store = Path(os.path.expanduser(ev.output_dir)).resolve() / "benchmarks"
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, model.identity, store, hf_home)
     benchmarks.link_into(run_dir, plans)
     eval_id = wandb_export.evaluation_id(model.identity, [

@@ -214,12 +214,17 @@ def test_ctrl_c_stops_the_server(tmp_path):
     assert not leftovers(tmp_path)
 
 
-def test_killed_cli_leaves_no_server(tmp_path):
-    """SIGKILL gives the CLI no chance to clean up: the job script misses its heartbeat (10 s here)
-    and stops the server."""
+def test_killed_cli_leaves_no_server_and_no_harness(tmp_path):
+    """SIGKILL gives the CLI no chance to clean up: its harness dies with it at once (issue 14: the reaper
+    sees its stdin close), and the job script misses its heartbeat (10 s here) and stops the server."""
     proc, _ = _cli_until_benchmark_runs(tmp_path)
+    assert "run_eval" in leftovers(tmp_path), "the harness should be running"
     proc.kill()
     proc.wait()
+    deadline = time.monotonic() + 10
+    while "run_eval" in leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "run_eval" not in leftovers(tmp_path), f"a harness outlived the flow by 10 s:\n{leftovers(tmp_path)}"
     deadline = time.monotonic() + 30
     while "fake_server.py" in leftovers(tmp_path) and time.monotonic() < deadline:
         time.sleep(1)

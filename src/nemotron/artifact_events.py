@@ -64,7 +64,7 @@ def from_webhook(payload: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"payload lacks {', '.join(missing)} (use deployments/wandb-webhook-payload.json)")
     kept = {k: payload[k] for k in _SHAPES if payload.get(k) is not None}
     for key, value in kept.items():
-        if not isinstance(value, str) or not re.fullmatch(_SHAPES[key], value):
+        if not isinstance(value, str) or not re.fullmatch(_SHAPES[key], value, re.ASCII):
             raise ValueError(f"payload field {key}={str(value)[:80]!r} is not of the form {_SHAPES[key]}")
     return event(kept["event_type"], kept["artifact_version_string"], kept["artifact_collection_name"],
                  kept["entity_name"], kept["project_name"], kept.get("alias") or "", kept)

@@ -99,8 +99,8 @@ def evaluate(args: argparse.Namespace) -> int:
                           "Slurm profile and deployment.image (or the profile's container_image)")
     cluster.check_resources(cfg.deployment, profile)
     model = models.parse(cfg)  # syntax only: W&B artifacts are looked up in the flow
-    hf_home = Path(cfg.evaluation.hf_home).expanduser() if cfg.evaluation.hf_home else None
-    store = Path(cfg.evaluation.output_dir).expanduser().resolve() / "benchmarks"
+    hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home else None
+    store = Path(os.path.expanduser(cfg.evaluation.output_dir)).resolve() / "benchmarks"
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             model.identity, store, hf_home)
     if args.dry_run:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -151,7 +152,7 @@ class EvalConfig(Strict):
 def config_path(name: str) -> Path:
     """`-c local` → config/local.yaml; a value with '/' or a YAML suffix is a path."""
     if "/" in name or name.endswith((".yaml", ".yml")):
-        path = Path(name).expanduser()
+        path = Path(os.path.expanduser(name))
     else:
         path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
@@ -184,8 +185,9 @@ def apply_overrides(node: Any, overrides: list[str]) -> None:
         try:
             parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]
             OmegaConf.update(node, key, parsed, merge=True, force_add=True)
-        except (OmegaConfBaseException, ValueError, IndexError) as e:
-            raise ConfigError(f"cannot apply override {item!r}: {str(e).splitlines()[0]}") from None
+        except (OmegaConfBaseException, ValueError, IndexError, yaml.YAMLError) as e:  # a value is parsed as YAML
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"cannot apply override {item!r}: {first}") from None
 
 
 def load_config(name: str = "default", overrides: list[str] | None = None) -> EvalConfig:

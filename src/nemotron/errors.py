@@ -8,9 +8,14 @@ class NemotronError(Exception):
 
 
 class ConfigError(NemotronError):
-    """Bad input: an unknown key, an invalid value, an unknown task or profile. Nothing was started."""
+    """Bad input: an unknown key, an invalid value, an unknown task or profile. Nothing was started.
+
+    Always one line: a newline in the value it quotes is shown as `\\n`."""
 
     exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(str(message).replace("\n", "\\n"))
 
 
 class SetupError(NemotronError):

@@ -102,8 +102,11 @@ def parse(cfg: EvalConfig) -> ModelRef:
             raise ConfigError(f"unknown built-in model {name!r} in run.model; valid: "
                               + ", ".join(f"builtin:{n}" for n in sorted(runtime.BUILTIN_MODELS)))
         return ModelRef(ref, "builtin", str(runtime.builtin_model_dir(name)))
-    if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists():
-        return ModelRef(ref, "path", str(Path(ref).expanduser().resolve()))
+    try:
+        if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists():
+            return ModelRef(ref, "path", str(Path(ref).expanduser().resolve()))
+    except (RuntimeError, OSError) as e:  # `~nobody/...`: no such user; a name too long for the filesystem
+        raise ConfigError(f"run.model={ref!r} is not a usable path: {e}") from None
     found = ModelRef(ref, "wandb", None, artifact=artifact_name(ref, cfg))
     # the stage whose artifact this is: `nano3-rl-model` is run.artifacts.rl, so stage rl
     return replace(found, stage=next((s for s, name in cfg.run.artifacts.items() if name == found.collection), None))

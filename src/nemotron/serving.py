@@ -76,7 +76,7 @@ class ServerSpec:
 def venv_dir(dep: DeploymentSection) -> Path | None:
     if dep.venv is None:
         return None
-    return runtime.serve_venv() if dep.venv == "managed" else Path(dep.venv).expanduser()
+    return runtime.serve_venv() if dep.venv == "managed" else Path(os.path.expanduser(dep.venv))
 
 
 def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] = (), container: bool = False,
