@@ -1,7 +1,9 @@
 """`nemotron nano3 eval status|logs [RUN]`: what a run did, from Prefect's API and the run's files.
 
-The flow run and its benchmark task runs come from the Prefect API; the server job's state from
-NeMo-Run (Slurm accounting or the local process); scores from the run folder.
+The flow run and its benchmark task runs come from the Prefect API — any run it knows, whatever
+machine ran it and however early it failed; this machine's run index (`nemotron.runs`) only adds
+what the API does not hold: the results folder and the server job, read from NeMo-Run (Slurm
+accounting or the local process), and the scores from the run folder.
 """
 
 from __future__ import annotations
@@ -10,18 +12,30 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
-from prefect.client.schemas.sorting import LogSort
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterName,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 
 from nemotron import results, runs, serving
+from nemotron.errors import ConfigError
 
 LOG_PAGE = 200
+RECENT = 200  # flow runs searched for an id prefix
+FLOW = "nano3-eval"
 
 
 def report(ref: str | None, logs: bool = False) -> str:
-    record = runs.find(ref)
-    run_id = UUID(record["flow_run_id"])
     with get_client(sync_client=True) as client:
+        record = locate(client, ref)
+        run_id = UUID(record["flow_run_id"])
         flow_run = client.read_flow_run(run_id)
         if logs:
             entries, page = [], None
@@ -34,26 +48,63 @@ def report(ref: str | None, logs: bool = False) -> str:
     return _status(record, flow_run, task_runs)
 
 
+def locate(client, ref: str | None) -> dict:
+    """The run's record: this machine's index when it has the run (or, with no RUN, its latest), else
+    what the Prefect API knows of a flow run with that id, id prefix or name."""
+    try:
+        return runs.find(ref)
+    except ConfigError:
+        if ref is None:
+            raise
+    found = _from_api(client, ref)
+    if found is None:
+        raise ConfigError(f"no run {ref!r}: no flow run with that id, id prefix or name on the Prefect server at "
+                          f"{PREFECT_API_URL.value()}, nor in this machine's runs; list them with "
+                          f"`prefect flow-run ls --flow-name {FLOW}`")
+    return {"flow_run_id": str(found.id), "name": found.name, "model": found.parameters.get("model"),
+            "profile": found.parameters.get("profile"), "run_dir": None}
+
+
+def _from_api(client, ref: str):
+    try:
+        return client.read_flow_run(UUID(ref))
+    except ValueError:  # not a whole id: a name, or an id prefix
+        pass
+    except ObjectNotFound:
+        return None
+    named = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[ref])),
+                                  sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
+    if named:
+        return named[0]
+    recent = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])),
+                                   sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=RECENT)
+    matches = [r for r in recent if str(r.id).startswith(ref)]
+    if len(matches) > 1:
+        raise ConfigError(f"run id prefix {ref!r} is ambiguous: " + ", ".join(str(r.id) for r in matches))
+    return matches[0] if matches else None
+
+
 def _status(record: dict, flow_run, task_runs) -> str:
-    run_dir = Path(record["run_dir"])
+    run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
     state = flow_run.state
+    model = record.get("model") or flow_run.parameters.get("model") or "(the config's run.model)"
     lines = [f"run       {flow_run.name} ({flow_run.id})",
-             f"model     {record.get('model')}",
+             f"model     {model}",
              f"flow      {state.name if state else 'unknown'}" + (f": {state.message}" if state and state.message
                                                                     else ""),
-             f"results   {run_dir}"]
+             f"results   {run_dir or 'not on this machine (it ran elsewhere, or failed before writing any)'}"]
     server = record.get("server")
     if server:
         where = f"Slurm job {server['job_id']}" if server["executor"] == "slurm" else f"local job {server['job_id']}"
         lines.append(f"server    {where} on {record.get('profile') or 'this machine'}: "
                      f"{serving.recorded_state(server)}")
     else:
-        lines.append("server    not submitted")
+        lines.append("server    not submitted" if run_dir else "server    not known on this machine (see its logs)")
     exported = record.get("wandb")
     if exported:
         lines.append(f"wandb     {exported}")
-    summary = run_dir / "results.json"
-    done = {r.benchmark: r for r in results.read_summary(summary).results} if summary.exists() else {}
+    summary = run_dir / "results.json" if run_dir else None
+    done = {r.benchmark: r for r in results.read_summary(summary).results} if summary and summary.exists() else {}
     latest: dict[str, object] = {}
     for tr in sorted(task_runs, key=lambda t: t.expected_start_time or t.created):
         if "benchmark" not in tr.tags:  # e.g. the W&B export subflow
@@ -62,7 +113,7 @@ def _status(record: dict, flow_run, task_runs) -> str:
     lines.append("benchmarks")
     for name, tr in latest.items():
         result = done.get(name)
-        if result is None and tr.state and tr.state.is_completed():
+        if result is None and run_dir and tr.state and tr.state.is_completed():
             result = results.BenchmarkResult(name, "completed", str(run_dir / name), 0.0,
                                              results.parse_output_dir(name, run_dir / name))
         scores = ", ".join(f"{s.metric} {s.value:.4f}" for s in result.scores[:3]) if result else ""
@@ -75,7 +126,7 @@ def _status(record: dict, flow_run, task_runs) -> str:
 
 def _logs(record: dict, entries) -> str:
     out = [f"{e.timestamp:%H:%M:%S} {_level(e.level):<7} {e.message}" for e in entries]
-    logs = serving.server_logs(Path(record["run_dir"]))  # the newest launch's, if the server was relaunched
+    logs = serving.server_logs(Path(record["run_dir"])) if record.get("run_dir") else []  # the newest launch's
     server = record.get("server")
     tail = serving.log_tail(logs[-1], 40) if logs else serving.recorded_log_tail(server, 40) if server else ""
     if tail:

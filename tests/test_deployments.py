@@ -327,3 +327,30 @@ def test_watcher_announces_each_new_version_once(deployment, monkeypatch):
         time.sleep(2)
     assert len(runs_for_model(deployment, f"{path}:v2")) == 1  # the trigger evaluates exactly that version
     assert not runs_for_model(deployment, f"{path}:v1")
+
+
+def test_batch_profile_is_resolved_on_the_worker_and_status_and_logs_come_from_the_api(worker, deployment, tmp_path):
+    """Issue 19: the CLI knows a profile the worker does not. The run is submitted, fails on the worker
+    before it records anything on a machine, and `eval status|logs ID` — asked from a machine that has
+    no record of it (an empty NEMOTRON_HOME) — show the failure and its logs from the Prefect API."""
+    env_toml = tmp_path / "env.toml"
+    env_toml.write_text('[cli-only]\nexecutor = "slurm"\naccount = "root"\npartition = "batch"\ntunnel = "local"\n')
+    r = nemotron("nano3", "eval", "--batch", "cli-only", "-c", "local", "-t", "hellaswag",
+                 env={"NEMOTRON_ENV_FILE": str(env_toml)})
+    assert r.returncode == 0, r.stderr
+    assert "profile 'cli-only' is resolved on the worker, from its env.toml" in r.stdout
+    (run_id,) = re.findall(r"\(([0-9a-f-]{36})\)", r.stdout)
+    run = wait_for_run(run_id, timeout=300)
+    assert run.state.is_failed() and "unknown profile 'cli-only' in " in run.state.message
+
+    elsewhere = {"NEMOTRON_HOME": str(tmp_path / "another-machine")}
+    status = nemotron("nano3", "eval", "status", run_id[:8], env=elsewhere)
+    assert status.returncode == 0, status.stderr
+    assert f"({run_id})" in status.stdout
+    assert re.search(r"flow +Failed: unknown profile 'cli-only' in \S+env.example.toml; valid profiles: ",
+                     status.stdout), status.stdout
+    assert "results   not on this machine" in status.stdout
+    logs = nemotron("nano3", "eval", "logs", run_id, env=elsewhere)
+    assert logs.returncode == 0 and "unknown profile 'cli-only'" in logs.stdout
+    missing = nemotron("nano3", "eval", "status", "0000dead", env=elsewhere)
+    assert missing.returncode == 2 and "no run '0000dead': no flow run with that id" in missing.stderr

@@ -73,3 +73,11 @@ def test_typo_in_a_profile_key_suggests_the_right_one(tmp_path):
     f.write_text('[c]\nexecutor = "slurm"\ngpus_per_nod = 8\n')
     with pytest.raises(ConfigError, match=r"unknown key 'gpus_per_nod'.*did you mean 'gpus_per_node'"):
         profiles.load_profile("c", f)
+
+
+def test_unknown_profile_without_an_env_toml_reads_as_a_sentence(tmp_path, monkeypatch):
+    monkeypatch.delenv("NEMOTRON_ENV_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        profiles.load_profile("local")
+    assert str(e.value) == "unknown profile 'local': no env.toml found (set NEMOTRON_ENV_FILE or create one)"

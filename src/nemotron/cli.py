@@ -91,10 +91,12 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.overrides and args.overrides[0] in MONITOR_COMMANDS:
         return monitor(args.overrides[0], args.overrides[1:])
     name = args.run or args.batch
-    profile = profiles.load_profile(name) if name else None  # unknown profile: exit 2, listing them
+    # --batch: the worker resolves the profile from its own env.toml (this machine's may differ or be absent);
+    # a dry run previews with this machine's. Unknown here: exit 2, listing the valid ones.
+    profile = profiles.load_profile(name) if name and (args.run or args.dry_run) else None
     cfg = load_config(args.config, args.overrides)
     secrets.remember_config([cfg.model_dump(mode="json"), profile.model_dump() if profile else None])
-    if args.force_squash and not cluster.image_for(cfg.deployment, profile):
+    if args.force_squash and not args.batch and not cluster.image_for(cfg.deployment, profile):
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "
                           "Slurm profile and deployment.image (or the profile's container_image)")
     cluster.check_resources(cfg.deployment, profile)
@@ -237,7 +239,9 @@ def submit_batch(request: EvalRequest) -> int:
     ui = PREFECT_UI_URL.value() or api.removesuffix("/api")
     print(f"submitted {run.name} ({run.id}) to {DEPLOYMENT}; a worker of pool nemotron-eval runs it\n"
           f"{ui}/runs/flow-run/{run.id}\n"
-          f"follow it: nemotron nano3 eval status {run.id}")
+          + (f"profile {request.profile!r} is resolved on the worker, from its env.toml; if the worker has no such "
+             "profile the run fails there at once, and `eval status` says so\n" if request.profile else "")
+          + f"follow it: nemotron nano3 eval status {run.id}   (or: nemotron nano3 eval logs {run.id})")
     return 0
 
 

@@ -111,9 +111,9 @@ def load_profile(name: str, path: Path | None = None) -> Profile:
     path = path or env_file()
     data = read(path)
     if name not in names(data):
-        where = str(path) if path else f"no env.toml found (set {ENV_FILE_VAR} or create one)"
-        valid = ", ".join(names(data)) or "none"
-        raise ConfigError(f"unknown profile {name!r} in {where}; valid profiles: {valid}")
+        if path is None:
+            raise ConfigError(f"unknown profile {name!r}: no env.toml found (set {ENV_FILE_VAR} or create one)")
+        raise ConfigError(f"unknown profile {name!r} in {path}; valid profiles: {', '.join(names(data)) or 'none'}")
     merged: dict[str, Any] = {}
     chain = [name]
     while (parent := data[chain[-1]].get("extends")) is not None:
