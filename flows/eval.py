@@ -29,11 +29,13 @@ from prefect.futures import as_completed
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_shell import ShellOperation
 
 from nemotron import benchmarks, cluster, gate, models, profiles, results, runs, runtime, secrets, serving, wandb_export
 from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import EvalConfig
 from nemotron.errors import ConfigError
+from nemotron.profiles import Profile
 from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
 from nemotron.results import BenchmarkResult, Previous, SuiteResult
 from nemotron.serving import Endpoint
@@ -61,6 +63,17 @@ def reuse_benchmark(result: BenchmarkResult) -> BenchmarkResult:
     get_run_logger().info("%s: complete in %s (same model, task and harness config): reusing its result",
                           result.benchmark, result.output_dir)
     return result
+
+
+@task(task_run_name="squash {image}", tags=["squash"])
+def squash_image(image: str, profile: Profile, force: bool) -> str:
+    """`enroot import` of the server's container image to its `.sqsh` on the cluster (on a compute node, through
+    salloc), once: prefect-shell streams its output into this run's logs, and its exit code is this task's state."""
+    path, command = cluster.squash_step(profile, image, force)
+    get_run_logger().info("[squash] %s to %s%s", image, path, " (--force-squash)" if force else ", unless it is there")
+    unset = secrets.secret_env_names()  # `srun --export=ALL` would hand them to the import job
+    ShellOperation(commands=[*([f"unset {' '.join(unset)}"] if unset else []), command]).run()
+    return path
 
 
 @flow(name="wandb-export", flow_run_name="wandb-export-{suite.model}", log_prints=True)
@@ -202,11 +215,17 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         if not todo:
             say("every benchmark already has its result for this model and config: nothing to serve")
         env = benchmarks.harness_env(hf_home, cfg.offline)
+        dep, image = cfg.deployment, cluster.image_for(cfg.deployment, where)
+        if todo and image and not cluster.is_squashed(image):
+            try:
+                dep = dep.model_copy(update={"image": squash_image(image, where, force_squash)})
+            except Exception as e:  # noqa: BLE001 - its output is in the squash task's logs
+                return Failed(message=secrets.mask(f"importing the container image {image} failed: {e}"))
         launches = 0
         while todo:
             launches += 1
             with stop_when_cancelled(run_id), tags(*model.tags), \
-                    serving.serve(cfg.deployment, model.path, run_dir, say, profile=where, force_squash=force_squash,
+                    serving.serve(dep, model.path, run_dir, say, profile=where,
                                   detached=deployment.id is not None,  # a deployment run is a batch run
                                   on_record=lambda job: runs.save(run_id, server=job)) as server, \
                     serving.watch_health(server.endpoint.base_url, cfg.deployment.health_interval) as died:

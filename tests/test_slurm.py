@@ -144,3 +144,38 @@ def test_cancel_through_the_prefect_api_cancels_the_slurm_job(tmp_path):
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(record["flow_run_id"]).state
     assert state.is_cancelled(), state
+
+
+def test_squash_runs_through_prefect_shell_with_its_output_in_the_flow_runs_logs(tmp_path, monkeypatch):
+    """Issue 20: the container squash is a task of the flow run (`squash <image>`), run by prefect-shell's
+    ShellOperation: salloc + srun on the real Slurm run a stand-in `enroot` (the real one is not
+    installable here), whose output is read back from the Prefect API among the flow run's logs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
+
+    from flows.eval import nano3_eval
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "enroot").write_text('#!/bin/sh\necho "stand-in enroot on $(hostname): $*"\n: > "$3"\n')
+    (bin_dir / "enroot").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    image = f"nvcr.io/nvidia/vllm:standin-{tmp_path.name}"
+    state = nano3_eval(config="local", profile="local-slurm", tasks=["gsm8k"], force_squash=True, overrides=[
+        f"deployment.image={image}", *fake_overrides(tmp_path)[1:]], return_state=True)
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = "\n".join(e.message for e in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
+    (squash,) = [t for t in tasks if "squash" in t.tags]
+    assert squash.name == f"squash {image}" and squash.state.is_completed()
+    sqsh = re.search(r"stand-in enroot on \S+: import --output (\S+\.sqsh) docker://nvcr\.io#nvidia/vllm:standin-",
+                     logs)
+    assert sqsh, logs[-3000:]
+    assert os.path.isfile(sqsh.group(1))
+    os.unlink(sqsh.group(1))
+    # no pyxis here: the server job cannot start its container, so the run fails after the squash
+    assert state.is_failed() or state.is_crashed()

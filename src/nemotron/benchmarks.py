@@ -4,6 +4,13 @@ The harness runs in a subprocess, not in-process: nemo-evaluator's `evaluate()` 
 handlers (main thread only) and calls sys.exit. Each run gets its own output folder and adapter
 port (its proxy binds 127.0.0.1:3825+, and the free-port probe races), telemetry off, and the
 offline Hugging Face switches when a pre-populated cache is configured.
+
+The subprocess code is ours, not prefect-shell's `ShellOperation` (which the flow uses for the
+container squash): prefect-shell 0.3.7 builds every child's environment from `os.environ.copy()`
+(`_compile_kwargs`), so the W&B, Prefect and cloud keys of the flow's process would reach the
+harness; it gives no stdin pipe to hold (the reaper's parent-death check) and no per-line hook,
+where each line must be masked, written to `run_eval.log` and classified, instead of sent whole
+into Prefect's logs.
 """
 
 from __future__ import annotations

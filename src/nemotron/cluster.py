@@ -254,16 +254,19 @@ def squash_command(profile: Profile, image: str, path: str, force: bool) -> str:
             f"{' '.join(alloc)} srun --export=ALL bash -c {shlex.quote(enroot)}")
 
 
-def ensure_squashed(target: Target, profile: Profile, image: str, force: bool, say) -> str:
-    """The `.sqsh` for `image` on the cluster, imported if missing (or always, with force)."""
+def squash_step(profile: Profile, image: str, force: bool) -> tuple[str, str]:
+    """The `.sqsh` path for `image` on the cluster and the shell line that makes it (a no-op when it is there,
+    unless forced), as the submitting machine runs it: directly, or through `ssh` to the login node."""
     path = squash_path(profile, image)
-    exists = shell(target.tunnel, f"test -f {shlex.quote(path)}").ok
-    if exists and not force:
-        say(f"[squash] using cached {path}")
-        return path
-    say(f"[squash] importing {image} to {path}" + (" (--force-squash)" if force else ""))
-    result = shell(target.tunnel, squash_command(profile, image, path, force))
-    if not result.ok:
-        raise ServeError(f"enroot import of {image} failed (exit {result.exited}):\n"
-                         f"{(result.stderr or result.stdout)[-3000:]}")
-    return path
+    return path, on_login_node(profile, squash_command(profile, image, path, force))
+
+
+def on_login_node(profile: Profile, command: str) -> str:
+    """`command` where the cluster's tools are: as is on a cluster node (tunnel = local), else over the system
+    `ssh` client to the profile's login node (its known_hosts and agent apply, as for NeMo-Run's rsync)."""
+    if profile.tunnel != "ssh":
+        return command
+    host, _, port = (profile.host or "").partition(":")
+    ssh = ["ssh", "-o", "BatchMode=yes", *(["-p", port] if port else []),
+           *(["-i", profile.identity] if profile.identity else []), f"{profile.user}@{host}"]
+    return " ".join(map(shlex.quote, ssh)) + " " + shlex.quote(command)

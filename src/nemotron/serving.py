@@ -285,7 +285,6 @@ def serve(
     run_dir: Path,
     say: Callable[[str], None] = print,
     profile: Profile | None = None,
-    force_squash: bool = False,
     detached: bool = False,
     on_record: Callable[[dict[str, str]], None] = lambda record: None,
 ) -> Iterator[ServerHandle]:
@@ -299,10 +298,11 @@ def serve(
     image = cluster.image_for(dep, profile)
     if dep.venv == "managed" and image is None:
         runtime.ensure_serve_venv(say)
+    if image and not cluster.is_squashed(image):  # the flow's squash step makes it, with its output in the run's logs
+        raise ServeError(f"container image {image} is not imported to an enroot .sqsh on the cluster yet; "
+                         "import it first (cluster.squash_step), or give deployment.image=/path/to/image.sqsh")
     target = cluster.target_for(run, profile, dep, image, detached, home)
     cluster.connect(target, profile)
-    if image and not cluster.is_squashed(image):
-        target.executor.container_image = cluster.ensure_squashed(target, profile, image, force_squash, say)
     spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image))
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = _experiment(run, dep, target)
