@@ -33,7 +33,7 @@ from prefect_shell import ShellOperation
 
 from nemotron import benchmarks, cluster, gate, models, profiles, results, runs, runtime, secrets, serving, wandb_export
 from nemotron.benchmarks import BenchmarkPlan
-from nemotron.config import EvalConfig
+from nemotron.config import validate
 from nemotron.errors import ConfigError
 from nemotron.profiles import Profile
 from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
@@ -77,9 +77,11 @@ def squash_image(image: str, profile: Profile, force: bool) -> str:
 
 
 @flow(name="wandb-export", flow_run_name="wandb-export-{suite.model}", log_prints=True)
-def export_to_wandb(suite: SuiteResult, manifest: dict, config: EvalConfig) -> dict | None:
-    """One W&B run for the evaluation: model artifact as input, scores, table, results artifact."""
+def export_to_wandb(suite: SuiteResult, manifest: dict) -> dict | None:
+    """One W&B run for the evaluation: model artifact as input, scores, table, results artifact.
+    The config comes from the manifest, secrets masked: a subflow's parameters are stored by Prefect."""
     log = get_run_logger()
+    config = validate(manifest["config"])
     where, skipped = wandb_export.target(config)
     if where is None:
         log.info(skipped)
@@ -267,7 +269,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                                  key=results.artifact_key(model.series, "summary"),
                                  description=f"Evaluation of {label}")
         say(f"results: {summary} (score table: artifact {scores_key})")
-        exported = export_to_wandb(suite, manifest, cfg, return_state=True)
+        exported = export_to_wandb(suite, manifest, return_state=True)
         if exported.is_completed():
             record = exported.result()
             runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")

@@ -81,25 +81,28 @@ def leaked(root: Path, values: list[str]) -> list[str]:
     return found
 
 
-def leaked_to_prefect(flow_run_id: str, values: list[str]) -> list[str]:
-    """What the Prefect server stored of the run (parameters, state, logs) that holds any of the values."""
+def leaked_to_prefect(since: float, values: list[str]) -> list[str]:
+    """What the Prefect server stored of the flow runs started since then — the evaluation and its W&B export
+    subflow: parameters, states, logs — that holds any of the values."""
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run_id)
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
-        stored = json.dumps(run.parameters) + str(run.state.message) + "\n".join(e.message for e in logs)
-        for offset in range(200, 5000, 200):  # every page of logs
-            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200,
-                                    offset=offset)
+        runs = [r for r in client.read_flow_runs(limit=200) if r.created.timestamp() >= since]
+        stored = "\n".join(json.dumps(r.parameters) + str(r.state.message) for r in runs)
+        ids = LogFilterFlowRunId(any_=[r.id for r in runs])
+        for offset in range(0, 20_000, 200):  # every page of their logs
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=ids), limit=200, offset=offset)
             stored += "\n".join(e.message for e in page)
             if len(page) < 200:
                 break
-    assert "running gsm8k" in stored  # the logs were read
+    names = [r.name for r in runs]
+    assert any(n.startswith("eval-") for n in names) and any(n.startswith("wandb-export-") for n in names), names
+    assert "running gsm8k" in stored and "deployment.env.SERVICE_PASSWORD" in stored  # parameters and logs read
     return [v for v in values if v in stored]
 
 
 @pytest.mark.e2e
 def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_path):
     assert not vllm_processes(), "a vLLM server is already running"
+    started = time.time() - 1
     proc = subprocess.Popen(
         [sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}",
          "deployment.health_interval=1", *SMALL, f"deployment.env.SERVICE_PASSWORD={LITERAL}",
@@ -158,7 +161,7 @@ def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_
     for record in run.glob("server.json"):
         job_dir = Path(json.loads(record.read_text())["job_dir"])
         assert (job_dir / "scripts" / "server.sh").is_file() and leaked(job_dir.parent, values) == []
-    assert leaked_to_prefect(manifest["flow_run_id"], values) == []
+    assert leaked_to_prefect(started, values) == []
 
     # the same evaluation again: every benchmark is complete under its key, so no server starts
     again = nemotron("nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}", *SMALL,

@@ -1,6 +1,7 @@
 """The one redactor (issue 14): secrets are masked by value wherever they were copied, not only by key name."""
 
 import logging
+import os
 
 import pytest
 
@@ -37,16 +38,14 @@ def test_config_secrets_are_remembered_and_short_values_never_masked():
 
 
 def test_cli_overrides_keep_references_to_secret_values(monkeypatch):
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # it writes the process environment: keep it to the test
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijkl")
     hidden = secrets.hidden_overrides(["deployment.env.SERVER_TOKEN=literal-secret-1", "a.b=hf_abcdefghijkl",
                                        "evaluation.timeout=10", "deployment.env.X_TOKEN=${oc.env:HF_TOKEN}"])
     assert hidden[0] == "deployment.env.SERVER_TOKEN=${oc.env:NEMOTRON_SECRET_OVERRIDE_0}"
     assert hidden[1] == "a.b=${oc.env:NEMOTRON_SECRET_OVERRIDE_1}"
     assert hidden[2:] == ["evaluation.timeout=10", "deployment.env.X_TOKEN=${oc.env:HF_TOKEN}"]
-    import os
     assert os.environ["NEMOTRON_SECRET_OVERRIDE_0"] == "literal-secret-1"
-    monkeypatch.delenv("NEMOTRON_SECRET_OVERRIDE_0")
-    monkeypatch.delenv("NEMOTRON_SECRET_OVERRIDE_1")
 
 
 def test_log_records_are_masked_by_the_handler_filter(monkeypatch, caplog):

@@ -121,7 +121,8 @@ def test_the_job_script_holds_no_secret_and_the_server_no_inherited_one(tmp_path
     private.write_text("SERVER_TOKEN=server-secret-333\n")
     script = serving.job_script(spec, str(private))
     assert "server-secret-333" not in script and "wandb-secret-value-1" not in script
-    assert "unset AWS_SECRET_ACCESS_KEY WANDB_API_KEY" in script and "export PLAIN=plain-v" in script
+    assert {"AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"} <= set(spec.unset) and "SERVER_TOKEN" not in spec.unset
+    assert f"unset {' '.join(spec.unset)}" in script and "export PLAIN=plain-v" in script
     probe = serving.ServerSpec("env > \"$JOB_DIR/server-env\"; sleep 1", spec.env, "127.0.0.1", 0, "m", 60,
                                secret_env=spec.secret_env, unset=spec.unset)
     job = run_script(tmp_path, probe, script=serving.job_script(probe, str(private)))

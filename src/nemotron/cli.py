@@ -263,7 +263,7 @@ def export_again(ref: str | None) -> int:
     where, skipped = wandb_export.target(cfg)
     if where is None:
         raise ConfigError(skipped.replace("W&B export skipped: ", "cannot export: "))
-    state = export_to_wandb(suite, manifest, cfg, return_state=True)
+    state = export_to_wandb(suite, manifest, return_state=True)
     if not state.is_completed():
         print(f"error: W&B export {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
