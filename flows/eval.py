@@ -207,7 +207,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         todo = [p for p in plans if p.name not in outcomes]
         update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
         facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
-                 "harness": wandb_export.versions(), "profile": profile,
+                 "harness": benchmarks.harness_versions(), "profile": profile,
                  "config": secrets.masked(cfg.model_dump(mode="json")),
                  "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
                                 for p in plans}}

@@ -224,3 +224,10 @@ def test_the_reaper_passes_the_harness_exit_code_through():
         assert proc.wait(timeout=30) == code
         assert (proc.stdout.read(), proc.stderr.read()) == (b"out\n", b"")
         proc.stdin.close()
+
+
+def test_an_upgraded_harness_is_a_new_key(monkeypatch):
+    """Issue 15: results scored by another nemo-evaluator / lm-eval are not reused."""
+    before = keyed().key
+    monkeypatch.setattr(benchmarks, "harness_versions", lambda: {"nvidia-lm-eval": "99.0"})
+    assert keyed().key != before

@@ -152,3 +152,21 @@ def test_resolved_version_is_the_model_tag(monkeypatch):
     fake_wandb_api.install(monkeypatch, {"team/nemotron/nano3-rl-model:latest": RL_V3})
     r = models.resolve(ref(), say=lambda m: None, local=False)
     assert r.tags == ["model:team/nemotron/nano3-rl-model:v3", "stage:rl"] and r.record()["stage"] == "rl"
+
+
+def test_a_checkpoint_written_again_at_any_depth_is_a_new_identity(tmp_path):
+    """Issue 15: a new `iter_N/` (or a shard rewritten) inside the folder changes the identity, not only its
+    top-level files."""
+    import os
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "iter_0000100").mkdir(parents=True)
+    (ckpt / "iter_0000100" / "shard.pt").write_text("a")
+    for p in (ckpt / "iter_0000100" / "shard.pt", ckpt / "iter_0000100", ckpt):
+        os.utime(p, (1_000_000, 1_000_000))
+    before = models.ModelRef(str(ckpt), "path", str(ckpt)).identity
+    assert before == f"{ckpt}@1000000"
+    (ckpt / "iter_0000100" / "shard.pt").write_text("b")  # deep inside: the folders' mtimes do not change
+    os.utime(ckpt / "iter_0000100", (1_000_000, 1_000_000))
+    os.utime(ckpt, (1_000_000, 1_000_000))
+    assert models.ModelRef(str(ckpt), "path", str(ckpt)).identity != before

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import copy
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata as pkg_metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ INTERRUPTED_MARKER = ".nemo_evaluator_interrupted"
 RESULT_FILE = "nemotron-result.json"  # written last: the benchmark is complete in this folder
 # harness params that change how requests are sent, not what is asked or scored: not part of the key
 TRANSPORT_PARAMS = ("parallelism", "request_timeout", "max_retries")
+HARNESS_PACKAGES = ("nemo-evaluator", "nemo-evaluator-launcher", "nvidia-lm-eval", "vllm")
 # nemo-evaluator keeps 5 request bodies by default; the throughput benchmark (perf/) replays them all
 SAVE_ALL_REQUESTS = 1_000_000_000
 # what an infrastructure failure leaves in the harness log: the endpoint unreachable, gone, too slow, or 5xx
@@ -106,10 +109,24 @@ def select_tasks(cfg: EvalConfig, names: list[str] | None) -> list[TaskSpec]:
     return [configured.get(n) or TaskSpec(name=n) for n in dict.fromkeys(names)]
 
 
+@functools.cache
+def harness_versions() -> dict[str, str]:
+    """The installed versions of what asks the questions and scores the answers (manifest, result key)."""
+    found = {}
+    for name in HARNESS_PACKAGES:
+        try:
+            found[name] = pkg_metadata.version(name)
+        except pkg_metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def result_key(model_identity: str, task_type: str, params: dict[str, Any]) -> str:
-    """What makes two runs of a benchmark give the same results (transport settings aside)."""
+    """What makes two runs of a benchmark give the same results (transport settings aside): the model, the
+    task, its params and the harness versions — an upgraded nemo-evaluator or lm-eval scores anew."""
     asked = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS}
-    doc = json.dumps({"model": model_identity, "task": task_type, "params": asked}, sort_keys=True, default=str)
+    doc = json.dumps({"model": model_identity, "task": task_type, "params": asked, "harness": harness_versions()},
+                     sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ their checkpoint stays where training wrote it (metadata `absolute_path` or a `f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -82,13 +83,17 @@ class ModelRef:
 
 
 def _mtime(path: str) -> int:
-    """The newest modification time of a checkpoint folder and its top-level files (0 if absent)."""
-    root = Path(path)
+    """The newest modification time in a checkpoint folder, at any depth (a new `iter_N/` or a shard written
+    again counts), 0 if absent."""
     try:
-        files = [e for e in root.iterdir() if e.is_file()] if root.is_dir() else []
-        return int(max([root.stat().st_mtime, *(f.stat().st_mtime for f in files)]))
+        newest = os.stat(path).st_mtime
     except OSError:
         return 0
+    for folder, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime)
+    return int(newest)
 
 
 def parse(cfg: EvalConfig) -> ModelRef:

@@ -18,7 +18,6 @@ import netrc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata as pkg_metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,7 +27,6 @@ from nemotron.config import EvalConfig
 from nemotron.results import SuiteResult, score_rows
 
 RESULTS_TYPE = "evaluation-results"
-HARNESS_PACKAGES = ("nemo-evaluator", "nemo-evaluator-launcher", "nvidia-lm-eval", "vllm")
 # harness output worth keeping; caches (cache/, *.db) are large and only serve reruns
 RESULT_FILES = ("results.yml", "*.json", "*/results_*.json", "*/samples_*.jsonl", "run_eval.log")
 SUITE_FILES = ("results.json", "scores.md", "manifest.json", "in-flight.json", "server*.log")
@@ -85,16 +83,6 @@ def evaluation_id(model_identity: str, benchmarks: list[dict[str, Any]]) -> str:
     doc = json.dumps({"model": model_identity, "benchmarks": sorted(benchmarks, key=lambda b: b["name"])},
                      sort_keys=True, default=str)
     return "eval-" + hashlib.sha256(doc.encode()).hexdigest()[:16]
-
-
-def versions() -> dict[str, str]:
-    found = {}
-    for name in HARNESS_PACKAGES:
-        try:
-            found[name] = pkg_metadata.version(name)
-        except pkg_metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def result_files(run_dir: Path, benchmarks: list[str]) -> list[tuple[Path, str]]:
