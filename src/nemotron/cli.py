@@ -91,6 +91,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.overrides and args.overrides[0] in MONITOR_COMMANDS:
         return monitor(args.overrides[0], args.overrides[1:])
     name = args.run or args.batch
+    if args.batch and not args.dry_run:  # a run created through Prefect: refused here as the worker would refuse it,
+        EvalRequest.checked(config=args.config, overrides=args.overrides).load(trusted=False)  # before it resolves
     # --batch: the worker resolves the profile from its own env.toml (this machine's may differ or be absent);
     # a dry run previews with this machine's. Unknown here: exit 2, listing the valid ones.
     profile = profiles.load_profile(name) if name and (args.run or args.dry_run) else None
@@ -108,18 +110,19 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
-    if args.batch:  # a run created through Prefect: refused here as the worker would refuse it
-        request = EvalRequest.checked(tasks=args.task, config=args.config, profile=name, overrides=args.overrides,
-                                      force_squash=args.force_squash)
-        request.load(trusted=False)
-        return submit_batch(request)
+    if args.batch:
+        return submit_batch(_request(args, name, args.overrides))
     wandb_export.detect_login()
     # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values,
     # and what reads this process's command line (W&B records it as run metadata) sees them masked
-    request = EvalRequest.checked(tasks=args.task, config=args.config, profile=name,
-                                  overrides=secrets.hidden_overrides(args.overrides), force_squash=args.force_squash)
+    request = _request(args, name, secrets.hidden_overrides(args.overrides))
     sys.argv[1:] = [secrets.mask(a) for a in sys.argv[1:]]
     return run_flow(request)
+
+
+def _request(args: argparse.Namespace, profile: str | None, overrides: list[str]) -> EvalRequest:
+    return EvalRequest.checked(tasks=args.task, config=args.config, profile=profile, overrides=overrides,
+                               force_squash=args.force_squash)
 
 
 def _without_parallelism(run_config: dict) -> dict:
