@@ -296,6 +296,10 @@ def test_a_deployment_run_that_would_run_a_command_is_refused_before_serving(wor
     assert "override 'deployment.command' is not allowed in a run started through Prefect" in run.state.message
     assert not marker.exists()
     assert not [m for m in (worker / "results").glob("*/*/manifest.json") if run_id in m.read_text()]
+    # issue 19: a run `prefect deployment run` started, asked about from a machine with no record of it
+    status = nemotron("nano3", "eval", "status", run_id, env={"NEMOTRON_HOME": str(tmp_path / "elsewhere")})
+    assert status.returncode == 0, status.stderr
+    assert "flow      Failed: override 'deployment.command' is not allowed" in status.stdout
 
 
 @pytest.mark.parametrize("signature", [None, "", "bm90IHRoZSBzaWduYXR1cmU="])

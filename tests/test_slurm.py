@@ -166,14 +166,19 @@ def test_squash_runs_through_prefect_shell_with_its_output_in_the_flow_runs_logs
     state = nano3_eval(config="local", profile="local-slurm", tasks=["gsm8k"], force_squash=True, overrides=[
         f"deployment.image={image}", *fake_overrides(tmp_path)[1:]], return_state=True)
     run_id = state.state_details.flow_run_id
+    line = re.compile(r"stand-in enroot on \S+: import --output (\S+\.sqsh) docker://nvcr\.io#nvidia/vllm:standin-")
+    deadline = time.monotonic() + 30  # the API log handler sends in batches, after the run ended here
     with get_client(sync_client=True) as client:
-        logs = "\n".join(e.message for e in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200))
+        while True:
+            logs = "\n".join(e.message for e in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200))
+            if line.search(logs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
     (squash,) = [t for t in tasks if "squash" in t.tags]
     assert squash.name == f"squash {image}" and squash.state.is_completed()
-    sqsh = re.search(r"stand-in enroot on \S+: import --output (\S+\.sqsh) docker://nvcr\.io#nvidia/vllm:standin-",
-                     logs)
+    sqsh = line.search(logs)
     assert sqsh, logs[-3000:]
     assert os.path.isfile(sqsh.group(1))
     os.unlink(sqsh.group(1))
