@@ -170,3 +170,10 @@ def test_a_checkpoint_written_again_at_any_depth_is_a_new_identity(tmp_path):
     os.utime(ckpt / "iter_0000100", (1_000_000, 1_000_000))
     os.utime(ckpt, (1_000_000, 1_000_000))
     assert models.ModelRef(str(ckpt), "path", str(ckpt)).identity != before
+
+
+@pytest.mark.parametrize("override", ["run.model=/ckpt/a b", "run.model=/ckpt/$(id)", "deployment.checkpoint_path=/a,b"])
+def test_a_checkpoint_path_with_shell_characters_is_refused(override):
+    """The harness gets the path as its tokenizer inside a shell line: a space or `$(...)` would break or run."""
+    with pytest.raises(ConfigError, match="holds characters a served path may not"):
+        models.parse(load_config("local", [override]))

@@ -96,10 +96,20 @@ def _mtime(path: str) -> int:
     return int(newest)
 
 
+def plain_path(path: str, source: str) -> str:
+    """A checkpoint path the harness can be given: nemo-evaluator renders it (as the tokenizer) into a shell line."""
+    if not _SAFE_PATH.fullmatch(path):
+        raise ConfigError(f"{source} names the checkpoint path {path!r}, which holds characters a served path may not "
+                          "(quotes, spaces, `$`, `;`, commas ...: nemo-evaluator puts it into a shell line); use a "
+                          "path of letters, digits and . _ - + ~ @ /")
+    return path
+
+
 def parse(cfg: EvalConfig) -> ModelRef:
     """Classify the reference without touching anything (no W&B, no downloads, no provisioning)."""
     if cfg.deployment.checkpoint_path:
-        return ModelRef(cfg.deployment.checkpoint_path, "path", cfg.deployment.checkpoint_path)
+        path = plain_path(cfg.deployment.checkpoint_path, "deployment.checkpoint_path")
+        return ModelRef(path, "path", path)
     ref = cfg.run.model.strip()
     if ref.startswith("builtin:"):
         name = ref.split(":", 1)[1]
@@ -109,7 +119,7 @@ def parse(cfg: EvalConfig) -> ModelRef:
         return ModelRef(ref, "builtin", str(runtime.builtin_model_dir(name)))
     try:
         if ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists():
-            return ModelRef(ref, "path", str(Path(ref).expanduser().resolve()))
+            return ModelRef(ref, "path", plain_path(str(Path(ref).expanduser().resolve()), "run.model"))
     except (RuntimeError, OSError) as e:  # `~nobody/...`: no such user; a name too long for the filesystem
         raise ConfigError(f"run.model={ref!r} is not a usable path: {e}") from None
     found = ModelRef(ref, "wandb", None, artifact=artifact_name(ref, cfg))
@@ -163,10 +173,8 @@ def _resolve_artifact(ref: ModelRef, say: Callable[[str], None], local: bool) ->
     found = replace(ref, resolved=art.qualified_name, digest=art.digest, aliases=tuple(art.aliases),
                     metadata=dict(art.metadata or {}))
     path = checkpoint_path(art.metadata or {}, _references(art))
-    if path is not None and not _SAFE_PATH.fullmatch(path):  # W&B metadata is other people's data
-        raise ConfigError(f"model artifact {art.qualified_name} names the checkpoint path {path!r}, which holds "
-                          "characters a served path may not (quotes, spaces, `$`, `;`, commas ...); pass "
-                          "deployment.checkpoint_path=/a/plain/path")
+    if path is not None:  # W&B metadata is other people's data
+        plain_path(path, f"model artifact {art.qualified_name}")
     if path is None:
         if not local:
             raise ConfigError(
