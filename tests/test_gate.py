@@ -104,47 +104,45 @@ def post_until_dropped(url: str) -> None:
         post(url)
 
 
-def test_closing_the_gate_does_not_wait_for_requests_in_flight(tmp_path):
-    """Ctrl-C or a cancel mid-suite: the server is stopped right after, so the gate must not hold it up."""
+@contextlib.contextmanager
+def never_answering_upstream():
+    """A fake server that takes 600 s per answer: its URL once healthy."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--delay", "600"],
                             stdout=subprocess.DEVNULL)
     try:
         while not serving.healthy(f"http://127.0.0.1:{port}"):
             time.sleep(0.1)
-        with gate.open_gate(f"http://127.0.0.1:{port}", budget=2) as g:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_closing_the_gate_does_not_wait_for_requests_in_flight():
+    """Ctrl-C or a cancel mid-suite: the server is stopped right after, so the gate must not hold it up."""
+    with never_answering_upstream() as upstream:
+        with gate.open_gate(upstream, budget=2) as g:
             threading.Thread(target=post_until_dropped, args=(f"{g.url}/gsm8k/v1/completions",), daemon=True).start()
             while not g.in_flight:
                 time.sleep(0.1)
             start = time.monotonic()
         assert time.monotonic() - start < gate.CLOSE_SECONDS + 3
-    finally:
-        proc.kill()
-        proc.wait()
 
 
-def test_a_request_whose_client_has_gone_frees_its_slot(tmp_path):
+def test_a_request_whose_client_has_gone_frees_its_slot():
     """A harness killed or timed out mid-request (issue 14): its slot goes back to the budget at once,
     not when the server answers the request nobody waits for."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--delay", "600"],
-                            stdout=subprocess.DEVNULL)
-    try:
-        while not serving.healthy(f"http://127.0.0.1:{port}"):
+    with never_answering_upstream() as upstream, gate.open_gate(upstream, budget=1) as g:
+        client = subprocess.Popen([sys.executable, "-c", "import urllib.request as u; u.urlopen(u.Request("
+                                   f"'{g.url}/gsm8k/v1/completions', data=b'{{}}'), timeout=600)"])
+        deadline = time.monotonic() + 20
+        while not g.in_flight and time.monotonic() < deadline:
             time.sleep(0.1)
-        with gate.open_gate(f"http://127.0.0.1:{port}", budget=1) as g:
-            client = subprocess.Popen([sys.executable, "-c", "import urllib.request as u; u.urlopen(u.Request("
-                                       f"'{g.url}/gsm8k/v1/completions', data=b'{{}}'), timeout=600)"])
-            deadline = time.monotonic() + 20
-            while not g.in_flight and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert g.in_flight == 1
-            client.kill()
-            client.wait()
-            deadline = time.monotonic() + 10
-            while g.in_flight and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert g.in_flight == 0, "the slot of a client that has gone is still held"
-    finally:
-        proc.kill()
-        proc.wait()
+        assert g.in_flight == 1
+        client.kill()
+        client.wait()
+        deadline = time.monotonic() + 10
+        while g.in_flight and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert g.in_flight == 0, "the slot of a client that has gone is still held"

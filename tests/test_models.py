@@ -172,7 +172,8 @@ def test_a_checkpoint_written_again_at_any_depth_is_a_new_identity(tmp_path):
     assert models.ModelRef(str(ckpt), "path", str(ckpt)).identity != before
 
 
-@pytest.mark.parametrize("override", ["run.model=/ckpt/a b", "run.model=/ckpt/$(id)", "deployment.checkpoint_path=/a,b"])
+@pytest.mark.parametrize("override", ["run.model=/ckpt/a b", "run.model=/ckpt/$(id)",
+                                      "deployment.checkpoint_path=/a,b"])
 def test_a_checkpoint_path_with_shell_characters_is_refused(override):
     """The harness gets the path as its tokenizer inside a shell line: a space or `$(...)` would break or run."""
     with pytest.raises(ConfigError, match="holds characters a served path may not"):
