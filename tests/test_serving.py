@@ -67,10 +67,11 @@ def test_job_script_reports_its_endpoint_and_stops_without_heartbeat(tmp_path):
 class FakeJob:
     """Stands in for a submitted job: a scripted sequence of states and a log."""
 
-    def __init__(self, tmp_path, states, endpoint=None, log="loading\n"):
+    def __init__(self, tmp_path, states, endpoint=None, log="loading\n", **timeouts):
         self.states, self.endpoint, self.log = list(states), endpoint, log
         self.job_id, self.job_dir, self.running = "42", str(tmp_path), False
-        self.spec = serving.ServerSpec("vllm serve x", {}, "0.0.0.0", 0, "m", startup_timeout=3)
+        self.last_error = "SSHException: No existing session"
+        self.spec = serving.ServerSpec("vllm serve x", {}, "0.0.0.0", 0, "m", startup_timeout=3, **timeouts)
 
     def state(self):
         state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
@@ -101,6 +102,27 @@ def test_queue_time_does_not_count_but_startup_does(tmp_path, monkeypatch):
     with pytest.raises(ServeError, match=r"(?s)not healthy after 3 s.*still loading weights"):
         serving.wait_ready(job, print)
     assert 3 + 4.5 <= time.monotonic() - start < 15  # 10 pending polls, then the 3 s startup budget
+
+
+def test_a_job_that_never_leaves_the_queue_fails_the_run_naming_the_bound(tmp_path, monkeypatch):
+    """Issue 15: a server job PENDING for ever (no such partition, no allocation) must not hold the flow for ever."""
+    monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.1)
+    job = FakeJob(tmp_path, ["PENDING"], queue_timeout=1)
+    start = time.monotonic()
+    with pytest.raises(ServeError, match=r"job 42 waited 1 s without starting \(PENDING; deployment.queue_timeout\)"):
+        serving.wait_ready(job, print)
+    assert time.monotonic() - start < 5
+
+
+def test_a_state_that_cannot_be_read_fails_the_run_after_its_bound(tmp_path, monkeypatch):
+    """Issue 15: a broken tunnel (or sacct down) made every state UNKNOWN, and the flow waited for ever."""
+    monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.1)
+    job = FakeJob(tmp_path, ["PENDING", "UNKNOWN"], state_timeout=1, queue_timeout=None)
+    with pytest.raises(ServeError, match=r"could not be read for 1 s \(deployment.state_timeout\): SSHException"):
+        serving.wait_ready(job, print)
+    back = FakeJob(tmp_path, ["UNKNOWN"] * 5 + ["PENDING"] * 30 + ["FAILED"], state_timeout=1)  # a blip is not fatal
+    with pytest.raises(ServeError, match="ended \\(FAILED\\)"):
+        serving.wait_ready(back, print)
 
 
 def test_server_logs_are_one_per_launch_in_order(tmp_path):

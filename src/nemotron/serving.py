@@ -69,6 +69,8 @@ class ServerSpec:
     startup_timeout: float
     heartbeat_timeout: float = 300
     setup: tuple[str, ...] = ()  # shell lines before the server (profile startup_commands)
+    queue_timeout: float | None = None  # seconds in the queue before giving up; None: no bound
+    state_timeout: float = 300  # seconds of an unreadable job state before giving up
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # never in the script: a private file
     unset: tuple[str, ...] = ()  # secret variables the job would inherit from the submitter's environment
 
@@ -99,7 +101,7 @@ def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] 
     # the server gets the secrets deployment.env names, not the ones the submitting process happens to hold
     unset = tuple(n for n in secrets.secret_env_names() if n not in secret_env)
     return ServerSpec(command, env, dep.host, dep.port, dep.served_model_name, dep.startup_timeout,
-                      dep.heartbeat_timeout, tuple(setup), secret_env, unset)
+                      dep.heartbeat_timeout, tuple(setup), dep.queue_timeout, dep.state_timeout, secret_env, unset)
 
 
 def free_port() -> int:
@@ -185,11 +187,13 @@ class ServerJob:
         self.experiment_id: str = exp._id
         self.job_id: str = str(job.handle).rsplit("/", 1)[-1]
         self._beats = 0
+        self.last_error = ""  # why the state could not be read, the last time it could not
 
     def state(self) -> str:
         try:
             return _status_name(self.exp)
-        except Exception:  # noqa: BLE001 - sacct lag or a transient tunnel error: ask again
+        except Exception as e:  # noqa: BLE001 - sacct lag or a transient tunnel error: ask again (wait_ready bounds it)
+            self.last_error = f"{type(e).__name__}: {e}"
             return "UNKNOWN"
 
     def read(self, name: str) -> str | None:
@@ -230,14 +234,28 @@ class ServerHandle:
 def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u) -> str:
     """Wait for the job to run and /health to answer; returns the base URL to use.
 
-    Queue time does not count against `startup_timeout`; the clock starts when the job runs.
+    Queue time does not count against `startup_timeout`; the clock starts when the job runs. The queue
+    has its own bound (`queue_timeout`), and so has a state that cannot be read (`state_timeout`): a
+    job that never leaves PENDING, or a tunnel that broke, fails the run instead of holding it forever.
     `opened` maps the node URL to a reachable one (an SSH port forward).
     """
     spec = job.spec
+    submitted = time.monotonic()
     started: float | None = None
+    unreadable: float | None = None  # since when the state could not be read
     last_state, url = "", None
     while True:
         state = job.state()
+        now = time.monotonic()
+        unreadable = (unreadable or now) if state == "UNKNOWN" else None
+        if unreadable is not None and now - unreadable > spec.state_timeout:
+            raise ServeError(f"the state of the model server job {job.job_id} could not be read for "
+                             f"{spec.state_timeout:.0f} s (deployment.state_timeout): {job.last_error or 'no answer'}; "
+                             "the tunnel to the cluster or its accounting (sacct) is down. The job is cancelled.")
+        if started is None and spec.queue_timeout and now - submitted > spec.queue_timeout and state != "UNKNOWN":
+            raise ServeError(f"the model server job {job.job_id} waited {spec.queue_timeout:.0f} s without starting "
+                             f"({state}; deployment.queue_timeout), and is cancelled: see why with `squeue -j "
+                             f"{job.job_id} -o %R` (partition, account, resources), or raise deployment.queue_timeout")
         if state != last_state:
             say(f"[serve] job {job.job_id}: {state}")
             last_state = state
