@@ -91,12 +91,13 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.overrides and args.overrides[0] in MONITOR_COMMANDS:
         return monitor(args.overrides[0], args.overrides[1:])
     name = args.run or args.batch
-    if args.batch and not args.dry_run:  # a run created through Prefect: refused here as the worker would refuse it,
-        EvalRequest.checked(config=args.config, overrides=args.overrides).load(trusted=False)  # before it resolves
     # --batch: the worker resolves the profile from its own env.toml (this machine's may differ or be absent);
     # a dry run previews with this machine's. Unknown here: exit 2, listing the valid ones.
     profile = profiles.load_profile(name) if name and (args.run or args.dry_run) else None
-    cfg = load_config(args.config, args.overrides)
+    if args.batch and not args.dry_run:  # a run created through Prefect: refused here as the worker would refuse it,
+        cfg = EvalRequest.checked(config=args.config, overrides=args.overrides).load(trusted=False)  # before resolving
+    else:
+        cfg = load_config(args.config, args.overrides)
     secrets.remember_config([cfg.model_dump(mode="json"), profile.model_dump() if profile else None])
     if args.force_squash and not args.batch and not cluster.image_for(cfg.deployment, profile):
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "

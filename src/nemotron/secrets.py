@@ -38,10 +38,9 @@ def is_secret_name(name: str) -> bool:
     return any(w == "key" and i > 0 and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words))
 
 
-def secret_env_names(environ: dict[str, str] | None = None) -> list[str]:
-    """The names of the secret variables in an environment (default: this process's)."""
-    env = os.environ if environ is None else environ
-    return sorted(k for k in env if is_secret_name(k))
+def secret_env_names() -> list[str]:
+    """The names of the secret variables in this process's environment."""
+    return sorted(k for k in os.environ if is_secret_name(k))
 
 
 def remember(*values: str | None) -> None:
