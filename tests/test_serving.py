@@ -84,6 +84,9 @@ class FakeJob:
     def tail(self, lines=25):
         return self.log
 
+    def reason(self):
+        return "Resources" if not self.running else ""
+
 
 def test_job_that_ends_before_healthy_fails_fast_with_its_log_tail(tmp_path, monkeypatch):
     monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.1)
@@ -109,9 +112,22 @@ def test_a_job_that_never_leaves_the_queue_fails_the_run_naming_the_bound(tmp_pa
     monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.1)
     job = FakeJob(tmp_path, ["PENDING"], queue_timeout=1)
     start = time.monotonic()
-    with pytest.raises(ServeError, match=r"job 42 waited 1 s without starting \(PENDING; deployment.queue_timeout\)"):
+    with pytest.raises(ServeError, match=r"job 42 waited 1 s without starting \(PENDING, Slurm reason: Resources; "
+                                         r"deployment.queue_timeout\)"):
         serving.wait_ready(job, print)
     assert time.monotonic() - start < 5
+
+
+def test_a_queued_job_says_why_it_waits_and_waits_unbounded_by_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(serving, "QUEUE_REPORT_SECONDS", 0.3)
+    assert serving.ServerSpec("x", {}, "h", 0, "m", 1).queue_timeout is None
+    job = FakeJob(tmp_path, ["PENDING"] * 30 + ["FAILED"])
+    said = []
+    with pytest.raises(ServeError, match="ended \\(FAILED\\)"):
+        serving.wait_ready(job, said.append)
+    reports = [s for s in said if "still PENDING" in s]
+    assert len(reports) >= 2 and all(s.endswith("(Slurm reason: Resources)") for s in reports), said
 
 
 def test_a_state_that_cannot_be_read_fails_the_run_after_its_bound(tmp_path, monkeypatch):

@@ -184,3 +184,61 @@ def test_squash_runs_through_prefect_shell_with_its_output_in_the_flow_runs_logs
     os.unlink(sqsh.group(1))
     # no pyxis here: the server job cannot start its container, so the run fails after the squash
     assert state.is_failed() or state.is_crashed()
+
+
+def test_a_job_held_in_the_queue_past_queue_timeout_fails_with_slurms_reason_and_is_cancelled(tmp_path):
+    """Issue 15: a partition that is DOWN keeps the job PENDING; the run gives up after queue_timeout, naming
+    Slurm's reason, and cancels the job."""
+    subprocess.run(["scontrol", "update", "PartitionName=batch", "State=DOWN"], check=True)
+    try:
+        r = nemotron("nano3", "eval", "-c", "local", "--run", "local-slurm", "-t", "gsm8k",
+                     *fake_overrides(tmp_path), "deployment.queue_timeout=6", env=ENV, timeout=300)
+    finally:
+        subprocess.run(["scontrol", "update", "PartitionName=batch", "State=UP"], check=True)
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"job (\d+) waited 6 s without starting \(PENDING, Slurm reason: PartitionDown; "
+                     r"deployment.queue_timeout\)", r.stderr), r.stderr[-2000:]
+    job_id = re.search(r"job (\d+) waited", r.stderr).group(1)
+    assert not squeue()
+    assert sacct_state(job_id) == "CANCELLED"
+
+
+def _stop_login_node() -> None:
+    """The login node goes away: its sshd and every session it serves (the tunnel breaks)."""
+    pid = open("/run/sshd-login.pid").read().strip()
+    subprocess.run(["pkill", "-KILL", "-P", pid])
+    subprocess.run(["kill", "-KILL", pid])
+
+
+def test_a_tunnel_broken_mid_wait_fails_within_state_timeout_and_the_job_stops_itself(tmp_path):
+    """Issue 15: the login node goes away while the server starts. The state cannot be read: the run fails
+    after state_timeout with the last error; the job, whose heartbeat stopped, leaves the queue by itself."""
+    proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
+                             "local-slurm-ssh", "-t", "gsm8k", *fake_overrides(tmp_path, "--never-healthy"),
+                             "deployment.startup_timeout=600", "deployment.state_timeout=15",
+                             "deployment.heartbeat_timeout=10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV, "COLUMNS": "200"})
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "[serve] server at" in line:
+                break
+        assert squeue(), "".join(seen[-20:])
+        _stop_login_node()
+        broken = time.monotonic()
+        seen.extend(proc.stdout)
+        proc.wait(timeout=120)
+        failed_after = time.monotonic() - broken
+    finally:
+        proc.kill()
+        subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "slurm.sh"), "start"], capture_output=True)
+    out = "".join(seen)
+    assert proc.returncode == 1, out[-3000:]
+    assert "could not be read for 15 s (deployment.state_timeout)" in out, out[-3000:]
+    assert failed_after < 15 + 60, failed_after  # the bound, plus the stop's grace and Prefect's exit
+    deadline = time.monotonic() + 60
+    while squeue() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not squeue(), "the job did not stop itself once its heartbeat stopped"

@@ -9,6 +9,7 @@ enroot `.sqsh` on the cluster.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import select
@@ -168,6 +169,12 @@ def connect(target: Target, profile: Profile) -> None:
                          "check host, user and identity (a key the login node accepts, or one in ssh-agent)") from None
 
 
+def _not_a_refused_channel(record: logging.LogRecord) -> bool:
+    """paramiko logs ERROR `Secsh channel N open FAILED: Connection refused` for each probe of a server that
+    is still loading: expected, and the wait reports the server's state itself."""
+    return "open FAILED" not in record.getMessage()
+
+
 class PortForward:
     """127.0.0.1:<local_port> → host:port through the SSH login node (paramiko direct-tcpip).
 
@@ -176,6 +183,9 @@ class PortForward:
     """
 
     def __init__(self, transport, host: str, port: int):
+        paramiko_log = logging.getLogger("paramiko.transport")
+        if _not_a_refused_channel not in paramiko_log.filters:
+            paramiko_log.addFilter(_not_a_refused_channel)
         self.transport, self.target = transport, (host, port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.5)

@@ -68,10 +68,10 @@ class DeploymentSection(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server.")
     startup_timeout: float = Field(1800, gt=0, description="Seconds from job start until /health must answer.")
     queue_timeout: float | None = Field(
-        86400, gt=0, description="Seconds the server job may wait in the queue before the run gives up and cancels "
-        "it; null = no bound.")
+        None, gt=0, description="Seconds the server job may wait in the queue before the run gives up and cancels "
+        "it; null = no bound (the log says the job's state and Slurm's reason every minute).")
     state_timeout: float = Field(
-        300, gt=0, description="Seconds the job's state may stay unreadable (accounting down, tunnel broken) before "
+        120, gt=0, description="Seconds the job's state may stay unreadable (accounting down, tunnel broken) before "
         "the run gives up and cancels it.")
     image: str | None = Field(None, description="Container image for the server on Slurm (pyxis); "
                               "default: the profile's container_image. A .sqsh path is used as is.")

@@ -36,6 +36,7 @@ from nemotron.profiles import Profile
 from nemotron.results import write_atomic
 
 STATE_POLL_SECONDS = 2.0
+QUEUE_REPORT_SECONDS = 60.0  # while the job waits in the queue, say why this often
 STOP_GRACE_SECONDS = 20.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -70,7 +71,7 @@ class ServerSpec:
     heartbeat_timeout: float = 300
     setup: tuple[str, ...] = ()  # shell lines before the server (profile startup_commands)
     queue_timeout: float | None = None  # seconds in the queue before giving up; None: no bound
-    state_timeout: float = 300  # seconds of an unreadable job state before giving up
+    state_timeout: float = 120  # seconds of an unreadable job state before giving up
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # never in the script: a private file
     unset: tuple[str, ...] = ()  # secret variables the job would inherit from the submitter's environment
 
@@ -192,12 +193,25 @@ class ServerJob:
     def state(self) -> str:
         try:
             return _status_name(self.exp)
-        except Exception as e:  # noqa: BLE001 - sacct lag or a transient tunnel error: ask again (wait_ready bounds it)
-            self.last_error = f"{type(e).__name__}: {e}"
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - sacct lag, a tunnel error (NeMo-Run exits when it
+            self.last_error = _describe(e)    # cannot log in again): ask again, wait_ready bounds it
             return "UNKNOWN"
 
+    def reason(self) -> str:
+        """Why Slurm keeps the job waiting (squeue's %r: Priority, Resources, JobHeldUser, PartitionDown...)."""
+        if not self.target.slurm:
+            return ""
+        try:
+            return self.target.sh(f"squeue -h -j {shlex.quote(self.job_id)} -o %r", check=False).strip()
+        except (Exception, SystemExit):  # noqa: BLE001 - the state poll reports a broken tunnel
+            return ""
+
     def read(self, name: str) -> str | None:
-        result = cluster.shell(self.target.tunnel, f"cat {shlex.quote(self.job_dir + '/' + name)}")
+        try:
+            result = cluster.shell(self.target.tunnel, f"cat {shlex.quote(self.job_dir + '/' + name)}")
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - as for state(): the wait bounds a broken tunnel
+            self.last_error = _describe(e)
+            return None
         return result.stdout if result.ok else None
 
     def tail(self, lines: int = 25) -> str:
@@ -213,7 +227,7 @@ class ServerJob:
 
     def fetch_log(self, dest: Path) -> None:
         """A copy of the server log in the run folder (which W&B receives), secrets masked."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, SystemExit):
             self.target.tunnel.get(f"{self.job_dir}/server.log", str(dest))
             write_atomic(dest, secrets.mask(dest.read_text(errors="replace")))
 
@@ -234,15 +248,16 @@ class ServerHandle:
 def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u) -> str:
     """Wait for the job to run and /health to answer; returns the base URL to use.
 
-    Queue time does not count against `startup_timeout`; the clock starts when the job runs. The queue
-    has its own bound (`queue_timeout`), and so has a state that cannot be read (`state_timeout`): a
-    job that never leaves PENDING, or a tunnel that broke, fails the run instead of holding it forever.
+    Queue time does not count against `startup_timeout`; the clock starts when the job runs. While the job
+    waits, the log says why (Slurm's reason) every minute; `queue_timeout` bounds the wait if set. A state
+    that cannot be read (a broken tunnel, accounting down) fails the run after `state_timeout`.
     `opened` maps the node URL to a reachable one (an SSH port forward).
     """
     spec = job.spec
     submitted = time.monotonic()
     started: float | None = None
     unreadable: float | None = None  # since when the state could not be read
+    reported = submitted
     last_state, url = "", None
     while True:
         state = job.state()
@@ -251,14 +266,22 @@ def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str
         if unreadable is not None and now - unreadable > spec.state_timeout:
             raise ServeError(f"the state of the model server job {job.job_id} could not be read for "
                              f"{spec.state_timeout:.0f} s (deployment.state_timeout): {job.last_error or 'no answer'}; "
-                             "the tunnel to the cluster or its accounting (sacct) is down. The job is cancelled.")
-        if started is None and spec.queue_timeout and now - submitted > spec.queue_timeout and state != "UNKNOWN":
+                             "the tunnel to the cluster or its accounting (sacct) is down")
+        queued = started is None and state not in ("UNKNOWN", *FINISHED)
+        if queued and spec.queue_timeout and now - submitted > spec.queue_timeout:
+            reason = job.reason()
             raise ServeError(f"the model server job {job.job_id} waited {spec.queue_timeout:.0f} s without starting "
-                             f"({state}; deployment.queue_timeout), and is cancelled: see why with `squeue -j "
-                             f"{job.job_id} -o %R` (partition, account, resources), or raise deployment.queue_timeout")
+                             f"({state}{f', Slurm reason: {reason}' if reason else ''}; deployment.queue_timeout) and "
+                             "is cancelled; check the profile's partition and account, or raise "
+                             "deployment.queue_timeout")
         if state != last_state:
             say(f"[serve] job {job.job_id}: {state}")
             last_state = state
+        elif queued and now - reported >= QUEUE_REPORT_SECONDS:
+            reason = job.reason()
+            say(f"[serve] job {job.job_id}: still {state} after {now - submitted:.0f} s"
+                + (f" (Slurm reason: {reason})" if reason else ""))
+            reported = now
         if state in FINISHED:
             raise ServeError(f"the model server job {job.job_id} ended ({state}) before it became healthy.\n"
                              f"command: {spec.command}\nlog ({job.job_dir}), last lines:\n{job.tail()}")
@@ -275,6 +298,12 @@ def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str
                              f"(deployment.startup_timeout; job {job.job_id}).\ncommand: {spec.command}\n"
                              f"log ({job.job_dir}), last lines:\n{job.tail()}")
         time.sleep(STATE_POLL_SECONDS)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return "cannot log in to the login node again (NeMo-Run's SSH tunnel gave up)"
+    return f"{type(error).__name__}: {error}"
 
 
 @contextlib.contextmanager
@@ -418,7 +447,7 @@ def _record(record: dict[str, str], run_dir: Path, on_record: Callable[[dict[str
 def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None],
           on_record: Callable[[dict[str, str]], None]) -> None:
     """Cancel the job and wait until it is gone; keep a copy of the server log in the run dir."""
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception, SystemExit):
         exp.cancel("server")
     if job is None:
         return
@@ -426,8 +455,9 @@ def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None],
     while job.state() not in FINISHED and time.monotonic() < deadline:
         time.sleep(1)
     if job.target.slurm:
-        if job.state() not in FINISHED:
-            job.target.sh(f"scancel {job.job_id}", check=False)
+        if job.state() not in FINISHED:  # a broken tunnel: the job stops itself once our heartbeat stops
+            with contextlib.suppress(Exception, SystemExit):
+                job.target.sh(f"scancel {job.job_id}", check=False)
     else:  # a local server that outlived its job's process group
         pid = _read_pid(Path(job.job_dir) / "server.pid")
         if pid is not None and _pid_alive(pid):
