@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID
@@ -174,6 +175,10 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         where = profiles.load_profile(profile) if profile else None
         secrets.remember_config([cfg.model_dump(mode="json"), where.model_dump() if where else None])
         model = models.resolve(models.parse(cfg), say, local=not cluster.is_slurm(where))
+        tokenizer = None
+        if cluster.is_remote(where):  # the checkpoint is on the cluster's disk: measured and its tokenizer copied there
+            tree, tokenizer = cluster.remote_checkpoint(where, model.path, say)
+            model = replace(model, tree=tree)
     except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
         log.error("%s", e)
         return Failed(message=secrets.mask(str(e)), data=e)
@@ -189,7 +194,8 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
 
     # 2. plan: registry lookup, harness configs, offline data check; what an earlier run already finished
     store = Path(os.path.expanduser(ev.output_dir)).resolve() / "benchmarks"
-    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, model.identity, store, hf_home)
+    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, model.identity, store, hf_home,
+                            tokenizer)
     benchmarks.link_into(run_dir, plans)
     eval_id = wandb_export.evaluation_id(model.identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])

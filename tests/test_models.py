@@ -165,11 +165,26 @@ def test_a_checkpoint_written_again_at_any_depth_is_a_new_identity(tmp_path):
     for p in (ckpt / "iter_0000100" / "shard.pt", ckpt / "iter_0000100", ckpt):
         os.utime(p, (1_000_000, 1_000_000))
     before = models.ModelRef(str(ckpt), "path", str(ckpt)).identity
-    assert before == f"{ckpt}@1000000"
+    assert before == f"{ckpt}@1000000:1"
     (ckpt / "iter_0000100" / "shard.pt").write_text("b")  # deep inside: the folders' mtimes do not change
     os.utime(ckpt / "iter_0000100", (1_000_000, 1_000_000))
     os.utime(ckpt, (1_000_000, 1_000_000))
     assert models.ModelRef(str(ckpt), "path", str(ckpt)).identity != before
+
+
+def test_the_identity_measured_by_shell_where_the_checkpoint_is_equals_the_local_one(tmp_path):
+    """Over SSH the tree is measured on the cluster with `find`: the same (mtime, size) as measured here."""
+    import subprocess
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "iter_2" / "deep").mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "iter_2" / "deep" / "shard.pt").write_bytes(b"x" * 1000)
+    listing = subprocess.run(["bash", "-c", models.tree_stat_command(str(ckpt))], capture_output=True, text=True,
+                             check=True).stdout
+    assert models.parse_tree_stat(listing) == models.tree_stat(str(ckpt)) == (models.tree_stat(str(ckpt))[0], 1002)
+    measured = models.ModelRef(str(ckpt), "path", str(ckpt), tree=models.parse_tree_stat(listing))
+    assert measured.identity == models.ModelRef(str(ckpt), "path", str(ckpt)).identity
 
 
 @pytest.mark.parametrize("override", ["run.model=/ckpt/a b", "run.model=/ckpt/$(id)",

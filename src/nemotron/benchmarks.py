@@ -132,9 +132,12 @@ def result_key(model_identity: str, task_type: str, params: dict[str, Any]) -> s
 
 def plan(
     cfg: EvalConfig, specs: list[TaskSpec], model_path: str, model_identity: str, store: Path,
-    hf_home: Path | None,
+    hf_home: Path | None, tokenizer: str | None = None,
 ) -> list[BenchmarkPlan]:
     """Resolve every task against the registry and build its harness config. Raises ConfigError.
+
+    `tokenizer`: where the harness finds the checkpoint's tokenizer when the checkpoint is not on this machine's
+    disk (a copy fetched from the cluster); the result key names the checkpoint's own, wherever the copy is.
 
     Each benchmark's folder is `<store>/<name>-<key>`: a re-run with the same key finds it complete,
     or half done with its answered requests in the harness's response cache."""
@@ -156,7 +159,11 @@ def plan(
         if info.needs_logprobs and not params.get("extra", {}).get("tokenizer"):
             # log-likelihood tasks score continuations client-side: they need the model's tokenizer
             params = deep_merge(params, {"extra": {"tokenizer": model_path, "tokenizer_backend": "huggingface"}})
-        key = result_key(model_identity, info.qualified, params)
+            key = result_key(model_identity, info.qualified, params)
+            if tokenizer:
+                params = deep_merge(params, {"extra": {"tokenizer": tokenizer}})
+        else:
+            key = result_key(model_identity, info.qualified, params)
         cap = spec.nemo_evaluator_config.config.params.parallelism or ev.nemo_evaluator_config.config.params.parallelism
         plans.append(BenchmarkPlan(
             name=spec.name, task_type=info.qualified, endpoint_type=info.endpoint_type,

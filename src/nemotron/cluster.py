@@ -9,6 +9,7 @@ enroot `.sqsh` on the cluster.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -20,10 +21,12 @@ import tempfile
 import threading
 import uuid
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from nemotron import runtime
+from nemotron import models, runtime
 from nemotron.config import DeploymentSection
 from nemotron.errors import ConfigError, ServeError
 from nemotron.profiles import Profile
@@ -55,6 +58,11 @@ def nemorun_home(profile: Profile | None) -> str:
 
 def is_slurm(profile: Profile | None) -> bool:
     return profile is not None and profile.executor == "slurm"
+
+
+def is_remote(profile: Profile | None) -> bool:
+    """The cluster's disk is not ours: we reach it through the login node (tunnel = ssh)."""
+    return is_slurm(profile) and profile.tunnel == "ssh"
 
 
 def image_for(dep: DeploymentSection, profile: Profile | None) -> str | None:
@@ -173,6 +181,57 @@ def _not_a_refused_channel(record: logging.LogRecord) -> bool:
     """paramiko logs ERROR `Secsh channel N open FAILED: Connection refused` for each probe of a server that
     is still loading: expected, and the wait reports the server's state itself."""
     return "open FAILED" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def login_shell(profile: Profile) -> Iterator[Target]:
+    """A shell on the profile's login node (SSH), for what we must read of the cluster's disk."""
+    home = nemorun_home(profile)
+    run = nemo_run(home)
+    tunnel = run.SSHTunnel(host=profile.host, user=profile.user, identity=profile.identity,
+                           job_dir=profile.remote_job_dir)
+    target = Target(None, tunnel, home, slurm=True, ssh=True)
+    connect(target, profile)
+    try:
+        yield target
+    finally:
+        with contextlib.suppress(Exception):
+            tunnel.cleanup()
+
+
+# What a Hugging Face tokenizer loads (AutoTokenizer reads config.json for the class): small files, not weights.
+TOKENIZER_FILES = re.compile(r"tokenizer.*|vocab\..*|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
+                             r"(generation_)?config\.json|chat_template.*|.*\.tiktoken|.*\.model")
+
+
+def remote_checkpoint(profile: Profile, path: str, say: Callable[[str], None]) -> tuple[tuple[int, int], str | None]:
+    """A checkpoint on the cluster's disk, seen through the login node: its tree's (newest mtime, size) for the
+    result key, and a local copy of its tokenizer files for the log-likelihood tasks (which tokenize here),
+    cached by path and identity. ConfigError if the cluster has no such checkpoint."""
+    with login_shell(profile) as login:
+        listing = shell(login.tunnel, models.tree_stat_command(path))
+        if not listing.ok or not listing.stdout.strip():
+            raise ConfigError(f"checkpoint {path} does not exist on the cluster (profile {profile.name!r}, "
+                              f"{profile.user}@{profile.host}): {listing.stderr.strip() or 'no files'}")
+        tree = models.parse_tree_stat(listing.stdout)
+        names = [n for n in login.sh(f"ls -1p {shlex.quote(path)}").splitlines() if TOKENIZER_FILES.fullmatch(n)]
+        if not names:
+            say(f"checkpoint {path} on the cluster has no tokenizer files at its top level: log-likelihood tasks "
+                "get its path as the tokenizer (set params.extra.tokenizer to a local copy if they fail)")
+            return tree, None
+        key = hashlib.sha256(f"{profile.host}:{path}@{tree}".encode()).hexdigest()[:16]
+        dest = runtime.home() / "tokenizers" / f"{os.path.basename(path.rstrip('/'))}-{key}"
+        if not (dest / ".complete").exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = Path(tempfile.mkdtemp(prefix=f"{dest.name}.", dir=dest.parent))
+            for name in names:
+                login.tunnel.get(f"{path.rstrip('/')}/{name}", str(part / name))
+            (part / ".complete").write_text(f"{profile.host}:{path}@{tree}\n")
+            with contextlib.suppress(OSError):  # another run copied it first: theirs is the same
+                part.rename(dest)
+            shutil.rmtree(part, ignore_errors=True)
+            say(f"copied the tokenizer of {path} ({', '.join(names)}) from the cluster to {dest}")
+        return tree, str(dest)
 
 
 class PortForward:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ class ModelRef:
     aliases: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
     stage: str | None = None  # the training stage whose artifact this is (run.artifacts): rl, sft, pretrain
+    tree: tuple[int, int] | None = None  # (newest mtime, total bytes) measured where the checkpoint is; None: here
 
     @property
     def slug(self) -> str:
@@ -76,24 +78,46 @@ class ModelRef:
     @property
     def identity(self) -> str:
         """What makes two evaluations of this model the same: the artifact version and digest, else the
-        path and when its files last changed (a checkpoint written again is a new model)."""
+        path, the newest modification time and the total size of its tree (a checkpoint written again is a
+        new model), measured where the checkpoint is (`tree`), or here."""
         if self.resolved:
             return f"{self.resolved}@{self.digest}"
-        return f"{self.path}@{_mtime(self.path)}" if self.path else "unresolved"
+        if not self.path:
+            return "unresolved"
+        mtime, size = self.tree or tree_stat(self.path)
+        return f"{self.path}@{mtime}:{size}"
 
 
-def _mtime(path: str) -> int:
-    """The newest modification time in a checkpoint folder, at any depth (a new `iter_N/` or a shard written
-    again counts), 0 if absent."""
+def tree_stat(path: str) -> tuple[int, int]:
+    """(newest modification time, total bytes) over a checkpoint's whole tree: a new `iter_N/` or a shard written
+    again at any depth counts; (0, 0) if absent."""
     try:
-        newest = os.stat(path).st_mtime
+        top = os.stat(path)
     except OSError:
-        return 0
+        return 0, 0
+    newest, size = top.st_mtime, 0
     for folder, dirs, files in os.walk(path):
         for name in (*dirs, *files):
             with contextlib.suppress(OSError):
-                newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime)
-    return int(newest)
+                st = os.stat(os.path.join(folder, name))
+                newest = max(newest, st.st_mtime)
+                size += st.st_size if name in files else 0
+    return int(newest), size
+
+
+def tree_stat_command(path: str) -> str:
+    """The same measure where we only have a shell (the cluster's login node): `mtime size type` per entry."""
+    return f"find {shlex.quote(path)} -printf '%T@ %s %y\\n'"
+
+
+def parse_tree_stat(listing: str) -> tuple[int, int]:
+    """`tree_stat` from `tree_stat_command`'s output (file sizes only, as `tree_stat` counts them)."""
+    newest, size = 0.0, 0
+    for line in listing.splitlines():
+        mtime, nbytes, kind = line.split()
+        newest = max(newest, float(mtime))
+        size += int(nbytes) if kind == "f" else 0
+    return int(newest), size
 
 
 def plain_path(path: str, source: str) -> str:

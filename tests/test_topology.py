@@ -1,0 +1,113 @@
+"""The cluster topologies of DESIGN.md on this machine, with the submitting side blind to the cluster's disk.
+
+The CLI runs in a private mount namespace (`unshare -m`) with empty tmpfs over the login node's job folder and
+over the checkpoint's folder, as a laptop would see them (not at all); Slurm and the sshd login node of
+scripts/slurm/slurm.sh see the real ones. The server is the real vLLM (CPU) serving the built-in model, copied
+to the "cluster's" checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, hf_home, squeue
+
+PROFILES = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}
+LOGIN_JOBS = "/var/tmp/nemotron-login/jobs"  # local-slurm-ssh's remote_job_dir
+CHECKPOINTS = "/var/tmp/nemotron-ckpt"  # the cluster's checkpoint folder
+
+
+def hidden(*argv: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`argv` on a "laptop": the cluster's folders are empty tmpfs in its private mount namespace."""
+    for folder in (LOGIN_JOBS, CHECKPOINTS):
+        os.makedirs(folder, exist_ok=True)
+    mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(f)}" for f in (LOGIN_JOBS, CHECKPOINTS))
+    check = f"test -z \"$(find {CHECKPOINTS} {LOGIN_JOBS} -mindepth 1)\""  # nothing of the cluster's disk is seen
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c",
+                           f'{mounts} && {check} && exec "$@"', "laptop", *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **PROFILES, "COLUMNS": "200", **(env or {})})
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return hidden(sys.executable, "-m", "nemotron.cli", "nano3", "eval", *args, **kwargs)
+
+
+@pytest.fixture
+def checkpoint():
+    """The built-in model as a checkpoint on the cluster's disk (hard links: no copy of the weights)."""
+    from nemotron import runtime
+
+    folder = Path(CHECKPOINTS) / uuid.uuid4().hex[:8]
+    folder.mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(runtime.builtin_model_dir("smollm2-135m-instruct")), str(folder / "smol")],
+                   check=True)
+    yield folder / "smol"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def limited(tmp_path, model: Path) -> list[str]:
+    return [f"run.model={model}", "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
+            f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}"]
+
+
+def scores(out: str) -> dict[tuple[str, str], float]:
+    return {(b, m): float(v) for b, m, v in re.findall(r"^(\w+)\s+(\S+)\s+(\d\.\d{4})\b", out, re.M)}
+
+
+def test_the_identity_of_a_cluster_checkpoint_is_measured_on_the_cluster(checkpoint):
+    """Through the login node: (newest mtime, total size) of the whole tree; a file deep inside changes it."""
+    probe = ("import json, sys; from nemotron import cluster, profiles; "
+             "print(json.dumps(cluster.remote_checkpoint(profiles.load_profile('local-slurm-ssh'), sys.argv[1], "
+             "print)))")
+
+    def measured() -> tuple[list[int], str]:
+        r = hidden(sys.executable, "-c", probe, str(checkpoint))
+        assert r.returncode == 0, r.stderr
+        import json
+
+        tree, tokenizer = json.loads(r.stdout.splitlines()[-1])
+        return tree, tokenizer
+
+    tree, tokenizer = measured()
+    total = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+    assert tree[1] == total > 269_000_000  # the weights counted, though this side cannot see them
+    assert sorted(os.listdir(tokenizer)) == [".complete", "chat_template.jinja", "config.json",
+                                             "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    (checkpoint / "iter_0000002" / "shards").mkdir(parents=True)
+    (checkpoint / "iter_0000002" / "shards" / "part-0.bin").write_bytes(b"\0" * 10)
+    again, tokenizer_again = measured()
+    assert again[1] == total + 10 and again != tree and tokenizer_again != tokenizer
+
+
+def test_attached_over_ssh_reads_nothing_of_the_clusters_disk(tmp_path, checkpoint):
+    """`--run local-slurm-ssh` from the laptop: hellaswag (log-likelihood: the tokenizer) and gsm8k both score;
+    the tokenizer comes through the tunnel. A file written deep in the checkpoint makes it a new model: the next
+    run evaluates it again instead of reusing the first run's result."""
+    r = cli("-c", "local", "--run", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k", *limited(tmp_path, checkpoint))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    got = scores(out)
+    assert {("hellaswag", "acc"), ("gsm8k", "exact_match__strict-match")} <= set(got), out[-2000:]
+    assert f"copied the tokenizer of {checkpoint}" in out
+    assert "Secsh channel" not in out and "open FAILED" not in out  # the forward's probes while vLLM loads
+    first = {p.name for p in (tmp_path / "benchmarks").iterdir()}
+
+    (checkpoint / "iter_0000002").mkdir()
+    (checkpoint / "iter_0000002" / "note.txt").write_text("trained further")
+    r = cli("-c", "local", "--run", "local-slurm-ssh", "-t", "gsm8k", *limited(tmp_path, checkpoint))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "reusing its result" not in out and "nothing to serve" not in out
+    (new,) = {p.name for p in (tmp_path / "benchmarks").iterdir()} - first
+    assert new.startswith("gsm8k-") and ("gsm8k", "exact_match__strict-match") in scores(out)
+    assert not squeue()
