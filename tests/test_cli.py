@@ -149,10 +149,3 @@ def test_dry_run_masks_secret_values_not_words_that_contain_token(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tokenizer: /my/tokenizer" in r.stdout and "hf_dryrunsecret42" not in r.stdout
     assert "--served-model-name *** " in r.stdout and "model_id: ***" in r.stdout
-
-
-def test_batch_refuses_what_the_worker_would_refuse_before_submitting():
-    r = nemotron("nano3", "eval", "--batch", "local-slurm", "-c", "local", "deployment.command=id",
-                 env={"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml"),
-                      "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # nothing listens: it must not get that far
-    assert r.returncode == 2 and "'deployment.command' is not allowed in a run started through Prefect" in r.stderr

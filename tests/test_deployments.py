@@ -185,6 +185,11 @@ def test_batch_submits_a_run_and_returns_at_once(worker, deployment, tmp_path):
     (run_id,) = re.findall(r"\(([0-9a-f-]{36})\)", r.stdout)
     assert f"/runs/flow-run/{run_id}" in r.stdout
     assert elapsed < 30, f"--batch took {elapsed:.0f} s"
+    assert "to the Prefect deployment nano3-eval/nano3-eval" in r.stdout  # which of the two ways it went
+    # what the worker would refuse is refused here, before anything is created
+    refused = nemotron("nano3", "eval", "--batch", "local-slurm", "-c", "local", "deployment.command=id", env=ENV)
+    assert refused.returncode == 2
+    assert "'deployment.command' is not allowed in a run started through Prefect" in refused.stderr
     run = wait_for_run(run_id, timeout=300)
     assert run.parameters == {"tasks": ["hellaswag"], "config": "local", "profile": "local-slurm",
                               "overrides": ["run.model=rl:v404"],
@@ -192,16 +197,6 @@ def test_batch_submits_a_run_and_returns_at_once(worker, deployment, tmp_path):
     assert run.deployment_id == deployment.id and run.name == "eval-rl:v404"
     assert run.state.is_failed() and "wandb artifact ls YOUR-TEAM/nemotron" in run.state.message
     assert not (worker / "results" / "rl-v404").exists()  # nothing was served or written
-
-
-def test_batch_without_a_server_says_how_to_start_one():
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    r = subprocess.run([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "--batch", "local-slurm", "-c", "local",
-                        "-t", "hellaswag"], capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={**env, **ENV, "PREFECT_HOME": os.environ.get("PREFECT_HOME", "") + "-empty"})
-    assert r.returncode == 2
-    assert r.stderr.startswith("error: --batch submits to a Prefect server and none is configured")
-    assert "prefect server start" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 SECRET = "relay-test-secret"

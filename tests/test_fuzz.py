@@ -108,6 +108,7 @@ def started(monkeypatch):
     calls: list[tuple[str, EvalRequest]] = []
     monkeypatch.setattr(cli, "run_flow", lambda request: calls.append(("run", request)) or 0)
     monkeypatch.setattr(cli, "submit_batch", lambda request: calls.append(("batch", request)) or 0)
+    monkeypatch.setattr(cli, "batch_route", lambda: cli.BatchRoute(deployment=True, api="http://prefect/api"))
     monkeypatch.setattr(wandb_export, "detect_login", lambda *a, **k: False)
     return calls
 

@@ -111,3 +111,58 @@ def test_attached_over_ssh_reads_nothing_of_the_clusters_disk(tmp_path, checkpoi
     (new,) = {p.name for p in (tmp_path / "benchmarks").iterdir()} - first
     assert new.startswith("gsm8k-") and ("gsm8k", "exact_match__strict-match") in scores(out)
     assert not squeue()
+
+
+def no_prefect(tmp_path) -> dict[str, str]:
+    """The laptop has no Prefect server: no API URL, a Prefect home with no profile setting one."""
+    return {"PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "prefect-home")}
+
+
+def wait_until_the_queue_is_empty(timeout: float = 900) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while squeue() and time.monotonic() < deadline:
+        time.sleep(3)
+    assert not squeue(), squeue()
+
+
+def test_batch_without_prefect_runs_the_whole_evaluation_in_the_cluster(tmp_path, checkpoint):
+    """`--batch local-slurm-ssh` with no Prefect server, from the laptop: it returns within seconds with a Slurm job
+    id; the flow runs in the cluster (its own vLLM job, the harnesses next to the checkpoint, results on the
+    cluster's disk); `eval status JOB` reads the scores through the tunnel. A second submission of the same
+    evaluation reuses the environment and the results: no server is started."""
+    import time
+
+    args = ["-c", "local", "--batch", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k",
+            *limited(checkpoint.parent / "results", checkpoint)]
+    start = time.monotonic()
+    r = cli(*args, env=no_prefect(tmp_path))
+    submitted_in = time.monotonic() - start
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert submitted_in < 30, submitted_in
+    assert r.stdout.startswith("no Prefect server is configured (PREFECT_API_URL is unset): the evaluation goes to "
+                               "the cluster itself"), r.stdout
+    job = re.search(r"submitted Slurm job (\d+) on local-slurm-ssh", r.stdout).group(1)
+    assert f"results: under {checkpoint.parent}/results on the cluster" in r.stdout
+    wait_until_the_queue_is_empty()
+
+    status = cli("status", job, env=no_prefect(tmp_path))
+    assert status.returncode == 0, status.stderr
+    assert f"job {job} on local-slurm-ssh (Slurm): COMPLETED" in status.stdout, status.stdout
+    assert re.search(r"server job: \d+ \(CANCELLED\)", status.stdout), status.stdout
+    got = scores(status.stdout)
+    assert {("hellaswag", "acc"), ("hellaswag", "acc_norm"), ("gsm8k", "exact_match__strict-match")} <= set(got)
+    run_dir = re.search(r"^results: (\S+) \(cluster\)", status.stdout, re.M).group(1)
+    assert run_dir.startswith(f"{checkpoint.parent}/results/") and Path(run_dir, "results.json").is_file()
+
+    again = cli(*args, env=no_prefect(tmp_path))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert re.search(r"environment: \S+ \(reused\)", again.stdout), again.stdout
+    second = re.search(r"submitted Slurm job (\d+)", again.stdout).group(1)
+    wait_until_the_queue_is_empty()
+    logs = cli("logs", second, env=no_prefect(tmp_path))
+    assert logs.returncode == 0, logs.stderr
+    assert f"job {second} on local-slurm-ssh (Slurm): COMPLETED" in logs.stdout
+    assert "nothing to serve" in logs.stdout and "[serve] submitting" not in logs.stdout, logs.stdout[-3000:]
+    assert scores(logs.stdout) == got  # the same results, reused

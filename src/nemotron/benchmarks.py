@@ -241,7 +241,8 @@ def retryable(error: BaseException) -> bool:
 _HARNESS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SHELL",
                 "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "no_proxy",
                 "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                "OMP_NUM_THREADS", "HF_ENDPOINT")
+                "OMP_NUM_THREADS", "HF_ENDPOINT",
+                "PYTHONPATH")  # a detached job's code is on it (nemotron.reaper)
 _HARNESS_ENV_PREFIXES = ("LC_", "XDG_")
 
 

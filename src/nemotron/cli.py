@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -91,28 +92,33 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.overrides and args.overrides[0] in MONITOR_COMMANDS:
         return monitor(args.overrides[0], args.overrides[1:])
     name = args.run or args.batch
-    # --batch: the worker resolves the profile from its own env.toml (this machine's may differ or be absent);
-    # a dry run previews with this machine's. Unknown here: exit 2, listing the valid ones.
-    profile = profiles.load_profile(name) if name and (args.run or args.dry_run) else None
-    if args.batch and not args.dry_run:  # a run created through Prefect: refused here as the worker would refuse it,
-        cfg = EvalRequest.checked(config=args.config, overrides=args.overrides).load(trusted=False)  # before resolving
+    # --batch: a Prefect deployment takes the run if there is one (its worker resolves the profile from its own
+    # env.toml, and the run is checked as anything arriving through Prefect is); else it goes to the cluster itself
+    route = batch_route() if args.batch and not args.dry_run else None
+    to_prefect = route is not None and route.deployment
+    profile = profiles.load_profile(name) if name and not to_prefect else None
+    if to_prefect:  # refused here as the worker would refuse it, before resolving
+        cfg = EvalRequest.checked(config=args.config, overrides=args.overrides).load(trusted=False)
     else:
         cfg = load_config(args.config, args.overrides)
     secrets.remember_config([cfg.model_dump(mode="json"), profile.model_dump() if profile else None])
-    if args.force_squash and not args.batch and not cluster.image_for(cfg.deployment, profile):
+    if args.force_squash and not cluster.image_for(cfg.deployment, profile) and not to_prefect:
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "
                           "Slurm profile and deployment.image (or the profile's container_image)")
     cluster.check_resources(cfg.deployment, profile)
     model = models.parse(cfg)  # syntax only: W&B artifacts are looked up in the flow
-    hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home else None
+    # the offline data check is where the harnesses run: here, unless --batch sends them elsewhere
+    hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home and not args.batch else None
     store = Path(os.path.expanduser(cfg.evaluation.output_dir)).resolve() / "benchmarks"
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             model.identity, store, hf_home)
     if args.dry_run:
         print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
-    if args.batch:
+    if to_prefect:
         return submit_batch(_request(args, name, args.overrides))
+    if args.batch:
+        return submit_detached(_request(args, name, secrets.hidden_overrides(args.overrides)), profile, route)
     wandb_export.detect_login()
     # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values,
     # and what reads this process's command line (W&B records it as run metadata) sees them masked
@@ -188,6 +194,11 @@ def monitor(command: str, rest: list[str]) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if command == "export":
         return export_again(rest[0] if rest else None)
+    from nemotron import detached
+
+    if rest and (job := detached.load(rest[0])) is not None:  # a Slurm job id that `--batch` submitted itself
+        print(detached.report(job, logs=command == "logs"))
+        return 0
     from flows import status
 
     print(status.report(rest[0] if rest else None, logs=command == "logs"))
@@ -220,32 +231,69 @@ START_SERVER = ("start one with `prefect server start`, point at it with `prefec
                 "nemotron-eval`")
 
 
-def submit_batch(request: EvalRequest) -> int:
-    """`--batch`: a flow run of the deployment, picked up by a worker; returns at once."""
+@dataclass(frozen=True)
+class BatchRoute:
+    """Where `--batch` hands the run: a Prefect deployment, else the cluster itself (with the reason)."""
+
+    deployment: bool
+    api: str | None  # a Prefect API that answered: a detached job reports there too
+    reason: str = ""
+
+
+def batch_route() -> BatchRoute:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import httpx
-    from prefect.deployments import run_deployment
+    from prefect import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+    from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
     if not api:
-        raise ConfigError(f"--batch submits to a Prefect server and none is configured (PREFECT_API_URL is unset): "
-                          f"{START_SERVER}")
+        return BatchRoute(False, None, "no Prefect server is configured (PREFECT_API_URL is unset)")
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_deployment_by_name(DEPLOYMENT)
+            client.read_work_pool(found.work_pool_name)
+    except ObjectNotFound:
+        return BatchRoute(False, api, f"no deployment {DEPLOYMENT} with its work pool on {api}")
+    except (httpx.HTTPError, OSError, RuntimeError) as e:
+        return BatchRoute(False, None, f"the Prefect server at {api} does not answer ({type(e).__name__})")
+    return BatchRoute(True, api)
+
+
+def submit_batch(request: EvalRequest) -> int:
+    """`--batch` with a Prefect deployment: a flow run of it, picked up by a worker; returns at once."""
+    import httpx
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    api = PREFECT_API_URL.value()
     try:
         run = run_deployment(DEPLOYMENT, parameters=request.model_dump(exclude_none=True), timeout=0)
-    except ObjectNotFound:
-        raise ConfigError(f"deployment {DEPLOYMENT} not found on {api}; from the repository root run "
-                          "`prefect --no-prompt deploy --all` (and have a worker: `prefect worker start --pool "
-                          "nemotron-eval`)") from None
     except (httpx.HTTPError, OSError) as e:
         raise ConfigError(f"cannot reach the Prefect server at {api} ({e}); {START_SERVER}") from None
     ui = PREFECT_UI_URL.value() or api.removesuffix("/api")
-    print(f"submitted {run.name} ({run.id}) to {DEPLOYMENT}; a worker of pool nemotron-eval runs it\n"
-          f"{ui}/runs/flow-run/{run.id}\n"
+    print(f"submitted {run.name} ({run.id}) to the Prefect deployment {DEPLOYMENT}; a worker of pool nemotron-eval "
+          f"runs it\n{ui}/runs/flow-run/{run.id}\n"
           + (f"profile {request.profile!r} is resolved on the worker, from its env.toml; if the worker has no such "
              "profile the run fails there at once, and `eval status` says so\n" if request.profile else "")
           + f"follow it: nemotron nano3 eval status {run.id}   (or: nemotron nano3 eval logs {run.id})")
+    return 0
+
+
+def submit_detached(request: EvalRequest, profile: profiles.Profile, route: BatchRoute) -> int:
+    """`--batch` without a Prefect deployment: the evaluation itself as a Slurm job in the cluster; returns at once."""
+    from nemotron import detached
+
+    print(f"{route.reason}: the evaluation goes to the cluster itself, as a Slurm job")
+    job = detached.submit(request, profile, route.api)
+    print(f"submitted Slurm job {job.job_id} on {profile.name}: the flow runs there, serves through the profile "
+          f"(its own server job) and runs the benchmarks next to the checkpoint\n"
+          f"environment: {job.environment} ({'built now' if job.built else 'reused'})\n"
+          f"job folder: {job.job_dir}\nresults: under {job.output_dir} on the cluster\n"
+          + (f"reports to the Prefect API at {route.api}\n" if route.api else "")
+          + f"follow it: nemotron nano3 eval status {job.job_id}   (or: nemotron nano3 eval logs {job.job_id})\n"
+          f"stop it: scancel {job.job_id} on the cluster (the flow then cancels its server job)")
     return 0
 
 

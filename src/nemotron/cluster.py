@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
@@ -86,6 +87,19 @@ def check_resources(dep: DeploymentSection, profile: Profile | None) -> None:
         )
 
 
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """NeMo-Run's Experiment replaces the root logger's handlers (basicConfig force=True) on entry
+    and removes one on exit; keep the caller's logging (Prefect's console and API handlers) intact."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 @dataclass
 class Target:
     """A NeMo-Run executor plus a tunnel for shell commands where the job's files live."""
@@ -110,38 +124,47 @@ def target_for(run, profile: Profile | None, dep: DeploymentSection, image: str 
     """The executor for the server job. `run` is the imported nemo_run module."""
     if not is_slurm(profile):
         return Target(run.LocalExecutor(), run.LocalTunnel(job_dir=""), home, slurm=False, ssh=False)
+    return _slurm_target(run, profile, home, partition=profile.partition_for(detached),
+                         nodes=profile.nodes, ntasks_per_node=profile.ntasks_per_node,
+                         gpus_per_node=profile.gpus_per_node or None, cpus_per_task=profile.cpus_per_task,
+                         mem=profile.mem, exclusive=profile.exclusive, container_image=image,
+                         container_mounts=list(profile.mounts) if image else [],
+                         packager=run.Packager())  # nothing to package: the job runs one inline script
+
+
+def flow_target(run, profile: Profile, home: str, packager) -> Target:
+    """The executor for a detached evaluation's flow job: one CPU task on the batch partition, no container (the
+    flow runs in the uv environment built on the cluster), the project's code shipped by `packager`."""
+    return _slurm_target(run, profile, home, partition=profile.partition_for(True), nodes=1, ntasks_per_node=1,
+                         packager=packager)
+
+
+def _slurm_target(run, profile: Profile, home: str, **resources) -> Target:
     if profile.tunnel == "ssh":
         tunnel = run.SSHTunnel(host=profile.host, user=profile.user, identity=profile.identity,
                                job_dir=profile.remote_job_dir)
     else:
         tunnel = run.LocalTunnel(job_dir=os.path.join(home, "experiments"))  # must be <NEMORUN_HOME>/experiments
-    executor = run.SlurmExecutor(
-        account=profile.account or "",
-        partition=profile.partition_for(detached),
-        time=profile.time,
-        nodes=profile.nodes,
-        ntasks_per_node=profile.ntasks_per_node,
-        gpus_per_node=profile.gpus_per_node or None,
-        cpus_per_task=profile.cpus_per_task,
-        mem=profile.mem,
-        exclusive=profile.exclusive,
-        container_image=image,
-        container_mounts=list(profile.mounts) if image else [],
-        env_vars=dict(profile.env_vars),
-        job_name_prefix=JOB_NAME_PREFIX,
-        tunnel=tunnel,
-        packager=run.Packager(),  # nothing to package: the job runs one inline script
-        poll_estimated_start_time=False,
-    )
+    executor = run.SlurmExecutor(account=profile.account or "", time=profile.time, env_vars=dict(profile.env_vars),
+                                 job_name_prefix=JOB_NAME_PREFIX, tunnel=tunnel, poll_estimated_start_time=False,
+                                 **resources)
     return Target(executor, tunnel, home, slurm=True, ssh=profile.tunnel == "ssh")
 
 
-def write_private(target: Target, profile: Profile | None, text: str) -> str:
+def put(target: Target, local: str, remote: str) -> None:
+    """A file from here to the cluster's disk."""
+    if target.ssh:
+        target.tunnel.put(local, remote)
+    else:
+        shutil.copyfile(local, remote)
+
+
+def write_private(target: Target, profile: Profile | None, text: str, suffix: str = ".env") -> str:
     """A file only the job's user can read, beside the job folders but not in them (they are kept and
     copied; this is deleted by the job once read); returns its path where the job runs."""
     base = profile.remote_job_dir if target.ssh else target.home
     folder = f"{base.rstrip('/')}/.secrets"
-    name = f"{folder}/{uuid.uuid4().hex}.env"
+    name = f"{folder}/{uuid.uuid4().hex}{suffix}"
     fd, local = tempfile.mkstemp(prefix="nemotron-secrets-")  # 0600
     try:
         with os.fdopen(fd, "w") as f:
@@ -170,7 +193,8 @@ def connect(target: Target, profile: Profile) -> None:
 
     target.tunnel.auth_handler = target.tunnel.fallback_auth_handler = no_prompt
     try:
-        target.tunnel.connect()
+        with contextlib.redirect_stdout(io.StringIO()):  # NeMo-Run's console says "Connecting to ..."
+            target.tunnel.connect()
     except (SystemExit, Exception) as e:  # NeMo-Run sys.exit(1)s when authentication fails
         detail = "" if isinstance(e, SystemExit) else f": {type(e).__name__}: {e}"
         raise ServeError(f"cannot log in to {profile.user}@{profile.host} over SSH (profile {profile.name!r}){detail}; "
@@ -181,6 +205,18 @@ def _not_a_refused_channel(record: logging.LogRecord) -> bool:
     """paramiko logs ERROR `Secsh channel N open FAILED: Connection refused` for each probe of a server that
     is still loading: expected, and the wait reports the server's state itself."""
     return "open FAILED" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def local_shell() -> Iterator[Target]:
+    """A shell here, for a profile whose cluster this machine is part of (tunnel = local)."""
+    from invoke.context import Context
+
+    class _Local:  # the slice of a NeMo-Run tunnel that Target.sh uses
+        def run(self, command, hide=True, warn=False, in_stream=False):
+            return Context().run(command, hide=hide, warn=warn, in_stream=in_stream)
+
+    yield Target(None, _Local(), "", slurm=True, ssh=False)
 
 
 @contextlib.contextmanager

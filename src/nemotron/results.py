@@ -246,7 +246,11 @@ def result_from_dict(doc: dict[str, Any]) -> BenchmarkResult:
 
 
 def read_summary(path: Path) -> SuiteResult:
-    doc = read_json(path)
+    return summary_from_doc(read_json(path), path)
+
+
+def summary_from_doc(doc: dict[str, Any], path: Path | str) -> SuiteResult:
+    """results.json's document (read here, or through a tunnel) as a SuiteResult."""
     try:
         return SuiteResult(doc["model"], str(Path(path).parent), tuple(result_from_dict(r) for r in doc["results"]))
     except (KeyError, TypeError) as e:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import shlex
 import signal
@@ -355,7 +354,7 @@ def serve(
     exp = _experiment(run, dep, target)
     say(f"[serve] submitting {spec.command}" + (f" on {profile.name} (Slurm)" if target.slurm else " locally"))
     job: ServerJob | None = None
-    with _root_logging_kept(), exp, contextlib.ExitStack() as stack:
+    with cluster.logging_kept(), exp, contextlib.ExitStack() as stack:
         try:
             secrets_file = None
             if spec.secret_env:
@@ -396,7 +395,7 @@ def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, fo
     if profile.tunnel == "ssh":
         target.tunnel.job_dir = profile.remote_job_dir  # SSHTunnel puts experiments right under it
     exp = _experiment(run, dep, target)
-    with _root_logging_kept():
+    with cluster.logging_kept():
         with exp:
             exp.add(run.Script(inline=job_script(spec)), name="server")
             exp.dryrun(log=False)
@@ -407,7 +406,7 @@ def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, fo
 
 def _experiment(run, dep: DeploymentSection, target: Target):
     """The one-task NeMo-Run experiment that serves (or, for a dry run, renders) the server job."""
-    with _root_logging_kept():
+    with cluster.logging_kept():
         return run.Experiment(f"serve-{dep.served_model_name}", executor=target.executor, log_level="WARN",
                               clean_mode=True, enable_goodbye_message=False, skip_status_at_exit=True)
 
@@ -424,19 +423,6 @@ def _forward(stack: contextlib.ExitStack, target: Target, url: str) -> str:
     forward = cluster.PortForward(target.tunnel.session.transport, parsed.hostname, parsed.port)
     stack.callback(forward.close)
     return f"http://127.0.0.1:{forward.local_port}"
-
-
-@contextlib.contextmanager
-def _root_logging_kept() -> Iterator[None]:
-    """NeMo-Run's Experiment replaces the root logger's handlers (basicConfig force=True) on entry
-    and removes one on exit; keep the caller's logging (Prefect's console and API handlers) intact."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def _record(record: dict[str, str], run_dir: Path, on_record: Callable[[dict[str, str]], None]) -> None:
@@ -516,7 +502,7 @@ def cancel_recorded(record: dict[str, str]) -> None:
 
 def _recorded_experiment(record: dict[str, str]):
     run = cluster.nemo_run(record["nemorun_home"])
-    with _root_logging_kept(), contextlib.redirect_stdout(io.StringIO()):
+    with cluster.logging_kept(), contextlib.redirect_stdout(io.StringIO()):
         return run, run.Experiment.from_id(record["experiment_id"])
 
 
@@ -526,7 +512,7 @@ def recorded_state(record: dict[str, str]) -> str:
         return record["state"]
     try:
         _, exp = _recorded_experiment(record)
-        with _root_logging_kept(), contextlib.redirect_stdout(io.StringIO()):
+        with cluster.logging_kept(), contextlib.redirect_stdout(io.StringIO()):
             return _status_name(exp)
     except Exception as e:  # noqa: BLE001 - report, do not fail the status command
         return f"UNKNOWN ({type(e).__name__}: {e})"

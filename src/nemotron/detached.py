@@ -1,0 +1,248 @@
+"""`--batch PROFILE` without a Prefect deployment: the whole evaluation, detached, as a Slurm job in the cluster.
+
+The submitting machine (a laptop) ships the project's code with a NeMo-Run packager, builds the Python
+environment on the cluster with uv from `uv.lock` (on the login node: compute nodes often have no internet;
+cached under the profile's `remote_job_dir` by the lock's hash), submits one CPU job that runs the same flow
+there with `--run PROFILE`, and exits. In the cluster the flow is next to the checkpoint and its tokenizer; it
+serves through the profile as an attached run does — its own vLLM job, so the flow job needs no GPU and the server
+job keeps the profile's partition, time and container — and writes results on the cluster's disk. It reports to
+a Prefect API if the submitter had one, else to an ephemeral one; `eval status JOB` / `eval logs JOB` read the
+job's Slurm state, its log and its results over the tunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nemotron import cluster, profiles, results, runtime, secrets, wandb_export
+from nemotron.errors import ConfigError
+from nemotron.profiles import Profile
+from nemotron.request import EvalRequest
+
+PROJECT = Path(__file__).resolve().parents[2]  # what the job needs of it: the code, the configs, the lock
+SHIPPED = ("src", "flows", "config", "pyproject.toml", "uv.lock")
+JOB_NAME = "flow"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    job_dir: str  # on the cluster
+    output_dir: str  # where the results folder will be, on the cluster
+    environment: str
+    built: bool  # the environment was built for this submission (not reused)
+
+
+def environment_dir(profile: Profile) -> str:
+    """The job's Python environment on the cluster: one per lock file, reused by every later submission."""
+    digest = hashlib.sha256(b"".join((PROJECT / f).read_bytes() for f in ("pyproject.toml", "uv.lock"))).hexdigest()
+    return f"{profile.remote_job_dir.rstrip('/')}/envs/{digest[:16]}"
+
+
+def build_environment(target: cluster.Target, profile: Profile, say: Callable[[str], None]) -> tuple[str, bool]:
+    """`uv sync --frozen` on the login node into environment_dir (uv installed for the user if missing);
+    a ready environment is reused. Returns (its folder, whether it was built now)."""
+    folder = environment_dir(profile)
+    q = shlex.quote(folder)
+    if target.sh(f"test -f {q}/.ready && echo ready", check=False).strip() == "ready":
+        return folder, False
+    say(f"building the job's Python environment on the cluster with uv from uv.lock: {folder}")
+    target.sh(f"mkdir -p {q}")
+    for name in ("pyproject.toml", "uv.lock"):
+        cluster.put(target, str(PROJECT / name), f"{folder}/{name}")
+    started = time.monotonic()
+    uv = 'export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || python3 -m pip install -q --user uv'
+    result = cluster.shell(target.tunnel, f"{uv} && cd {q} && flock .lock uv sync --frozen --no-dev "
+                                          f"--no-install-project --quiet && touch .ready")
+    if not result.ok:
+        raise ConfigError(f"building the job's environment on the cluster failed (uv sync in {folder}): "
+                          + " ".join((result.stderr or result.stdout).split())[-400:])
+    say(f"built it in {time.monotonic() - started:.0f} s; later submissions reuse it")
+    return folder, True
+
+
+def cluster_profile(profile: Profile) -> Profile:
+    """The profile as the flow sees it inside the cluster: the cluster's disk is local there."""
+    return profile.model_copy(update={"tunnel": "local", "host": None, "user": None, "identity": None})
+
+
+def env_toml(profile: Profile, wandb: profiles.WandbSettings) -> str:
+    """The env.toml the job reads: this profile (inside the cluster) and the [wandb] table."""
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)  # strings, numbers, booleans and lists of strings are the same in TOML
+
+    inside = cluster_profile(profile).model_dump(exclude={"name"}, exclude_none=True, by_alias=False)
+    lines = [f"[{json.dumps(profile.name)}]", *(f"{k} = {value(v)}" for k, v in inside.items())]
+    if wandb.entity or wandb.project:
+        lines += ["", "[wandb]", *(f"{k} = {json.dumps(v)}" for k, v in wandb.model_dump(exclude_none=True).items())]
+    return "\n".join(lines) + "\n"
+
+
+def job_script(request: EvalRequest, profile: Profile, environment: str, secrets_file: str | None,
+               prefect_api: str | None, config_file: str | None) -> str:
+    """The flow job: no secret in it (they come from a private file, deleted once read), the code shipped beside it,
+    the evaluation as `eval --run PROFILE` from the cluster's job folder (a relative output_dir lands there)."""
+    args = ["nano3", "eval", "-c", config_file or request.config, *(a for t in request.tasks or () for a in ("-t", t)),
+            "--run", profile.name, *(["--force-squash"] if request.force_squash else []), *request.overrides]
+    marker = f"NEMOTRON_ENV_{uuid.uuid4().hex[:8]}"
+    names = secrets.secret_env_names()
+    lines = ['JOB_DIR="$(cd "$(dirname "$0")/.." && pwd)"',
+             *([f"unset {' '.join(names)}"] if names else []),
+             "unset PREFECT_API_KEY PREFECT_API_URL"]
+    if secrets_file:
+        f = shlex.quote(secrets_file)
+        lines.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; rm -f {f}; else echo 'missing {f}' >&2; fi")
+    wandb = profiles.wandb_settings()
+    lines += [
+        f"cat > \"$JOB_DIR/env.toml\" <<'{marker}'", env_toml(profile, wandb).rstrip("\n"), marker,
+        'export NEMOTRON_ENV_FILE="$JOB_DIR/env.toml" NEMOTRON_RUN_RECORD="$JOB_DIR/run.json"',
+        'export PYTHONPATH="$JOB_DIR/code/src:$JOB_DIR/code" PREFECT_HOME="$JOB_DIR/prefect"',
+        f"export VIRTUAL_ENV={shlex.quote(environment + '/.venv')}",
+        'export PATH="$VIRTUAL_ENV/bin:$PATH" PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 '
+        'NEMO_EVALUATOR_TELEMETRY_LEVEL=0',
+        *([f"export PREFECT_API_URL={shlex.quote(prefect_api)}"] if prefect_api else []),
+        f"cd {shlex.quote(profile.remote_job_dir)}",
+        "python -m nemotron.detached " + " ".join(map(shlex.quote, args)),
+        "status=$?",
+        *([f"rm -f {shlex.quote(config_file)}"] if config_file else []),
+        "exit $status",
+    ]
+    return "\n".join(lines)
+
+
+def secrets_text(request_env: dict[str, str]) -> str:
+    """What the job must have that may not be in a script: the submitter's secret variables (W&B, HF), the W&B key
+    from ~/.netrc, and the values of secret overrides (`${oc.env:NEMOTRON_SECRET_OVERRIDE_n}`)."""
+    env = {k: os.environ[k] for k in secrets.secret_env_names()}
+    key = wandb_export.api_key()
+    if key and "WANDB_API_KEY" not in env:
+        env["WANDB_API_KEY"] = key
+    env.update(request_env)
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def submit(request: EvalRequest, profile: Profile, prefect_api: str | None,
+           say: Callable[[str], None] = print) -> Submitted:
+    """Ship, build (once), submit; returns at once with the job id."""
+    if not cluster.is_slurm(profile) or not profile.remote_job_dir:
+        raise ConfigError(f"--batch {profile.name} without a Prefect deployment runs the evaluation as a Slurm job: "
+                          "the profile needs executor = \"slurm\" and a remote_job_dir (the cluster's shared folder)")
+    home = cluster.nemorun_home(profile)
+    run = cluster.nemo_run(home)
+    target = cluster.flow_target(run, profile, home, packager=run.PatternPackager(
+        include_pattern=[str(PROJECT / f) for f in SHIPPED], relative_path=[str(PROJECT)] * len(SHIPPED)))
+    cluster.connect(target, profile)
+    environment, built = build_environment(target, profile, say)
+    config_file = None
+    if request.config.endswith((".yaml", ".yml")):  # a file of this machine: its text goes as a private file
+        config_file = cluster.write_private(target, profile, Path(request.config).expanduser().read_text(),
+                                            suffix=".yaml")
+    hidden = {k: v for k, v in os.environ.items() if k.startswith("NEMOTRON_SECRET_OVERRIDE_")}  # cli.hidden_overrides
+    secrets_file = cluster.write_private(target, profile, secrets_text(hidden))
+    script = job_script(request, profile, environment, secrets_file, prefect_api, config_file)
+    with cluster.logging_kept():
+        exp = run.Experiment("nano3-eval", executor=target.executor, log_level="WARN", clean_mode=True,
+                             enable_goodbye_message=False, skip_status_at_exit=True)
+        with exp:
+            exp.add(run.Script(inline=script), name=JOB_NAME)
+            with contextlib.redirect_stdout(io.StringIO()):  # its console: "Connecting to ...", the sbatch line
+                exp.run(detach=True)
+            job = exp.jobs[0]
+            job_id = str(job.handle).rsplit("/", 1)[-1]
+            job_dir = os.path.join(job.executor.tunnel.job_dir, Path(job.executor.job_dir).name)  # on the cluster
+    output_dir = _output_dir(request, profile)
+    save(job_id, profile=profile.name, experiment_id=exp._id, job_dir=job_dir, nemorun_home=home,
+         output_dir=output_dir, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return Submitted(job_id, job_dir, output_dir, environment, built)
+
+
+def _output_dir(request: EvalRequest, profile: Profile) -> str:
+    """Where the job writes: evaluation.output_dir as the job resolves it (relative: under remote_job_dir)."""
+    from nemotron.config import load_config
+
+    given = os.path.expanduser(load_config(request.config, request.overrides).evaluation.output_dir)
+    return given if given.startswith("/") else f"{profile.remote_job_dir.rstrip('/')}/{given}"
+
+
+# --- the local record of submitted jobs, and what `eval status|logs JOB` read through the tunnel ---------------
+
+def record_dir() -> Path:
+    return runtime.home() / "detached"
+
+
+def save(job_id: str, **fields: Any) -> None:
+    record_dir().mkdir(parents=True, exist_ok=True)
+    results.write_atomic(record_dir() / f"{job_id}.json", json.dumps({"job_id": job_id, **fields}, indent=2))
+
+
+def load(job_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((record_dir() / f"{job_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def report(record: dict[str, Any], logs: bool = False) -> str:
+    """The job's Slurm state, its flow's run record, the server job, and the scores once results.json is there."""
+    profile = profiles.load_profile(record["profile"])
+    job_id = record["job_id"]
+    with cluster.login_shell(profile) if cluster.is_remote(profile) else cluster.local_shell() as sh:
+        state = sh.sh(f"sacct -n -X -P -j {job_id} -o State 2>/dev/null | head -1", check=False).strip() \
+            or sh.sh(f"squeue -h -j {job_id} -o %T", check=False).strip() or "UNKNOWN"
+        lines = [f"job {job_id} on {profile.name} (Slurm): {state}", f"job folder: {record['job_dir']} (cluster)"]
+        if state == "PENDING":
+            lines[0] += f" ({sh.sh(f'squeue -h -j {job_id} -o %r', check=False).strip()})"
+        run = _read_json(sh, f"{record['job_dir']}/run.json")
+        if run:
+            lines.append(f"flow run: {run.get('name')} ({run.get('flow_run_id')})")
+            if run.get("server"):
+                server = run["server"]
+                lines.append(f"server job: {server.get('job_id')} ({server.get('state', 'running or starting')})")
+            lines.append(f"results: {run.get('run_dir')} (cluster)")
+            path = f"{run.get('run_dir')}/results.json"
+            if summary := _read_json(sh, path):
+                lines += ["", results.render_table(results.summary_from_doc(summary, path))]
+        else:
+            lines.append("flow: not started yet (the job is queued or starting)")
+        if logs:
+            q = shlex.quote(record["job_dir"])
+            lines += ["", "job log (last 60 lines):",
+                      sh.sh(f"f=$(ls -t {q}/log-*.out 2>/dev/null | head -1); tail -n 60 \"${{f:-/dev/null}}\"",
+                            check=False).rstrip() or "(no log yet)"]
+    return secrets.mask("\n".join(lines))
+
+
+def _read_json(sh: cluster.Target, path: str) -> dict[str, Any] | None:
+    text = sh.sh(f"cat {shlex.quote(path)} 2>/dev/null", check=False)
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
+
+
+def main(argv: list[str]) -> int:
+    """The job's entry point: the CLI, with Slurm's SIGTERM (scancel, time limit) acting as Ctrl-C, so the flow
+    tears its server job down as it does when interrupted."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from nemotron.cli import main as cli
+
+    return cli(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
