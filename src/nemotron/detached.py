@@ -117,10 +117,9 @@ def job_script(request: EvalRequest, profile: Profile, environment: str, secrets
         'NEMO_EVALUATOR_TELEMETRY_LEVEL=0',
         *([f"export PREFECT_API_URL={shlex.quote(prefect_api)}"] if prefect_api else []),
         f"cd {shlex.quote(profile.remote_job_dir)}",
-        "python -m nemotron.detached " + " ".join(map(shlex.quote, args)),
-        "status=$?",
-        *([f"rm -f {shlex.quote(config_file)}"] if config_file else []),
-        "exit $status",
+        # exec: the flow is the step's process, which Slurm signals and, after KillWait, kills with all it started
+        "exec python -m nemotron.detached " + " ".join(map(shlex.quote, [
+            *(["--remove", config_file] if config_file else []), *args])),
     ]
     return "\n".join(lines)
 
@@ -237,11 +236,16 @@ def _read_json(sh: cluster.Target, path: str) -> dict[str, Any] | None:
 
 def main(argv: list[str]) -> int:
     """The job's entry point: the CLI, with Slurm's SIGTERM (scancel, time limit) acting as Ctrl-C, so the flow
-    tears its server job down as it does when interrupted."""
+    tears its server job down as it does when interrupted. `--remove FILE`: a private file to delete at the end."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     from nemotron.cli import main as cli
 
-    return cli(argv)
+    remove = argv[1] if argv[:1] == ["--remove"] else None
+    try:
+        return cli(argv[2:] if remove else argv)
+    finally:
+        if remove:
+            Path(remove).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
