@@ -172,6 +172,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     # 1. the config (a deployment run's overrides are data: checked), the model resolved (W&B artifacts: here)
     try:
         cfg = request.load(trusted=_trusted())
+        profile = profile or cfg.run.profile  # a run that names none serves where the config (the worker) says
         where = profiles.load_profile(profile) if profile else None
         secrets.remember_config([cfg.model_dump(mode="json"), where.model_dump() if where else None])
         model = models.resolve(models.parse(cfg), say, local=not cluster.is_slurm(where))

@@ -149,3 +149,17 @@ def test_dry_run_masks_secret_values_not_words_that_contain_token(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tokenizer: /my/tokenizer" in r.stdout and "hf_dryrunsecret42" not in r.stdout
     assert "--served-model-name *** " in r.stdout and "model_id: ***" in r.stdout
+
+
+def test_a_run_that_names_no_profile_serves_where_run_profile_says(tmp_path):
+    """Issue 15: the default profile (run.profile, from NEMOTRON_PROFILE: the worker's setting) applies to runs that
+    name none; --run still wins."""
+    env = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml"), "NEMOTRON_PROFILE": "local-slurm"}
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", f"evaluation.output_dir={tmp_path}", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "where: local-slurm (Slurm, tunnel local)" in r.stdout and "#SBATCH --partition=batch" in r.stdout
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--run", "local-slurm-ssh", env=env)
+    assert "where: local-slurm-ssh (Slurm, tunnel ssh)" in r.stdout
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", env={**env, "NEMOTRON_PROFILE": "nope"})
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown profile 'nope' in ")
+

@@ -51,7 +51,8 @@ def worker(deployment, tmp_path_factory):
     artifacts = {"YOUR-TEAM/nemotron/nano3-sft-model:latest": SFT}
     # where results go is the worker's setting (runs started through Prefect may not redirect writes)
     env = {**os.environ, **ENV, **fake_wandb_api.subprocess_env(tmp, artifacts), "HF_HOME": str(hf_home()),
-           "WANDB_MODE": "offline", "NEMOTRON_OUTPUT_DIR": str(tmp / "results")}
+           "WANDB_MODE": "offline", "NEMOTRON_OUTPUT_DIR": str(tmp / "results"),
+           "NEMOTRON_PROFILE": "local-slurm-ssh"}  # runs that name no profile serve on the cluster (issue 15)
     with open(tmp / "worker.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "2"],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -122,7 +123,7 @@ def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker
     The same evaluation is started twice at once (issue 14: a trigger and a user, say): one server
     launch, and both runs Completed with the same scores."""
     out = worker / "results"
-    params = ("model=sft:latest", 'tasks=["hellaswag", "gsm8k"]', "config=local", "profile=local-slurm-ssh",
+    params = ("model=sft:latest", 'tasks=["hellaswag", "gsm8k"]', "config=local",  # no profile: the worker's
               "overrides=" + json.dumps(["evaluation.nemo_evaluator_config.config.params.limit_samples=1",
                                          "evaluation.nemo_evaluator_config.config.params.max_new_tokens=32"]))
     ids = [start_run(*params), start_run(*params)]
@@ -154,6 +155,7 @@ def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker
     assert (summary.parent / "server.log").read_text().count("Application startup complete") == 1
     assert not squeue() and sacct_state(server["job_id"]) == "CANCELLED"  # torn down, not left to time out
     manifest = json.loads((summary.parent / "manifest.json").read_text())
+    assert manifest["profile"] == "local-slurm-ssh"  # the worker's default (NEMOTRON_PROFILE), named in no parameter
     assert manifest["model"]["resolved"] == "YOUR-TEAM/nemotron/nano3-sft-model:v2"  # resolved on the worker
     assert f"--model {CHECKPOINT} " in manifest["server"]["command"]  # served in place, not downloaded
 

@@ -96,11 +96,11 @@ def evaluate(args: argparse.Namespace) -> int:
     # env.toml, and the run is checked as anything arriving through Prefect is); else it goes to the cluster itself
     route = batch_route() if args.batch and not args.dry_run else None
     to_prefect = route is not None and route.deployment
-    profile = profiles.load_profile(name) if name and not to_prefect else None
     if to_prefect:  # refused here as the worker would refuse it, before resolving
         cfg = EvalRequest.checked(config=args.config, overrides=args.overrides).load(trusted=False)
     else:
         cfg = load_config(args.config, args.overrides)
+    profile = profiles.load_profile(name or cfg.run.profile) if (name or cfg.run.profile) and not to_prefect else None
     secrets.remember_config([cfg.model_dump(mode="json"), profile.model_dump() if profile else None])
     if args.force_squash and not cluster.image_for(cfg.deployment, profile) and not to_prefect:
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "

@@ -50,6 +50,9 @@ class RunSection(Strict):
         default_factory=lambda: dict(STAGE_ARTIFACTS),
         description="Stage alias → model artifact name: run.model=rl:v2 means <artifacts.rl>:v2.",
     )
+    profile: str | None = Field(
+        None, description="The env.toml profile of runs that name none (no --run; a deployment run or a W&B trigger "
+        "without a profile parameter): the model is served there. null = this machine.")
 
 
 class DeploymentSection(Strict):
