@@ -41,7 +41,11 @@ def deployment():
     r = prefect("--no-prompt", "deploy", "--all")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     with get_client(sync_client=True) as client:
-        return client.read_deployment_by_name(DEPLOYMENT)
+        found = client.read_deployment_by_name(DEPLOYMENT)
+    yield found
+    with get_client(sync_client=True) as client:  # the session's server as it was: other tests submit without one
+        for d in client.read_deployments():
+            client.delete_deployment(d.id)
 
 
 @pytest.fixture(scope="module")

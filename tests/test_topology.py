@@ -16,8 +16,11 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter
 
 from tests.helpers import REPO, hf_home, squeue
 
@@ -156,13 +159,34 @@ def test_batch_without_prefect_runs_the_whole_evaluation_in_the_cluster(tmp_path
     run_dir = re.search(r"^results: (\S+) \(cluster\)", status.stdout, re.M).group(1)
     assert run_dir.startswith(f"{checkpoint.parent}/results/") and Path(run_dir, "results.json").is_file()
 
-    again = cli(*args, env=no_prefect(tmp_path))
+    # again, now with a Prefect server that has no nano3-eval deployment (the test session's): the job reports there
+    api = os.environ["PREFECT_API_URL"]
+    again = cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert re.search(r"environment: \S+ \(reused\)", again.stdout), again.stdout
+    assert again.stdout.startswith(f"no deployment nano3-eval/nano3-eval with its work pool on {api}: the evaluation "
+                                   "goes to the cluster itself"), again.stdout
+    assert re.search(r"environment: \S+ \(reused\)", again.stdout) and f"reports to the Prefect API at {api}" in \
+        again.stdout, again.stdout
     second = re.search(r"submitted Slurm job (\d+)", again.stdout).group(1)
     wait_until_the_queue_is_empty()
-    logs = cli("logs", second, env=no_prefect(tmp_path))
+    logs = cli("logs", second)
     assert logs.returncode == 0, logs.stderr
     assert f"job {second} on local-slurm-ssh (Slurm): COMPLETED" in logs.stdout
     assert "nothing to serve" in logs.stdout and "[serve] submitting" not in logs.stdout, logs.stdout[-3000:]
     assert scores(logs.stdout) == got  # the same results, reused
+    flow_run = re.search(r"^flow run: \S+ \(([0-9a-f-]{36})\)", logs.stdout, re.M).group(1)
+    with get_client(sync_client=True) as client:  # in the Prefect UI as any run: state, tags, reused tasks
+        run = client.read_flow_run(UUID(flow_run))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
+    assert run.state.is_completed() and f"model:{checkpoint}" in run.tags
+    assert sorted((t.name, t.state.name) for t in tasks if "reused" in t.tags) == [("gsm8k", "Completed"),
+                                                                                  ("hellaswag", "Completed")]
+
+
+@pytest.fixture(autouse=True)
+def no_deployment():
+    """--batch goes to the cluster when the Prefect server has no nano3-eval deployment: make sure this one has none."""
+    with get_client(sync_client=True) as client:
+        for d in client.read_deployments():
+            if d.name == "nano3-eval":
+                client.delete_deployment(d.id)
