@@ -1,0 +1,59 @@
+"""The detached job's script and env.toml (nemotron.detached), without submitting: the real submission is
+tests/test_topology.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from nemotron import detached, profiles, secrets
+from nemotron.request import EvalRequest
+from tests.helpers import REPO, nemotron
+
+ENV_FILE = REPO / "config" / "env.example.toml"
+
+
+@pytest.fixture
+def ssh_profile(monkeypatch):
+    monkeypatch.setenv("NEMOTRON_ENV_FILE", str(ENV_FILE))
+    return profiles.load_profile("local-slurm-ssh")
+
+
+def test_the_job_script_holds_no_secret_and_runs_the_flow_with_the_profile_inside_the_cluster(ssh_profile,
+                                                                                             monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-detached-0123456789")
+    monkeypatch.setenv("HF_TOKEN", "hf_detachedToken42")
+    hidden = secrets.hidden_overrides(["deployment.env.SERVICE_PASSWORD=pw-detached-literal", "run.model=/ckpt/a"])
+    monkeypatch.setenv("NEMOTRON_SECRET_OVERRIDE_0", "pw-detached-literal")  # removed again after the test
+    request = EvalRequest.checked(tasks=["gsm8k"], config="local", profile="local-slurm-ssh", overrides=hidden)
+    script = detached.job_script(request, ssh_profile, "/cluster/envs/abc", "/cluster/.secrets/x.env", None, None)
+    for value in ("wandb-detached-0123456789", "hf_detachedToken42", "pw-detached-literal"):
+        assert value not in script
+    unset, sourced = script.index("unset HF_TOKEN NEMOTRON_SECRET_OVERRIDE_0 WANDB_API_KEY\n"), \
+        script.index(". /cluster/.secrets/x.env; set +a; rm -f /cluster/.secrets/x.env")
+    assert unset < sourced  # inherited values go, the job's own come from the private file
+    assert script.splitlines()[-1] == (
+        "exec python -m nemotron.detached nano3 eval -c local -t gsm8k --run local-slurm-ssh "
+        "'deployment.env.SERVICE_PASSWORD=${oc.env:NEMOTRON_SECRET_OVERRIDE_0}' run.model=/ckpt/a")
+    assert "cd /var/tmp/nemotron-login/jobs" in script  # a relative output_dir lands on the cluster's disk
+    # the values travel in the private file instead
+    text = detached.secrets_text({"NEMOTRON_SECRET_OVERRIDE_0": "pw-detached-literal"})
+    assert "WANDB_API_KEY=wandb-detached-0123456789\n" in text
+    assert "NEMOTRON_SECRET_OVERRIDE_0=pw-detached-literal\n" in text
+
+    # the env.toml it writes is this profile as seen inside the cluster: tunnel local, no login node
+    toml = re.search(r"<<'(NEMOTRON_ENV_\w+)'\n(.*)\n\1\n", script, re.S).group(2)
+    (tmp_path / "env.toml").write_text(toml)
+    inside = profiles.load_profile("local-slurm-ssh", tmp_path / "env.toml")
+    assert inside == ssh_profile.model_copy(update={"tunnel": "local", "host": None, "user": None, "identity": None})
+    assert profiles.wandb_settings(tmp_path / "env.toml") == profiles.wandb_settings(ENV_FILE)
+
+
+def test_batch_to_a_cluster_needs_a_slurm_profile_with_a_job_folder(tmp_path):
+    """No Prefect deployment and a profile with no remote_job_dir: one line, exit 2, nothing submitted."""
+    r = nemotron("nano3", "eval", "-c", "local", "--batch", "local-slurm", "-t", "gsm8k",
+                 env={"NEMOTRON_ENV_FILE": str(ENV_FILE), "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path)})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error: --batch local-slurm without a Prefect deployment runs the evaluation as a "
+                               "Slurm job: the profile needs") and r.stderr.count("\n") == 1
