@@ -32,14 +32,28 @@ from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_shell import ShellOperation
 
-from nemotron import benchmarks, cluster, gate, models, profiles, results, runs, runtime, secrets, serving, wandb_export
+from nemotron import (
+    benchmarks,
+    cluster,
+    endpoints,
+    engines,
+    gate,
+    models,
+    profiles,
+    results,
+    runs,
+    runtime,
+    secrets,
+    serving,
+    wandb_export,
+)
 from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import validate
+from nemotron.endpoints import Endpoint
 from nemotron.errors import ConfigError
 from nemotron.profiles import Profile
 from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
 from nemotron.results import BenchmarkResult, Previous, SuiteResult
-from nemotron.serving import Endpoint
 
 
 def retry_if_infrastructure(task, task_run, state) -> bool:
@@ -175,11 +189,15 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         profile = profile or cfg.run.profile  # a run that names none serves where the config (the worker) says
         where = profiles.load_profile(profile) if profile else None
         secrets.remember_config([cfg.model_dump(mode="json"), where.model_dump() if where else None])
+        secrets.remember(engines.api_key(cfg.deployment))  # a running endpoint's key: masked wherever it appears
         model = models.resolve(models.parse(cfg), say, local=not cluster.is_slurm(where))
         tokenizer = None
-        if cluster.is_remote(where):  # the checkpoint is on the cluster's disk: measured and its tokenizer copied there
-            tree, tokenizer = cluster.remote_checkpoint(where, model.path, say)
+        on_cluster_disk = cluster.is_remote(where) and engines.launches(cfg.deployment) and model.kind != "hf"
+        if on_cluster_disk:  # the checkpoint is measured there, its tokenizer copied here
+            tree, tokenizer = cluster.remote_checkpoint(
+                where, model.path, engines.tokenizer(cfg.deployment, model.path), say)
             model = replace(model, tree=tree)
+        identity = engines.identity(cfg.deployment, model.identity)
     except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
         log.error("%s", e)
         return Failed(message=secrets.mask(str(e)), data=e)
@@ -195,10 +213,10 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
 
     # 2. plan: registry lookup, harness configs, offline data check; what an earlier run already finished
     store = Path(os.path.expanduser(ev.output_dir)).resolve() / "benchmarks"
-    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, model.identity, store, hf_home,
+    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, identity, store, hf_home,
                             tokenizer)
     benchmarks.link_into(run_dir, plans)
-    eval_id = wandb_export.evaluation_id(model.identity, [
+    eval_id = wandb_export.evaluation_id(identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
     progress = create_progress_artifact(0.0, key="nano3-eval-progress", description="benchmarks finished")
@@ -236,16 +254,17 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
             with stop_when_cancelled(run_id), tags(*model.tags), \
                     serving.serve(dep, model.path, run_dir, say, profile=where,
                                   detached=deployment.id is not None,  # a deployment run is a batch run
-                                  on_record=lambda job: runs.save(run_id, server=job)) as server, \
-                    serving.watch_health(server.endpoint.base_url, cfg.deployment.health_interval) as died:
+                                  on_record=lambda job: runs.save(run_id, server=job), revision=model.revision,
+                                  offline=cfg.offline or model.kind != "hf") as server, \
+                    endpoints.watch_health(server.endpoint, cfg.deployment.health_interval) as died:
                 for warning in benchmarks.verify_capabilities(todo, server.endpoint):
                     log.warning("%s", warning)
-                budget, source = gate.budget_for(server.endpoint.base_url, ev.in_flight)
+                budget, source = gate.budget_for(server.endpoint.base_url, ev.in_flight, server.endpoint.headers())
                 say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")
                 sending = [p.sending(budget) for p in todo]
-                with gate.open_gate(server.endpoint.base_url, budget) as g:
+                with gate.open_gate(server.endpoint.base_url, budget, server.endpoint.headers()) as g:
                     manifest = results.write_manifest(run_dir, {**facts, "server": {
-                        "command": serving.server_spec(cfg.deployment, model.path).command, "launches": launches,
+                        "command": server.job.spec.command if server.job else None, "launches": launches,
                         "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
                         "in_flight_budget": budget,
                         "run_configs": {p.name: p.run_config(g.route(server.endpoint, p.name)) for p in sending}}})
@@ -342,7 +361,8 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.
         future = next(as_completed(list(running)))
         bench = running.pop(future)
         outcome = _outcome(future, bench, time.monotonic() - started)
-        if outcome.failure == "infrastructure" and (died.is_set() or not serving.healthy(endpoint.base_url)):
+        if outcome.failure == "infrastructure" and (died.is_set() or not endpoints.healthy(endpoint.health_url,
+                                                                                         endpoint.headers())):
             died.set()
             lost[bench.name] = outcome
         else:

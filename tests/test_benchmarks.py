@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from nemotron import benchmarks, serving
+from nemotron import benchmarks, endpoints
 from nemotron.config import load_config
+from nemotron.endpoints import Endpoint, free_port
 from nemotron.errors import BenchmarkError, ConfigError
 from nemotron.results import BenchmarkResult, Score
-from nemotron.serving import Endpoint, free_port
 from tests.helpers import FAKE, SHARED_HF_HOME
 
 MODEL = "/models/m"
@@ -92,7 +92,7 @@ def test_capabilities_are_probed_once_per_suite(tmp_path):
                                 stdout=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
-            while not serving.healthy(url):
+            while not endpoints.healthy(url + "/health"):
                 time.sleep(0.1)
             warnings = benchmarks.verify_capabilities(plans, Endpoint(url, "fake"))
         finally:

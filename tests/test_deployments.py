@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter
 
 from nemotron import artifact_events, runtime
-from nemotron.serving import free_port
+from nemotron.endpoints import free_port
 from tests import fake_wandb_api, wandb_offline
 from tests.helpers import REPO, hf_home, nemotron, sacct_state, squeue
 

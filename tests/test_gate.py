@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from nemotron import gate, serving
-from nemotron.serving import free_port
+from nemotron import endpoints, gate
+from nemotron.endpoints import free_port
 from tests.helpers import FAKE
 
 METRICS = """# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
@@ -111,7 +111,7 @@ def never_answering_upstream():
     proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--delay", "600"],
                             stdout=subprocess.DEVNULL)
     try:
-        while not serving.healthy(f"http://127.0.0.1:{port}"):
+        while not endpoints.healthy(f"http://127.0.0.1:{port}/health"):
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -15,7 +15,7 @@ def test_secret_names(name):
 
 
 @pytest.mark.parametrize("name", ["tokenizer", "tokenizer_backend", "max_new_tokens", "SORT_KEY", "HF_HOME",
-                                  "PATH", "served_model_name", "SSH_AUTH_SOCK"])
+                                  "PATH", "served_model_name", "SSH_AUTH_SOCK", "api_key_env", "TOKEN_FILE"])
 def test_words_that_merely_contain_token_or_key_are_not_secrets(name):
     assert not secrets.is_secret_name(name)
 

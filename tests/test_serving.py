@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nemotron import serving
+from nemotron import endpoints, serving
 from nemotron.config import load_config
 from nemotron.errors import ServeError
 
@@ -99,7 +99,7 @@ def test_job_that_ends_before_healthy_fails_fast_with_its_log_tail(tmp_path, mon
 
 def test_queue_time_does_not_count_but_startup_does(tmp_path, monkeypatch):
     monkeypatch.setattr(serving, "STATE_POLL_SECONDS", 0.5)
-    job = FakeJob(tmp_path, ["PENDING"] * 10 + ["RUNNING"], endpoint=f"http://127.0.0.1:{serving.free_port()}",
+    job = FakeJob(tmp_path, ["PENDING"] * 10 + ["RUNNING"], endpoint=f"http://127.0.0.1:{endpoints.free_port()}",
                   log="still loading weights\n")
     start = time.monotonic()
     with pytest.raises(ServeError, match=r"(?s)not healthy after 3 s.*still loading weights"):

@@ -37,11 +37,12 @@ import anyio
 import httpx
 import yaml
 
-from nemotron import registry, results, secrets
+from nemotron import engines, registry, results, secrets
 from nemotron.config import EvalConfig, TaskSpec
+from nemotron.endpoints import Endpoint, free_port, healthy
 from nemotron.errors import BenchmarkError, ConfigError
 from nemotron.results import BenchmarkResult, parse_output_dir
-from nemotron.serving import Endpoint, free_port, healthy, log_tail
+from nemotron.serving import log_tail
 
 KILL_GRACE_SECONDS = 10.0
 INTERRUPTED_MARKER = ".nemo_evaluator_interrupted"
@@ -158,7 +159,8 @@ def plan(
         params = deep_merge(params, spec.nemo_evaluator_config.config.params.model_dump(exclude_none=True))
         if info.needs_logprobs and not params.get("extra", {}).get("tokenizer"):
             # log-likelihood tasks score continuations client-side: they need the model's tokenizer
-            params = deep_merge(params, {"extra": {"tokenizer": model_path, "tokenizer_backend": "huggingface"}})
+            own = engines.tokenizer(cfg.deployment, model_path)
+            params = deep_merge(params, {"extra": {"tokenizer": own, "tokenizer_backend": "huggingface"}})
             key = result_key(model_identity, info.qualified, params)
             if tokenizer:
                 params = deep_merge(params, {"extra": {"tokenizer": tokenizer}})
@@ -210,7 +212,7 @@ def verify_capabilities(plans: list[BenchmarkPlan], endpoint: Endpoint, timeout:
             users = [q.name for q in plans if cap in q.capabilities and q.endpoint_type == p.endpoint_type]
             payload = {**payloads[cap], "model": endpoint.model_id}
             try:
-                response = httpx.post(url, json=payload, timeout=timeout)
+                response = httpx.post(url, json=payload, headers=endpoint.headers(), timeout=timeout)
                 why = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
             except httpx.HTTPError as e:
                 why = f"{type(e).__name__}: {e}"
@@ -357,7 +359,7 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
         why = "was interrupted" if interrupted else f"exited with code {rc}"
         raise BenchmarkError(f"{bench.name}: nemo-evaluator {why} after {seconds:.0f} s ({kind} failure); "
                              f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}", kind,
-                             endpoint.base_url)
+                             endpoint.health_url)
     try:
         scores = parse_output_dir(bench.name, out)
     except ValueError as e:

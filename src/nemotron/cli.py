@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from nemotron import benchmarks, cluster, models, profiles, secrets, serving, wandb_export
+from nemotron import benchmarks, cluster, endpoints, engines, models, profiles, secrets, serving, wandb_export
 from nemotron.config import EvalConfig, load_config, validate
 from nemotron.errors import ConfigError, NemotronError
 from nemotron.request import EvalRequest
@@ -106,12 +106,14 @@ def evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--force-squash re-imports a container image on a cluster; it needs --run PROFILE with a "
                           "Slurm profile and deployment.image (or the profile's container_image)")
     cluster.check_resources(cfg.deployment, profile)
+    if not to_prefect:  # a running endpoint's key must be here (with --batch to Prefect, it is the worker's)
+        secrets.remember(engines.api_key(cfg.deployment))
     model = models.parse(cfg)  # syntax only: W&B artifacts are looked up in the flow
     # the offline data check is where the harnesses run: here, unless --batch sends them elsewhere
     hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home and not args.batch else None
     store = Path(os.path.expanduser(cfg.evaluation.output_dir)).resolve() / "benchmarks"
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
-                            model.identity, store, hf_home)
+                            engines.identity(cfg.deployment, model.identity), store, hf_home)
     if args.dry_run:
         print(render_plan(cfg, model, plans, profile, args.force_squash))
         return 0
@@ -141,19 +143,27 @@ def _without_parallelism(run_config: dict) -> dict:
 def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan],
                 profile: profiles.Profile | None = None, force_squash: bool = False) -> str:
     model_path = model.path or f"<{model.ref}>"
-    spec = serving.server_spec(cfg.deployment, model_path)
-    endpoint = serving.Endpoint("http://<node>:<port>", spec.model_id)
+    dep = cfg.deployment
+    if engines.launches(dep):
+        spec = serving.server_spec(dep, model_path)
+        endpoint = endpoints.Endpoint("http://<node>:<port>", spec.model_id, spec.health_path)
+        server = {"engine": dep.type, "where": f"{profile.name} (Slurm, tunnel {profile.tunnel})"
+                  if cluster.is_slurm(profile) else "this machine (NeMo-Run LocalExecutor)",
+                  "command": spec.command, "health": spec.health_path,
+                  "env": {**spec.env, **{k: secrets.MASK for k in spec.secret_env}},
+                  "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout}
+    else:
+        endpoint = endpoints.Endpoint(engines.external_url(dep.url), dep.served_model_name, engines.health_path(dep))
+        server = {"engine": "none", "where": f"the running endpoint {endpoint.base_url}: nothing is launched or "
+                  "stopped", "health": endpoint.health_url,
+                  "api_key": f"${dep.api_key_env} as a bearer token" if dep.api_key_env else None}
     doc = {
         "config": secrets.masked(cfg.model_dump(mode="json", exclude_none=True)),
         "plan": {
             "model": {"ref": model.ref, "kind": model.kind, **(
                 {"artifact": model.artifact, "checkpoint_path": "resolved in the flow through the W&B API"}
                 if model.kind == "wandb" else {"checkpoint_path": model.path})},
-            "server": {"where": f"{profile.name} (Slurm, tunnel {profile.tunnel})" if cluster.is_slurm(profile)
-                       else "this machine (NeMo-Run LocalExecutor)",
-                       "command": spec.command,
-                       "env": {**spec.env, **{k: secrets.MASK for k in spec.secret_env}},
-                       "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout},
+            "server": server,
             "in_flight": cfg.evaluation.in_flight or "sized from the server's KV cache once it is up",
             "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
                             "parallelism": p.max_parallelism or "the in-flight budget",
@@ -167,7 +177,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
         },
     }
     text = "# dry run: nothing was started\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000)
-    if profile is not None:  # NeMo-Run's own rendering of the job (imports NeMo-Run: ~3 s)
+    if profile is not None and engines.launches(dep):  # NeMo-Run's own rendering of the job (imports NeMo-Run: ~3 s)
         job = serving.preview(cfg.deployment, model_path, profile, force_squash)
         if "squash" in job:
             when = "always: --force-squash" if force_squash else "if missing"

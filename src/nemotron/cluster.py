@@ -67,15 +67,16 @@ def is_remote(profile: Profile | None) -> bool:
 
 
 def image_for(dep: DeploymentSection, profile: Profile | None) -> str | None:
-    """The server container: `deployment.image`, else the profile's container_image (Slurm only)."""
-    if not is_slurm(profile):
+    """The server container: `deployment.image`, else the profile's container_image (Slurm only; none for a
+    running endpoint)."""
+    if not is_slurm(profile) or dep.type == "none":
         return None
     return dep.image or profile.container_image
 
 
 def check_resources(dep: DeploymentSection, profile: Profile | None) -> None:
     """Refuse before submitting when the parallelism cannot fit the profile's GPUs."""
-    if not is_slurm(profile) or profile.gpus_per_node is None:
+    if not is_slurm(profile) or profile.gpus_per_node is None or dep.type == "none":
         return
     need = dep.tensor_parallel_size * dep.data_parallel_size
     have = profile.gpus_per_node * profile.nodes
@@ -240,20 +241,23 @@ TOKENIZER_FILES = re.compile(r"tokenizer.*|vocab\..*|merges\.txt|special_tokens_
                              r"(generation_)?config\.json|chat_template.*|.*\.tiktoken|.*\.model")
 
 
-def remote_checkpoint(profile: Profile, path: str, say: Callable[[str], None]) -> tuple[tuple[int, int], str | None]:
+def remote_checkpoint(profile: Profile, path: str, tokenizer: str,
+                      say: Callable[[str], None]) -> tuple[tuple[int, int], str | None]:
     """A checkpoint on the cluster's disk, seen through the login node: its tree's (newest mtime, size) for the
-    result key, and a local copy of its tokenizer files for the log-likelihood tasks (which tokenize here),
-    cached by path and identity. ConfigError if the cluster has no such checkpoint."""
+    result key, and a local copy of its tokenizer files (in `tokenizer`: the checkpoint, or a folder in it) for the
+    log-likelihood tasks (which tokenize here), cached by path and identity. ConfigError if the cluster has no
+    such checkpoint."""
     with login_shell(profile) as login:
         listing = shell(login.tunnel, models.tree_stat_command(path))
         if not listing.ok or not listing.stdout.strip():
             raise ConfigError(f"checkpoint {path} does not exist on the cluster (profile {profile.name!r}, "
                               f"{profile.user}@{profile.host}): {listing.stderr.strip() or 'no files'}")
         tree = models.parse_tree_stat(listing.stdout)
-        names = [n for n in login.sh(f"ls -1p {shlex.quote(path)}").splitlines() if TOKENIZER_FILES.fullmatch(n)]
+        names = [n for n in login.sh(f"ls -1p {shlex.quote(tokenizer)} 2>/dev/null", check=False).splitlines()
+                 if TOKENIZER_FILES.fullmatch(n)]
         if not names:
-            say(f"checkpoint {path} on the cluster has no tokenizer files at its top level: log-likelihood tasks "
-                "get its path as the tokenizer (set params.extra.tokenizer to a local copy if they fail)")
+            say(f"{tokenizer} on the cluster has no tokenizer files: log-likelihood tasks get that path as the "
+                "tokenizer (set params.extra.tokenizer to a local copy if they fail)")
             return tree, None
         key = hashlib.sha256(f"{profile.host}:{path}@{tree}".encode()).hexdigest()[:16]
         dest = runtime.home() / "tokenizers" / f"{os.path.basename(path.rstrip('/'))}-{key}"
@@ -261,7 +265,7 @@ def remote_checkpoint(profile: Profile, path: str, say: Callable[[str], None]) -
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = Path(tempfile.mkdtemp(prefix=f"{dest.name}.", dir=dest.parent))
             for name in names:
-                login.tunnel.get(f"{path.rstrip('/')}/{name}", str(part / name))
+                login.tunnel.get(f"{tokenizer.rstrip('/')}/{name}", str(part / name))
             (part / ".complete").write_text(f"{profile.host}:{path}@{tree}\n")
             with contextlib.suppress(OSError):  # another run copied it first: theirs is the same
                 part.rename(dest)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nemotron.errors import ConfigError
 from nemotron.profiles import wandb_settings
@@ -56,10 +56,21 @@ class RunSection(Strict):
 
 
 class DeploymentSection(Strict):
-    type: Literal["vllm"] = Field("vllm", description="Serving engine.")
+    type: Literal["vllm", "sglang", "generic", "none"] = Field(
+        "vllm", description="Serving engine: vllm, sglang, generic (a command template), none (a running endpoint).")
     checkpoint_path: str | None = Field(None, description="Serve this path; skips model resolution.")
     served_model_name: str = Field("nano3", description="Model id the endpoint answers to.")
-    command: str = Field("vllm serve", description="Server entry point; args are appended.")
+    command: str | None = Field(
+        None, description="Server entry point; args are appended (null: `vllm serve`, `python -m "
+        "sglang.launch_server`). generic: the whole command, with {checkpoint}, {port}, {served_model_name}, {host}, "
+        "{tensor_parallel_size}, {data_parallel_size}.")
+    health_path: str | None = Field(None, description="The path that answers 200 once the server is ready "
+                                    "(null: /health; /v1/models for type none).")
+    tokenizer: str | None = Field(None, description="The checkpoint's tokenizer, if not the checkpoint itself: a "
+                                  "template, e.g. {checkpoint}/tokenizer (Megatron).")
+    url: str | None = Field(None, description="type none: the running server's base URL, e.g. http://host:8000.")
+    api_key_env: str | None = Field(None, description="type none: the variable holding the endpoint's key (sent as "
+                                    "a bearer token, never logged).")
     venv: str | None = Field(
         None, description="A venv whose bin/ leads the server's PATH; 'managed' = the project's CPU venv."
     )
@@ -85,6 +96,13 @@ class DeploymentSection(Strict):
         2, ge=0, description="Relaunches of a server that died mid-suite (its unfinished benchmarks run again).")
     health_interval: float = Field(
         5, gt=0, description="Seconds between /health checks while benchmarks run; 3 misses in a row = died.")
+
+    @model_validator(mode="after")
+    def _engine_keys(self) -> DeploymentSection:
+        from nemotron import engines
+
+        engines.check(self)
+        return self
 
 
 class HarnessParams(Strict):

@@ -36,7 +36,7 @@ class BenchmarkError(NemotronError):
     def __init__(self, message: str, kind: str = "configuration", endpoint: str | None = None):
         super().__init__(message)
         self.kind = kind
-        self.endpoint = endpoint  # the server it ran against: a dead one is relaunched, not retried
+        self.endpoint = endpoint  # the health URL of the server it ran against: a dead one is relaunched, not retried
 
     def __reduce__(self):  # keep the fields through pickling (Prefect stores task exceptions)
         return type(self), (str(self), self.kind, self.endpoint)

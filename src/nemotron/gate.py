@@ -24,8 +24,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from nemotron.endpoints import Endpoint
 from nemotron.results import write_atomic
-from nemotron.serving import Endpoint
 
 FALLBACK_BUDGET = 32  # when the server publishes no KV-cache size (not vLLM, or no /metrics)
 TOKENS_PER_REQUEST = 1024  # a benchmark prompt plus its answer, roughly: what one request holds in the KV cache
@@ -50,13 +50,14 @@ def capacity(metrics: str) -> int | None:
     return sum(min(MAX_PER_ENGINE, max(1, t // TOKENS_PER_REQUEST)) for t in tokens)
 
 
-def budget_for(base_url: str, configured: int | None) -> tuple[int, str]:
+def budget_for(base_url: str, configured: int | None, headers: dict[str, str] | None = None) -> tuple[int, str]:
     """The in-flight budget and where it came from: the config's `evaluation.in_flight`, else the
     server's capacity, else a fallback."""
     if configured:
         return configured, "evaluation.in_flight"
     try:
-        with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(f"{base_url}/metrics", headers=headers or {}),
+                                    timeout=10) as r:
             found = capacity(r.read().decode(errors="replace"))
     except OSError:
         found = None
@@ -79,6 +80,7 @@ class Traffic:
 class Gate:
     upstream: str
     budget: int
+    upstream_headers: dict[str, str] = field(default_factory=dict, repr=False)  # the server's key: never recorded
     url: str = ""
     opened: float = field(default_factory=time.time)
     traffic: dict[str, Traffic] = field(default_factory=dict)
@@ -112,6 +114,7 @@ class Gate:
                        limit: asyncio.Semaphore) -> web.StreamResponse:
         name, rest = request.match_info["benchmark"], request.match_info["rest"]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        headers.update(self.upstream_headers)
         body = await request.read()
         target = f"{self.upstream}/{rest}" + (f"?{request.query_string}" if request.query_string else "")
         if request.method != "POST":  # model lists, health: not generation, not counted
@@ -170,9 +173,10 @@ class Gate:
 
 
 @contextlib.contextmanager
-def open_gate(upstream: str, budget: int) -> Iterator[Gate]:
-    """A gate in front of `upstream` for the duration of the block, on its own event loop thread."""
-    gate = Gate(upstream.rstrip("/"), budget)
+def open_gate(upstream: str, budget: int, headers: dict[str, str] | None = None) -> Iterator[Gate]:
+    """A gate in front of `upstream` for the duration of the block, on its own event loop thread; `headers` go
+    with every request it forwards (a running endpoint's key: the harnesses never hold it)."""
+    gate = Gate(upstream.rstrip("/"), budget, dict(headers or {}))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()

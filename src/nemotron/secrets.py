@@ -20,6 +20,7 @@ MASK = "***"
 MIN_LENGTH = 8  # shorter values are not credentials, and masking "1" or "true" everywhere would garble text
 _SECRET_WORDS = {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
 _KEY_QUALIFIERS = {"api", "access", "private", "secret", "signing", "encryption", "master", "license", "service"}
+_REFERENCE_WORDS = {"env", "var", "variable", "file", "path"}
 # environment a child process needs that is not a secret, whatever its name says
 _NOT_SECRET = {"SSH_AUTH_SOCK"}
 
@@ -33,6 +34,8 @@ def is_secret_name(name: str) -> bool:
     if name in _NOT_SECRET:
         return False
     words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if w]
+    if words and words[-1] in _REFERENCE_WORDS:  # `api_key_env`, `token_file`: where a secret is, not the secret
+        return False
     if any(w in _SECRET_WORDS for w in words):
         return True
     return any(w == "key" and i > 0 and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words))

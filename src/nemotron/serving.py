@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
-from nemotron import cluster, runtime, secrets
+from nemotron import cluster, endpoints, engines, runtime, secrets
 from nemotron.cluster import Target
 from nemotron.config import DeploymentSection
+from nemotron.endpoints import Endpoint, healthy
 from nemotron.errors import ServeError
 from nemotron.profiles import Profile
 from nemotron.results import write_atomic
@@ -42,22 +40,6 @@ FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """Where the benchmarks send requests."""
-
-    base_url: str  # http://host:port
-    model_id: str
-
-    @property
-    def completions_url(self) -> str:
-        return f"{self.base_url}/v1/completions"
-
-    @property
-    def chat_url(self) -> str:
-        return f"{self.base_url}/v1/chat/completions"
-
-
-@dataclass(frozen=True)
 class ServerSpec:
     """Everything needed to start the server; rendered for dry runs, launched by `serve()`."""
 
@@ -67,6 +49,7 @@ class ServerSpec:
     port: int  # 0: the job picks a free port on its node
     model_id: str
     startup_timeout: float
+    health_path: str = "/health"
     heartbeat_timeout: float = 300
     setup: tuple[str, ...] = ()  # shell lines before the server (profile startup_commands)
     queue_timeout: float | None = None  # seconds in the queue before giving up; None: no bound
@@ -82,32 +65,21 @@ def venv_dir(dep: DeploymentSection) -> Path | None:
 
 
 def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] = (), container: bool = False,
-                ) -> ServerSpec:
-    """The server command line and environment; the port is `$PORT`, fixed or picked by the job."""
-    args = [
-        "--model", model_path,
-        "--served-model-name", dep.served_model_name,
-        "--host", dep.host,
-        "--tensor-parallel-size", str(dep.tensor_parallel_size),
-        "--data-parallel-size", str(dep.data_parallel_size),
-    ]
-    command = " ".join([dep.command, *map(shlex.quote, args), '--port "$PORT"', dep.extra_args]).strip()
-    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+                revision: str | None = None, offline: bool = True) -> ServerSpec:
+    """The server command line (the engine's) and environment; the port is `$PORT`, fixed or picked by the job.
+    `offline`: the server may not reach the hub (a checkpoint on disk; a hub model read from the cache)."""
+    command = engines.command(dep, model_path, revision)
+    env = {**({"HF_HUB_OFFLINE": "1"} if offline else {}), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
            **{k: v for k, v in dep.env.items() if not secrets.is_secret_name(k)}}
     secret_env = {k: v for k, v in dep.env.items() if secrets.is_secret_name(k)}
-    venv = None if container else venv_dir(dep)  # a container brings its own vLLM
+    venv = None if container else venv_dir(dep)  # a container brings its own server
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
     # the server gets the secrets deployment.env names, not the ones the submitting process happens to hold
     unset = tuple(n for n in secrets.secret_env_names() if n not in secret_env)
     return ServerSpec(command, env, dep.host, dep.port, dep.served_model_name, dep.startup_timeout,
-                      dep.heartbeat_timeout, tuple(setup), dep.queue_timeout, dep.state_timeout, secret_env, unset)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+                      engines.health_path(dep), dep.heartbeat_timeout, tuple(setup), dep.queue_timeout,
+                      dep.state_timeout, secret_env, unset)
 
 
 def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
@@ -166,13 +138,6 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError:
         return f"(no log at {path})"
-
-
-def healthy(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/health", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class ServerJob:
@@ -241,7 +206,7 @@ class ServerHandle:
     """A healthy server: where to send requests, and which job serves them."""
 
     endpoint: Endpoint
-    job: ServerJob
+    job: ServerJob | None  # None: a server that already ran (deployment.type none)
 
 
 def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u) -> str:
@@ -289,7 +254,7 @@ def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str
             say(f"[serve] server at {found}" + (f", reached as {url}" if url != found else ""))
         if started is None and (state == "RUNNING" or url is not None):
             started = time.monotonic()
-        if url is not None and healthy(url):
+        if url is not None and healthy(url + spec.health_path):
             say(f"[serve] healthy after {time.monotonic() - started:.0f} s at {url}")
             return url
         if started is not None and time.monotonic() - started > spec.startup_timeout:
@@ -333,11 +298,17 @@ def serve(
     profile: Profile | None = None,
     detached: bool = False,
     on_record: Callable[[dict[str, str]], None] = lambda record: None,
+    revision: str | None = None,
+    offline: bool = True,
 ) -> Iterator[ServerHandle]:
     """Submit the server job, yield it once healthy, always cancel it.
 
     `on_record` gets the job's record (`ServerJob.describe()`) when it is submitted and, with its
-    final `state`, when it is stopped; `<run_dir>/server.json` holds the latest."""
+    final `state`, when it is stopped; `<run_dir>/server.json` holds the latest.
+    A running endpoint (deployment.type none) is waited for, not launched, and left running."""
+    if not engines.launches(dep):
+        yield ServerHandle(endpoints.running(dep, say), None)
+        return
     cluster.check_resources(dep, profile)
     home = cluster.nemorun_home(profile)
     run = cluster.nemo_run(home)  # heavy import: only when serving
@@ -349,7 +320,8 @@ def serve(
                          "import it first (cluster.squash_step), or give deployment.image=/path/to/image.sqsh")
     target = cluster.target_for(run, profile, dep, image, detached, home)
     cluster.connect(target, profile)
-    spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image))
+    spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image),
+                       revision=revision, offline=offline)
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = _experiment(run, dep, target)
     say(f"[serve] submitting {spec.command}" + (f" on {profile.name} (Slurm)" if target.slurm else " locally"))
@@ -369,7 +341,7 @@ def serve(
             stack.enter_context(_heartbeat(job, max(2.0, spec.heartbeat_timeout / 5)))
             opened = (lambda url: _forward(stack, target, url)) if target.ssh else (lambda url: url)
             url = wait_ready(job, say, opened)
-            yield ServerHandle(Endpoint(url, spec.model_id), job)
+            yield ServerHandle(Endpoint(url, spec.model_id, spec.health_path), job)
         finally:
             _stop(exp, job, run_dir, say, on_record)
 
@@ -466,28 +438,6 @@ def server_logs(run_dir: Path) -> list[Path]:
     while (path := _log_name(run_dir, len(logs) + 1)).exists():
         logs.append(path)
     return logs
-
-
-@contextlib.contextmanager
-def watch_health(base_url: str, interval: float, misses: int = 3) -> Iterator[threading.Event]:
-    """An event set once /health has failed `misses` times in a row: the server died (process
-    killed, job lost, node gone). Benchmarks notice too, as connection errors; this tells them apart
-    from a slow server."""
-    down, stop = threading.Event(), threading.Event()
-
-    def loop() -> None:
-        failed = 0
-        while not stop.wait(interval):
-            failed = 0 if healthy(base_url) else failed + 1
-            if failed >= misses:
-                down.set()
-                return
-
-    threading.Thread(target=loop, name="server-health", daemon=True).start()
-    try:
-        yield down
-    finally:
-        stop.set()
 
 
 def cancel_recorded(record: dict[str, str]) -> None:

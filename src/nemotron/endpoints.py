@@ -1,0 +1,99 @@
+"""Where benchmarks send requests, and whether the server there answers: the endpoint of a server we launched, or
+of one that already runs (deployment.type none)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from nemotron import engines
+from nemotron.config import DeploymentSection
+from nemotron.errors import ServeError
+
+POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the benchmarks send requests."""
+
+    base_url: str  # http://host:port
+    model_id: str
+    health_path: str = "/health"
+    api_key_env: str | None = None  # a running endpoint's key is in this variable: read when sending, never stored
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.base_url}{self.health_path}"
+
+    def headers(self) -> dict[str, str]:
+        """What every request to the server carries: its key as a bearer token, when it has one."""
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    @property
+    def completions_url(self) -> str:
+        return f"{self.base_url}/v1/completions"
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.base_url}/v1/chat/completions"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(url: str, headers: dict[str, str] | None = None) -> bool:
+    """The server's health URL answers 200."""
+    try:
+        return httpx.get(url, headers=headers, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def running(dep: DeploymentSection, say: Callable[[str], None]) -> Endpoint:
+    """deployment.type none: the server at deployment.url, once its health path answers (startup_timeout)."""
+    engines.api_key(dep)  # a key variable that is not set: refused before any request
+    endpoint = Endpoint(engines.external_url(dep.url), dep.served_model_name, engines.health_path(dep),
+                        dep.api_key_env)
+    say(f"[serve] the running endpoint {endpoint.base_url} (deployment.type none): nothing is launched or stopped")
+    deadline = time.monotonic() + dep.startup_timeout
+    while not healthy(endpoint.health_url, endpoint.headers()):
+        if time.monotonic() > deadline:
+            raise ServeError(f"the endpoint {endpoint.health_url} did not answer 200 within "
+                             f"{dep.startup_timeout:.0f} s (deployment.startup_timeout); check deployment.url, "
+                             "health_path and api_key_env")
+        time.sleep(POLL_SECONDS)
+    return endpoint
+
+
+@contextlib.contextmanager
+def watch_health(endpoint: Endpoint, interval: float, misses: int = 3) -> Iterator[threading.Event]:
+    """An event set once the health path has failed `misses` times in a row: the server died (process
+    killed, job lost, node gone). Benchmarks notice too, as connection errors; this tells them apart
+    from a slow server."""
+    down, stop = threading.Event(), threading.Event()
+
+    def loop() -> None:
+        failed = 0
+        while not stop.wait(interval):
+            failed = 0 if healthy(endpoint.health_url, endpoint.headers()) else failed + 1
+            if failed >= misses:
+                down.set()
+                return
+
+    threading.Thread(target=loop, name="server-health", daemon=True).start()
+    try:
+        yield down
+    finally:
+        stop.set()

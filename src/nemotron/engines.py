@@ -1,0 +1,115 @@
+"""What each serving engine runs: its command line, its health path, and where a running one answers.
+
+`deployment.type` picks one; `serving` owns the job's life (submit, wait, watch, cancel) for all of them:
+- `vllm`: `vllm serve` (or the config's entry point) with the model, parallelism and port;
+- `sglang`: `python -m sglang.launch_server` with the same settings in its own flags;
+- `generic`: any OpenAI-compatible server, from a command template with `{checkpoint}`, `{port}`,
+  `{served_model_name}`, `{host}`, `{tensor_parallel_size}` and `{data_parallel_size}` (config/megatron.yaml
+  serves a Megatron checkpoint with the Megatron in-framework Ray server this way);
+- `none`: a server that already runs at `deployment.url`; nothing is launched or stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from urllib.parse import urlsplit
+
+from nemotron.errors import ConfigError
+
+ENGINES = ("vllm", "sglang", "generic", "none")
+DEFAULT_COMMAND = {"vllm": "vllm serve", "sglang": "python -m sglang.launch_server"}
+DEFAULT_HEALTH = {"vllm": "/health", "sglang": "/health", "generic": "/health", "none": "/v1/models"}
+PLACEHOLDERS = ("checkpoint", "port", "served_model_name", "host", "tensor_parallel_size", "data_parallel_size")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+PORT = '"$PORT"'  # the job script picks the port (or sets the configured one) before it runs the command
+
+
+def check(dep) -> None:
+    """The keys each engine needs and refuses (DeploymentSection's validator); ConfigError names the key."""
+    if dep.type == "generic":
+        if not dep.command:
+            raise ConfigError("deployment.type=generic needs deployment.command: a command template with "
+                              f"{{port}} and {', '.join('{' + p + '}' for p in PLACEHOLDERS if p != 'port')}")
+        unknown = sorted({m for m in _PLACEHOLDER.findall(dep.command) if m not in PLACEHOLDERS})
+        if unknown:
+            raise ConfigError(f"deployment.command has the unknown placeholder {{{unknown[0]}}}; valid: "
+                              + ", ".join("{" + p + "}" for p in PLACEHOLDERS))
+        if "{port}" not in dep.command and not dep.port:
+            raise ConfigError("deployment.command must take the port the job picks ({port}), or set deployment.port")
+    if dep.type == "none":
+        if not dep.url:
+            raise ConfigError("deployment.type=none evaluates a server that already runs: set deployment.url, "
+                              "e.g. http://host:8000")
+        external_url(dep.url)
+    elif dep.url or dep.api_key_env:
+        key = "deployment.url" if dep.url else "deployment.api_key_env"
+        raise ConfigError(f"{key} is for deployment.type=none (a running endpoint); type {dep.type!r} launches "
+                          "its own server")
+    if dep.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dep.api_key_env):
+        raise ConfigError(f"deployment.api_key_env={dep.api_key_env!r} is not a variable name")
+
+
+def external_url(url: str) -> str:
+    """`http://host:8000`, `http://host:8000/v1` and `.../v1/` all mean the server's base URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"deployment.url={url!r} is not a server's base URL; valid: http(s)://host[:port][/path]")
+    base = url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def api_key(dep) -> str | None:
+    """The running endpoint's key, from the variable `deployment.api_key_env` names; ConfigError if it is unset."""
+    if not dep.api_key_env:
+        return None
+    value = os.environ.get(dep.api_key_env)
+    if not value:
+        raise ConfigError(f"deployment.api_key_env={dep.api_key_env} names a variable that is not set here; export "
+                          "it (the endpoint's key) or drop deployment.api_key_env")
+    return value
+
+
+def launches(dep) -> bool:
+    return dep.type != "none"
+
+
+def health_path(dep) -> str:
+    return dep.health_path or DEFAULT_HEALTH[dep.type]
+
+
+def command(dep, model_path: str, revision: str | None = None) -> str:
+    """The server's command line for `model_path` (a checkpoint folder or a hub id); the port is `$PORT`."""
+    if dep.type == "generic":
+        values = {"checkpoint": shlex.quote(model_path), "port": PORT, "host": shlex.quote(dep.host),
+                  "served_model_name": shlex.quote(dep.served_model_name),
+                  "tensor_parallel_size": str(dep.tensor_parallel_size),
+                  "data_parallel_size": str(dep.data_parallel_size)}
+        line = _PLACEHOLDER.sub(lambda m: values[m.group(1)], dep.command)
+        return " ".join([line, dep.extra_args]).strip()
+    if dep.type == "sglang":
+        args = ["--model-path", model_path, "--served-model-name", dep.served_model_name, "--host", dep.host,
+                "--tp-size", str(dep.tensor_parallel_size), "--dp-size", str(dep.data_parallel_size)]
+    else:
+        args = ["--model", model_path, "--served-model-name", dep.served_model_name, "--host", dep.host,
+                "--tensor-parallel-size", str(dep.tensor_parallel_size),
+                "--data-parallel-size", str(dep.data_parallel_size)]
+    if revision:
+        args += ["--revision", revision]
+    base = dep.command or DEFAULT_COMMAND[dep.type]
+    return " ".join([base, *map(shlex.quote, args), f"--port {PORT}", dep.extra_args]).strip()
+
+
+def identity(dep, model_identity: str) -> str:
+    """What the result key names as the model: a running endpoint also by where it is and what it calls the model
+    (the same reference served elsewhere may be another model)."""
+    if dep.type != "none":
+        return model_identity
+    return f"{model_identity} at {external_url(dep.url)} as {dep.served_model_name}"
+
+
+def tokenizer(dep, model_path: str) -> str:
+    """Where the checkpoint's tokenizer is (the log-likelihood tasks tokenize on the harness side): the checkpoint
+    itself, or `deployment.tokenizer` (a template: `{checkpoint}/tokenizer` for a Megatron checkpoint)."""
+    return dep.tokenizer.replace("{checkpoint}", model_path) if dep.tokenizer else model_path

@@ -1,0 +1,99 @@
+"""deployment.type: what each engine runs, the keys each needs, and what the dry run shows (no engine runs here;
+the real servers are in tests/test_engines_served.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemotron import endpoints, engines
+from nemotron.config import load_config
+from nemotron.errors import ConfigError
+from tests.helpers import REPO, nemotron
+
+
+def dep(*overrides: str):
+    return load_config("default", ["deployment.checkpoint_path=/ckpt/m", *overrides]).deployment
+
+
+def test_each_engine_writes_its_own_command_line():
+    assert engines.command(dep(), "/ckpt/m").startswith(
+        "vllm serve --model /ckpt/m --served-model-name nano3 --host 0.0.0.0 --tensor-parallel-size 4 "
+        "--data-parallel-size 1 --port \"$PORT\"")
+    assert engines.command(dep("deployment.type=sglang", "deployment.extra_args=''"), "/ckpt/m") == (
+        "python -m sglang.launch_server --model-path /ckpt/m --served-model-name nano3 --host 0.0.0.0 --tp-size 4 "
+        "--dp-size 1 --port \"$PORT\"")
+    template = ("myserver --weights {checkpoint} --listen {host}:{port} --name {served_model_name} "
+                "--tp {tensor_parallel_size}")
+    generic = dep("deployment.type=generic", f"deployment.command={template}", "deployment.extra_args=--fast")
+    assert engines.command(generic, "/ckpt/with space") == (
+        "myserver --weights '/ckpt/with space' --listen 0.0.0.0:\"$PORT\" --name nano3 --tp 4 --fast")
+    assert engines.health_path(generic) == "/health" and engines.health_path(dep("deployment.health_path=/v1/h")) == \
+        "/v1/h"
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["deployment.type=generic"], "deployment.type=generic needs deployment.command"),
+    (["deployment.type=generic", "deployment.command=srv {checkpoint} {prot}"], "unknown placeholder {prot}"),
+    (["deployment.type=generic", "deployment.command=srv {checkpoint}"], "must take the port the job picks"),
+    (["deployment.type=none"], "deployment.type=none evaluates a server that already runs: set deployment.url"),
+    (["deployment.type=none", "deployment.url=ftp://h/x"], "is not a server's base URL"),
+    (["deployment.url=http://h:8000"], "deployment.url is for deployment.type=none"),
+    (["deployment.type=none", "deployment.url=http://h:8000", "deployment.api_key_env=not a name"],
+     "is not a variable name"),
+    (["deployment.type=tgi"], "deployment.type"),
+])
+def test_each_engine_refuses_what_it_cannot_use_in_one_line(overrides, says):
+    with pytest.raises(ConfigError, match=says.replace("{", r"\{").replace("}", r"\}").replace(".", r"\.")) as e:
+        dep(*overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_a_running_endpoints_url_may_end_in_v1_and_its_identity_says_where_it_is():
+    running = dep("deployment.type=none", "deployment.url=http://h:8000/v1/")
+    assert engines.external_url(running.url) == "http://h:8000"
+    assert engines.identity(running, "/ckpt/m@1:2") == "/ckpt/m@1:2 at http://h:8000 as nano3"
+    assert engines.identity(dep(), "/ckpt/m@1:2") == "/ckpt/m@1:2"
+    assert not engines.launches(running) and engines.health_path(running) == "/v1/models"
+
+
+def test_the_key_of_a_running_endpoint_is_read_from_its_variable_and_sent_as_a_bearer_token(monkeypatch):
+    running = dep("deployment.type=none", "deployment.url=http://h:8000", "deployment.api_key_env=ENDPOINT_KEY")
+    with pytest.raises(ConfigError, match="deployment.api_key_env=ENDPOINT_KEY names a variable that is not set"):
+        engines.api_key(running)
+    monkeypatch.setenv("ENDPOINT_KEY", "k-0123456789")
+    assert engines.api_key(running) == "k-0123456789"
+    endpoint = endpoints.Endpoint("http://h:8000", "m", "/v1/models", "ENDPOINT_KEY")
+    assert endpoint.headers() == {"Authorization": "Bearer k-0123456789"}
+    assert "k-0123456789" not in repr(endpoint)  # the variable's name travels, not its value
+
+
+def test_dry_runs_show_what_sglang_and_the_megatron_config_launch():
+    env = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}
+    r = nemotron("nano3", "eval", "--dry-run", "-t", "gsm8k", "deployment.type=sglang", "deployment.extra_args=''",
+                 "deployment.checkpoint_path=/lustre/ckpt/rl", "--run", "YOUR-CLUSTER", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "engine: sglang" in r.stdout
+    assert "python -m sglang.launch_server --model-path /lustre/ckpt/rl --served-model-name nano3" in r.stdout
+    assert "#SBATCH --gpus-per-node=8" in r.stdout  # NeMo-Run's sbatch script for it
+
+    r = nemotron("nano3", "eval", "-c", "megatron", "--dry-run", "-t", "hellaswag", "--run", "YOUR-CLUSTER",
+                 "deployment.checkpoint_path=/lustre/ckpt/sft", env=env)
+    assert r.returncode == 0, r.stderr
+    assert ("python /opt/Export-Deploy/scripts/deploy/nlp/deploy_ray_inframework.py --megatron_checkpoint "
+            "/lustre/ckpt/sft --model_id megatron_model --host 0.0.0.0 --port \"$PORT\"") in r.stdout
+    assert "health: /v1/health" in r.stdout and "tokenizer: /lustre/ckpt/sft/tokenizer" in r.stdout
+    sqsh = "/lustre/fsw/users/myuser/.nemotron/containers/nvcr_io_nvidia_nemo_25_11_nemotron_3_nano.sqsh"
+    assert f"--container-image {sqsh}" in r.stdout
+
+
+def test_a_running_endpoint_is_shown_not_launched_and_a_missing_key_variable_is_refused_at_plan_time():
+    running = ["deployment.type=none", "deployment.url=http://10.0.0.5:8000/v1", "deployment.api_key_env=ENDPOINT_KEY"]
+    r = nemotron("nano3", "eval", "--dry-run", "-t", "gsm8k", "deployment.checkpoint_path=/ckpt", *running,
+                 env={"ENDPOINT_KEY": "k-abcdefgh12"})
+    assert r.returncode == 0, r.stderr
+    assert "where: 'the running endpoint http://10.0.0.5:8000: nothing is launched or stopped'" in r.stdout
+    assert "api_key: $ENDPOINT_KEY as a bearer token" in r.stdout and "k-abcdefgh12" not in r.stdout
+    assert "#SBATCH" not in r.stdout
+    r = nemotron("nano3", "eval", "-t", "gsm8k", "deployment.checkpoint_path=/ckpt", "deployment.type=none",
+                 "deployment.url=http://10.0.0.5:8000", "deployment.api_key_env=ENDPOINT_KYE")
+    assert r.returncode == 2 and r.stderr.startswith("error: deployment.api_key_env=ENDPOINT_KYE names a variable")

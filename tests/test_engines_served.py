@@ -1,0 +1,121 @@
+"""deployment.type on real servers: the generic command template (vLLM's OpenAI entrypoint written as a template)
+here and on Slurm, and `none` against a vLLM this test starts itself, behind an API key."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from nemotron import endpoints, runtime
+from tests.helpers import REPO, hf_home, nemotron, squeue
+
+pytestmark = pytest.mark.e2e
+MODEL = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
+TEMPLATE = ("python -m vllm.entrypoints.openai.api_server --model {checkpoint} --served-model-name {served_model_name} "
+            "--host {host} --port {port} --tensor-parallel-size {tensor_parallel_size}")
+
+
+def limited(tmp_path) -> list[str]:
+    return ["evaluation.nemo_evaluator_config.config.params.limit_samples=1", f"evaluation.output_dir={tmp_path}",
+            f"evaluation.hf_home={hf_home()}"]
+
+
+def scores(out: str) -> set[tuple[str, str]]:
+    return set(re.findall(r"^(\w+)\s+(\S+)\s+\d\.\d{4}\b", out, re.M))
+
+
+@pytest.mark.parametrize("where", [[], ["--run", "local-slurm"]], ids=["local", "slurm"])
+def test_generic_serves_from_a_command_template(tmp_path, where):
+    task = "hellaswag" if not where else "gsm8k"  # the log-likelihood path here, generation on Slurm
+    r = nemotron("nano3", "eval", "-c", "local", "-t", task, *where, "deployment.type=generic",
+                 f"deployment.command={TEMPLATE}", *limited(tmp_path), timeout=600,
+                 env={"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert f"[serve] submitting python -m vllm.entrypoints.openai.api_server --model {MODEL} --served-model-name " \
+           "smollm2-135m-instruct --host 127.0.0.1 --port \"$PORT\" --tensor-parallel-size 1 --dtype float32" in out
+    assert any(b == task for b, _ in scores(out)), out[-2000:]
+    (manifest,) = tmp_path.glob("*/*/manifest.json")
+    assert json.loads(manifest.read_text())["config"]["deployment"]["type"] == "generic"
+    assert not squeue()
+
+
+@pytest.fixture(scope="module")
+def running_vllm(tmp_path_factory):
+    """A vLLM the user runs, behind an API key: the evaluation must neither start nor stop it."""
+    port, key = endpoints.free_port(), "endpoint-key-5f1e0c2a9b"
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    python = runtime.serve_venv() / "bin" / "python"
+    proc = subprocess.Popen([str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL,
+                             "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+                             "--api-key", key, "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while not endpoints.healthy(f"{url}/health"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(2)
+    yield url, key
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+
+
+def test_none_evaluates_a_running_endpoint_with_its_key_and_leaves_it_running(tmp_path, running_vllm):
+    url, key = running_vllm
+    running = ["deployment.type=none", f"deployment.url={url}/v1", "deployment.served_model_name=smollm2",
+               "deployment.api_key_env=ENDPOINT_API_KEY", "run.model=builtin:smollm2-135m-instruct"]
+    wrong = nemotron("nano3", "eval", "-c", "local", "-t", "gsm8k", *running[:-2],
+                     "deployment.api_key_env=ENDPOINT_KEY", *limited(tmp_path), env={"ENDPOINT_API_KEY": key})
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: deployment.api_key_env=ENDPOINT_KEY names a "
+                                                             "variable that is not set here")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+    r = nemotron("nano3", "eval", "-c", "local", "-t", "hellaswag", "-t", "gsm8k", *running, *limited(tmp_path),
+                 env={"ENDPOINT_API_KEY": key}, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert f"[serve] the running endpoint {url} (deployment.type none): nothing is launched or stopped" in out
+    assert "[serve] submitting" not in out and "[serve] stopped" not in out
+    assert {b for b, _ in scores(out)} == {"hellaswag", "gsm8k"}, out[-2000:]
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+    (run_dir,) = {m.parent for m in tmp_path.glob("*/*/manifest.json")}
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and key in p.read_text(errors="replace")]
+    gate = json.loads((run_dir / "in-flight.json").read_text())[0]
+    assert gate["upstream"] == url and gate["benchmarks"]["gsm8k"]["requests"] >= 1
+
+
+def test_a_hugging_face_model_id_is_served_from_the_hub_cache_offline(tmp_path):
+    """`run.model=hf:ORG/NAME`: the engine loads it by id (here from a hub cache built from the built-in model, with
+    HF_HUB_OFFLINE=1), the log-likelihood task tokenizes with it by id, and its identity is the cached commit."""
+    import shutil
+    from pathlib import Path
+
+    home = tmp_path / "hf-home"
+    shutil.copytree(hf_home() / "datasets", home / "datasets")  # the harness writes beside the data
+    for p in [home, *home.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    commit = "5f0b02c75b57c5855da9ae460ce51323ea669d8a"
+    repo = home / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for f in Path(MODEL).iterdir():
+        (repo / "snapshots" / commit / f.name).symlink_to(f)
+    r = nemotron("nano3", "eval", "-c", "local", "-t", "hellaswag", "run.model=hf:HuggingFaceTB/SmolLM2-135M-Instruct",
+                 *limited(tmp_path / "out"), f"evaluation.hf_home={home}", timeout=600,
+                 env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert f"model hf:HuggingFaceTB/SmolLM2-135M-Instruct → commit {commit} in the Hugging Face cache" in out
+    assert "--model HuggingFaceTB/SmolLM2-135M-Instruct --served-model-name" in out
+    assert ("hellaswag", "acc") in scores(out), out[-2000:]
+    (manifest,) = (tmp_path / "out").glob("*/*/manifest.json")
+    model = json.loads(manifest.read_text())["model"]
+    assert (model["kind"], model["digest"], model["slug"]) == ("hf", commit, "smollm2-135m-instruct")
