@@ -57,3 +57,14 @@ def test_batch_to_a_cluster_needs_a_slurm_profile_with_a_job_folder(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith("error: --batch local-slurm without a Prefect deployment runs the evaluation as a "
                                "Slurm job: the profile needs") and r.stderr.count("\n") == 1
+
+
+def test_a_dry_run_of_batch_shows_the_detached_job_script_and_submits_nothing(tmp_path):
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--batch", "local-slurm-ssh", "-t", "gsm8k",
+                 f"evaluation.output_dir={tmp_path}", env={"NEMOTRON_ENV_FILE": str(ENV_FILE),
+                                                           "WANDB_API_KEY": "wandb-dryrun-0123456789"})
+    assert r.returncode == 0, r.stderr
+    script = r.stdout[r.stdout.index("# detached flow job script"):]
+    assert "exec python -m nemotron.detached nano3 eval -c local -t gsm8k --run local-slurm-ssh" in script
+    assert "wandb-dryrun-0123456789" not in r.stdout and not any(tmp_path.iterdir())
+

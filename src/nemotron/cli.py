@@ -115,7 +115,15 @@ def evaluate(args: argparse.Namespace) -> int:
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             engines.identity(cfg.deployment, model.identity), store, hf_home)
     if args.dry_run:
-        print(render_plan(cfg, model, plans, profile, args.force_squash))
+        text = render_plan(cfg, model, plans, profile, args.force_squash)
+        if args.batch and cluster.is_slurm(profile) and profile.remote_job_dir:
+            from nemotron import detached
+
+            request = _request(args, name, secrets.hidden_overrides(args.overrides))
+            text += ("\n# detached flow job script (--batch when no Prefect deployment takes the run; secrets come "
+                     "from a private file)\n" + detached.job_script(request, profile, detached.environment_dir(profile),
+                                                                   "<private file>", None, None) + "\n")
+        print(secrets.mask(text))
         return 0
     if to_prefect:
         return submit_batch(_request(args, name, args.overrides))

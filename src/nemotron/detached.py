@@ -106,7 +106,7 @@ def job_script(request: EvalRequest, profile: Profile, environment: str, secrets
              "unset PREFECT_API_KEY PREFECT_API_URL"]
     if secrets_file:
         f = shlex.quote(secrets_file)
-        lines.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; rm -f {f}; else echo 'missing {f}' >&2; fi")
+        lines.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; rm -f {f}; else echo missing {f} >&2; fi")
     wandb = profiles.wandb_settings()
     lines += [
         f"cat > \"$JOB_DIR/env.toml\" <<'{marker}'", env_toml(profile, wandb).rstrip("\n"), marker,

@@ -98,7 +98,7 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     if spec.secret_env:
         f = shlex.quote(secrets_file or "<a private file written at submission>")
         exports.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; rm -f {f}; "
-                       f"else echo 'missing {f}: the secret entries of deployment.env' >&2; fi")
+                       f"else echo missing {f}: the secret entries of deployment.env >&2; fi")
     if "VIRTUAL_ENV" in spec.env:
         exports.append('export PATH="$VIRTUAL_ENV/bin:$PATH"')
     host = "$(hostname)" if spec.host in WILDCARD_HOSTS else shlex.quote(spec.host)
