@@ -71,7 +71,7 @@ def test_the_identity_of_a_cluster_checkpoint_is_measured_on_the_cluster(checkpo
     """Through the login node: (newest mtime, total size) of the whole tree; a file deep inside changes it."""
     probe = ("import json, sys; from nemotron import cluster, profiles; "
              "print(json.dumps(cluster.remote_checkpoint(profiles.load_profile('local-slurm-ssh'), sys.argv[1], "
-             "print)))")
+             "sys.argv[1], print)))")
 
     def measured() -> tuple[list[int], str]:
         r = hidden(sys.executable, "-c", probe, str(checkpoint))
