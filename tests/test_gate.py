@@ -146,3 +146,61 @@ def test_a_request_whose_client_has_gone_frees_its_slot():
         while g.in_flight and time.monotonic() < deadline:
             time.sleep(0.1)
         assert g.in_flight == 0, "the slot of a client that has gone is still held"
+
+
+@contextlib.contextmanager
+def fake_upstream(*args: str):
+    """A fake server (its process, its URL) once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), *args], stdout=subprocess.DEVNULL)
+    try:
+        while not endpoints.healthy(f"http://127.0.0.1:{port}/health"):
+            time.sleep(0.1)
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_replicas_share_the_requests_by_the_fewest_in_flight():
+    with fake_upstream("--delay", "0.3") as (_, a), fake_upstream("--delay", "0.3") as (_, b), \
+            gate.open_gate([a, b], budget=4) as g:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(post, [f"{g.url}/gsm8k/v1/completions"] * 16))
+        record = g.record()
+    assert codes == [200] * 16
+    sent = {r["url"]: r["requests"] for r in record["replicas"]}
+    assert sum(sent.values()) == 16 and min(sent.values()) >= 6, sent  # both served, about evenly
+
+
+def test_a_replica_that_dies_costs_only_its_requests_in_flight():
+    """One of two replicas is killed while it holds requests: every request still succeeds, those it held are
+    sent again to the other (no more than it held), and it gets nothing after."""
+    with fake_upstream("--delay", "1.0") as (doomed, a), fake_upstream("--delay", "0.2") as (_, b), \
+            gate.open_gate([a, b], budget=4) as g:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(post, f"{g.url}/gsm8k/v1/completions") for _ in range(24)]
+            while not (held := next(r for r in g.replicas if r.url == a).in_flight):
+                time.sleep(0.02)
+            doomed.kill()
+            codes = [f.result() for f in futures]
+        record = g.record()
+    assert codes == [200] * 24
+    dead, live = (next(r for r in record["replicas"] if r["url"] == u) for u in (a, b))
+    assert not dead["alive"] and live["alive"]
+    assert 1 <= dead["redone"] == dead["failed"] <= 4 and dead["redone"] >= held - 1  # held, give or take one
+    assert live["requests"] + dead["requests"] - dead["redone"] == 24
+    assert record["benchmarks"]["gsm8k"]["failed"] == 0
+
+
+def test_a_relaunched_replica_joins_and_the_last_one_alive_is_never_taken_out():
+    with fake_upstream() as (doomed, a), gate.open_gate(a, budget=2) as g:
+        doomed.kill()
+        doomed.wait()
+        assert post(f"{g.url}/gsm8k/v1/completions") == 502  # one replica: the harness sees the failure
+        assert g.replicas[0].alive  # and the flow's health watch decides, as before replicas
+        with fake_upstream() as (_, b):
+            g.remove(a)
+            g.add(b)
+            assert post(f"{g.url}/gsm8k/v1/completions") == 200
+            assert [r.requests for r in g.replicas] == [1, 1]

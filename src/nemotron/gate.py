@@ -76,9 +76,29 @@ class Traffic:
     last_response: float | None = None
 
 
+class _Unreachable(Exception):
+    """A replica gave no answer."""
+
+
+@dataclass
+class Replica:
+    """One server behind the gate, and what it was sent."""
+
+    url: str
+    in_flight: int = 0
+    requests: int = 0
+    failed: int = 0  # no answer (connection refused or reset, timeout)
+    redone: int = 0  # of those, sent again to another replica
+    alive: bool = True
+
+
 @dataclass
 class Gate:
-    upstream: str
+    """The budget for all benchmarks, spread over the replicas: each request goes to the live one with the fewest in
+    flight. A replica that stops answering is taken out while another lives, and what it dropped is sent again
+    there: one replica's death costs no benchmark anything but those requests' time."""
+
+    replicas: list[Replica]
     budget: int
     upstream_headers: dict[str, str] = field(default_factory=dict, repr=False)  # the server's key: never recorded
     url: str = ""
@@ -98,6 +118,24 @@ class Gate:
         self._since, self.in_flight = now, self.in_flight + delta
         self.peak = max(self.peak, self.in_flight)
 
+    @property
+    def upstream(self) -> str:
+        return self.replicas[0].url
+
+    def add(self, url: str) -> None:
+        """A (relaunched) replica joins: it takes requests from now on."""
+        self.replicas.append(Replica(url.rstrip("/")))
+
+    def remove(self, url: str) -> None:
+        """A replica found dead (its health checks failed): no more requests go there."""
+        for r in self.replicas:
+            if r.url == url.rstrip("/"):
+                r.alive = False
+
+    def _pick(self, tried: list[Replica]) -> Replica | None:
+        live = [r for r in self.replicas if r.alive and r not in tried]
+        return min(live, key=lambda r: r.in_flight) if live else None
+
     def route(self, endpoint: Endpoint, benchmark: str) -> Endpoint:
         """Where one benchmark sends: the gate, under its name (which the gate counts it by)."""
         return replace(endpoint, base_url=f"{self.url}/{benchmark}")
@@ -105,7 +143,8 @@ class Gate:
     def record(self) -> dict:
         """The figures of this gate: budget, peak and mean requests in flight, per-benchmark traffic."""
         self._count(0)
-        return {"upstream": self.upstream, "budget": self.budget, "opened": self.opened, "closed": time.time(),
+        return {"upstream": self.upstream, "replicas": [asdict(r) for r in self.replicas],
+                "budget": self.budget, "opened": self.opened, "closed": time.time(),
                 "peak_in_flight": self.peak, "mean_in_flight": round(self._area / self._busy, 2) if self._busy else 0.0,
                 "busy_seconds": round(self._busy, 2),
                 "benchmarks": {name: asdict(t) for name, t in self.traffic.items()}}
@@ -116,16 +155,17 @@ class Gate:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         headers.update(self.upstream_headers)
         body = await request.read()
-        target = f"{self.upstream}/{rest}" + (f"?{request.query_string}" if request.query_string else "")
+        path = f"/{rest}" + (f"?{request.query_string}" if request.query_string else "")
         if request.method != "POST":  # model lists, health: not generation, not counted
-            return await self._send(session, request.method, target, headers, body)
+            replica = self._pick([]) or self.replicas[0]
+            return await self._send(session, request.method, replica.url + path, headers, body)
         t = self.traffic.setdefault(name, Traffic())
         async with limit:
             t.requests += 1
             t.first_request = t.first_request or time.time()
             self._count(+1)
             try:
-                response = await self._send(session, "POST", target, headers, body)
+                response = await self._spread(session, path, headers, body)
             finally:
                 self._count(-1)
                 t.last_response = time.time()
@@ -133,16 +173,38 @@ class Gate:
             t.failed += 1
         return response
 
+    async def _spread(self, session: aiohttp.ClientSession, path: str, headers: dict, body: bytes) -> web.Response:
+        """To the live replica with the fewest in flight; if it gives no answer and another lives, it is taken out
+        and the request goes there instead."""
+        tried: list[Replica] = []
+        while (replica := self._pick(tried)) is not None:
+            tried.append(replica)
+            replica.requests += 1
+            replica.in_flight += 1
+            try:
+                return await self._send(session, "POST", replica.url + path, headers, body, raise_unreachable=True)
+            except _Unreachable as e:
+                replica.failed += 1
+                if self._pick(tried) is None:  # the last one alive: the harness sees the failure (infrastructure)
+                    return web.Response(status=502, text=f"Bad Gateway: {e}")
+                replica.alive, replica.redone = False, replica.redone + 1
+            finally:
+                replica.in_flight -= 1
+        return web.Response(status=502, text="Bad Gateway: no replica of the server is alive")
+
     @staticmethod
     async def _send(session: aiohttp.ClientSession, method: str, target: str, headers: dict,
-                    body: bytes) -> web.Response:
+                    body: bytes, raise_unreachable: bool = False) -> web.Response:
         try:
             async with session.request(method, target, headers=headers, data=body) as up:
                 payload = await up.read()
                 keep = {k: v for k, v in up.headers.items() if k.lower() not in _HOP_HEADERS}
                 return web.Response(status=up.status, body=payload, headers=keep)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:  # the harness sees a 502: infrastructure
+            if raise_unreachable:
+                raise _Unreachable(f"{type(e).__name__}: {e}") from None
             return web.Response(status=502, text=f"Bad Gateway: {type(e).__name__}: {e}")
+
 
     async def _serve(self, started: threading.Event, stop: asyncio.Event) -> None:
         limit = asyncio.Semaphore(self.budget)
@@ -173,10 +235,11 @@ class Gate:
 
 
 @contextlib.contextmanager
-def open_gate(upstream: str, budget: int, headers: dict[str, str] | None = None) -> Iterator[Gate]:
-    """A gate in front of `upstream` for the duration of the block, on its own event loop thread; `headers` go
-    with every request it forwards (a running endpoint's key: the harnesses never hold it)."""
-    gate = Gate(upstream.rstrip("/"), budget, dict(headers or {}))
+def open_gate(upstreams: str | list[str], budget: int, headers: dict[str, str] | None = None) -> Iterator[Gate]:
+    """A gate in front of the server (or its replicas) for the duration of the block, on its own event loop thread;
+    `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold it)."""
+    urls = [upstreams] if isinstance(upstreams, str) else upstreams
+    gate = Gate([Replica(u.rstrip("/")) for u in urls], budget, dict(headers or {}))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()
