@@ -157,15 +157,15 @@ def plan(
         params = deep_merge(info.defaults.get("config", {}).get("params", {}),
                             ev.nemo_evaluator_config.config.params.model_dump(exclude_none=True))
         params = deep_merge(params, spec.nemo_evaluator_config.config.params.model_dump(exclude_none=True))
+        copy = None
         if info.needs_logprobs and not params.get("extra", {}).get("tokenizer"):
             # log-likelihood tasks score continuations client-side: they need the model's tokenizer
             own = engines.tokenizer(cfg.deployment, model_path)
             params = deep_merge(params, {"extra": {"tokenizer": own, "tokenizer_backend": "huggingface"}})
-            key = result_key(model_identity, info.qualified, params)
-            if tokenizer:
-                params = deep_merge(params, {"extra": {"tokenizer": tokenizer}})
-        else:
-            key = result_key(model_identity, info.qualified, params)
+            copy = tokenizer
+        key = result_key(model_identity, info.qualified, params)  # names the checkpoint's own tokenizer
+        if copy:  # the harness reads the local copy
+            params = deep_merge(params, {"extra": {"tokenizer": copy}})
         cap = spec.nemo_evaluator_config.config.params.parallelism or ev.nemo_evaluator_config.config.params.parallelism
         plans.append(BenchmarkPlan(
             name=spec.name, task_type=info.qualified, endpoint_type=info.endpoint_type,

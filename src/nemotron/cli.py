@@ -128,7 +128,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if to_prefect:
         return submit_batch(_request(args, name, args.overrides))
     if args.batch:
-        return submit_detached(_request(args, name, secrets.hidden_overrides(args.overrides)), profile, route)
+        return submit_detached(_request(args, name, secrets.hidden_overrides(args.overrides)), profile, route,
+                               cfg.evaluation.output_dir)
     wandb_export.detect_login()
     # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values,
     # and what reads this process's command line (W&B records it as run metadata) sees them masked
@@ -161,7 +162,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                   "env": {**spec.env, **{k: secrets.MASK for k in spec.secret_env}},
                   "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout}
     else:
-        endpoint = endpoints.Endpoint(engines.external_url(dep.url), dep.served_model_name, engines.health_path(dep))
+        endpoint = endpoints.of_running(dep)
         server = {"engine": "none", "where": f"the running endpoint {endpoint.base_url}: nothing is launched or "
                   "stopped", "health": endpoint.health_url,
                   "api_key": f"${dep.api_key_env} as a bearer token" if dep.api_key_env else None}
@@ -299,12 +300,12 @@ def submit_batch(request: EvalRequest) -> int:
     return 0
 
 
-def submit_detached(request: EvalRequest, profile: profiles.Profile, route: BatchRoute) -> int:
+def submit_detached(request: EvalRequest, profile: profiles.Profile, route: BatchRoute, output_dir: str) -> int:
     """`--batch` without a Prefect deployment: the evaluation itself as a Slurm job in the cluster; returns at once."""
     from nemotron import detached
 
     print(f"{route.reason}: the evaluation goes to the cluster itself, as a Slurm job")
-    job = detached.submit(request, profile, route.api)
+    job = detached.submit(request, profile, route.api, output_dir)
     print(f"submitted Slurm job {job.job_id} on {profile.name}: the flow runs there, serves through the profile "
           f"(its own server job) and runs the benchmarks next to the checkpoint\n"
           f"environment: {job.environment} ({'built now' if job.built else 'reused'})\n"

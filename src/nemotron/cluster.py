@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron import models, runtime
+from nemotron import engines, models, runtime
 from nemotron.config import DeploymentSection
 from nemotron.errors import ConfigError, ServeError
 from nemotron.profiles import Profile
@@ -69,14 +69,14 @@ def is_remote(profile: Profile | None) -> bool:
 def image_for(dep: DeploymentSection, profile: Profile | None) -> str | None:
     """The server container: `deployment.image`, else the profile's container_image (Slurm only; none for a
     running endpoint)."""
-    if not is_slurm(profile) or dep.type == "none":
+    if not is_slurm(profile) or not engines.launches(dep):
         return None
     return dep.image or profile.container_image
 
 
 def check_resources(dep: DeploymentSection, profile: Profile | None) -> None:
     """Refuse before submitting when the parallelism cannot fit the profile's GPUs."""
-    if not is_slurm(profile) or profile.gpus_per_node is None or dep.type == "none":
+    if not is_slurm(profile) or profile.gpus_per_node is None or not engines.launches(dep):
         return
     need = dep.tensor_parallel_size * dep.data_parallel_size
     have = profile.gpus_per_node * profile.nodes
@@ -140,10 +140,14 @@ def flow_target(run, profile: Profile, home: str, packager) -> Target:
                          packager=packager)
 
 
+def _ssh_tunnel(run, profile: Profile):
+    return run.SSHTunnel(host=profile.host, user=profile.user, identity=profile.identity,
+                         job_dir=profile.remote_job_dir)
+
+
 def _slurm_target(run, profile: Profile, home: str, **resources) -> Target:
     if profile.tunnel == "ssh":
-        tunnel = run.SSHTunnel(host=profile.host, user=profile.user, identity=profile.identity,
-                               job_dir=profile.remote_job_dir)
+        tunnel = _ssh_tunnel(run, profile)
     else:
         tunnel = run.LocalTunnel(job_dir=os.path.join(home, "experiments"))  # must be <NEMORUN_HOME>/experiments
     executor = run.SlurmExecutor(account=profile.account or "", time=profile.time, env_vars=dict(profile.env_vars),
@@ -209,24 +213,15 @@ def _not_a_refused_channel(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def local_shell() -> Iterator[Target]:
-    """A shell here, for a profile whose cluster this machine is part of (tunnel = local)."""
-    from invoke.context import Context
-
-    class _Local:  # the slice of a NeMo-Run tunnel that Target.sh uses
-        def run(self, command, hide=True, warn=False, in_stream=False):
-            return Context().run(command, hide=hide, warn=warn, in_stream=in_stream)
-
-    yield Target(None, _Local(), "", slurm=True, ssh=False)
-
-
-@contextlib.contextmanager
 def login_shell(profile: Profile) -> Iterator[Target]:
-    """A shell on the profile's login node (SSH), for what we must read of the cluster's disk."""
+    """A shell where the cluster's files are: its login node over SSH, or here when this machine is part of the
+    cluster (tunnel = local)."""
     home = nemorun_home(profile)
     run = nemo_run(home)
-    tunnel = run.SSHTunnel(host=profile.host, user=profile.user, identity=profile.identity,
-                           job_dir=profile.remote_job_dir)
+    if not is_remote(profile):
+        yield Target(None, run.LocalTunnel(job_dir=""), home, slurm=True, ssh=False)
+        return
+    tunnel = _ssh_tunnel(run, profile)
     target = Target(None, tunnel, home, slurm=True, ssh=True)
     connect(target, profile)
     try:

@@ -135,9 +135,10 @@ def secrets_text(request_env: dict[str, str]) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
-def submit(request: EvalRequest, profile: Profile, prefect_api: str | None,
+def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, output_dir: str,
            say: Callable[[str], None] = print) -> Submitted:
-    """Ship, build (once), submit; returns at once with the job id."""
+    """Ship, build (once), submit; returns at once with the job id. `output_dir`: the config's
+    evaluation.output_dir (relative: under remote_job_dir, where the job runs)."""
     if not cluster.is_slurm(profile) or not profile.remote_job_dir:
         raise ConfigError(f"--batch {profile.name} without a Prefect deployment runs the evaluation as a Slurm job: "
                           "the profile needs executor = \"slurm\" and a remote_job_dir (the cluster's shared folder)")
@@ -164,18 +165,11 @@ def submit(request: EvalRequest, profile: Profile, prefect_api: str | None,
             job = exp.jobs[0]
             job_id = str(job.handle).rsplit("/", 1)[-1]
             job_dir = os.path.join(job.executor.tunnel.job_dir, Path(job.executor.job_dir).name)  # on the cluster
-    output_dir = _output_dir(request, profile)
+    given = os.path.expanduser(output_dir)
+    output_dir = given if given.startswith("/") else f"{profile.remote_job_dir.rstrip('/')}/{given}"
     save(job_id, profile=profile.name, experiment_id=exp._id, job_dir=job_dir, nemorun_home=home,
          output_dir=output_dir, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return Submitted(job_id, job_dir, output_dir, environment, built)
-
-
-def _output_dir(request: EvalRequest, profile: Profile) -> str:
-    """Where the job writes: evaluation.output_dir as the job resolves it (relative: under remote_job_dir)."""
-    from nemotron.config import load_config
-
-    given = os.path.expanduser(load_config(request.config, request.overrides).evaluation.output_dir)
-    return given if given.startswith("/") else f"{profile.remote_job_dir.rstrip('/')}/{given}"
 
 
 # --- the local record of submitted jobs, and what `eval status|logs JOB` read through the tunnel ---------------
@@ -200,7 +194,7 @@ def report(record: dict[str, Any], logs: bool = False) -> str:
     """The job's Slurm state, its flow's run record, the server job, and the scores once results.json is there."""
     profile = profiles.load_profile(record["profile"])
     job_id = record["job_id"]
-    with cluster.login_shell(profile) if cluster.is_remote(profile) else cluster.local_shell() as sh:
+    with cluster.login_shell(profile) as sh:
         state = sh.sh(f"sacct -n -X -P -j {job_id} -o State 2>/dev/null | head -1", check=False).strip() \
             or sh.sh(f"squeue -h -j {job_id} -o %T", check=False).strip() or "UNKNOWN"
         lines = [f"job {job_id} on {profile.name} (Slurm): {state}", f"job folder: {record['job_dir']} (cluster)"]

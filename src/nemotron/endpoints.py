@@ -61,11 +61,15 @@ def healthy(url: str, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
+def of_running(dep: DeploymentSection) -> Endpoint:
+    """deployment.type none: where the running server is (no request sent)."""
+    return Endpoint(engines.external_url(dep.url), dep.served_model_name, engines.health_path(dep), dep.api_key_env)
+
+
 def running(dep: DeploymentSection, say: Callable[[str], None]) -> Endpoint:
     """deployment.type none: the server at deployment.url, once its health path answers (startup_timeout)."""
     engines.api_key(dep)  # a key variable that is not set: refused before any request
-    endpoint = Endpoint(engines.external_url(dep.url), dep.served_model_name, engines.health_path(dep),
-                        dep.api_key_env)
+    endpoint = of_running(dep)
     say(f"[serve] the running endpoint {endpoint.base_url} (deployment.type none): nothing is launched or stopped")
     deadline = time.monotonic() + dep.startup_timeout
     while not healthy(endpoint.health_url, endpoint.headers()):

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from nemotron.errors import ConfigError
 
-ENGINES = ("vllm", "sglang", "generic", "none")
 DEFAULT_COMMAND = {"vllm": "vllm serve", "sglang": "python -m sglang.launch_server"}
 DEFAULT_HEALTH = {"vllm": "/health", "sglang": "/health", "generic": "/health", "none": "/v1/models"}
 PLACEHOLDERS = ("checkpoint", "port", "served_model_name", "host", "tensor_parallel_size", "data_parallel_size")
@@ -104,7 +103,7 @@ def command(dep, model_path: str, revision: str | None = None) -> str:
 def identity(dep, model_identity: str) -> str:
     """What the result key names as the model: a running endpoint also by where it is and what it calls the model
     (the same reference served elsewhere may be another model)."""
-    if dep.type != "none":
+    if launches(dep):
         return model_identity
     return f"{model_identity} at {external_url(dep.url)} as {dep.served_model_name}"
 

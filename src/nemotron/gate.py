@@ -158,7 +158,10 @@ class Gate:
         path = f"/{rest}" + (f"?{request.query_string}" if request.query_string else "")
         if request.method != "POST":  # model lists, health: not generation, not counted
             replica = self._pick([]) or self.replicas[0]
-            return await self._send(session, request.method, replica.url + path, headers, body)
+            try:
+                return await self._send(session, request.method, replica.url + path, headers, body)
+            except _Unreachable as e:
+                return web.Response(status=502, text=f"Bad Gateway: {e}")
         t = self.traffic.setdefault(name, Traffic())
         async with limit:
             t.requests += 1
@@ -182,7 +185,7 @@ class Gate:
             replica.requests += 1
             replica.in_flight += 1
             try:
-                return await self._send(session, "POST", replica.url + path, headers, body, raise_unreachable=True)
+                return await self._send(session, "POST", replica.url + path, headers, body)
             except _Unreachable as e:
                 replica.failed += 1
                 if self._pick(tried) is None:  # the last one alive: the harness sees the failure (infrastructure)
@@ -194,16 +197,15 @@ class Gate:
 
     @staticmethod
     async def _send(session: aiohttp.ClientSession, method: str, target: str, headers: dict,
-                    body: bytes, raise_unreachable: bool = False) -> web.Response:
+                    body: bytes) -> web.Response:
+        """The server's answer; _Unreachable if it gives none (the harness then sees a 502: infrastructure)."""
         try:
             async with session.request(method, target, headers=headers, data=body) as up:
                 payload = await up.read()
                 keep = {k: v for k, v in up.headers.items() if k.lower() not in _HOP_HEADERS}
                 return web.Response(status=up.status, body=payload, headers=keep)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:  # the harness sees a 502: infrastructure
-            if raise_unreachable:
-                raise _Unreachable(f"{type(e).__name__}: {e}") from None
-            return web.Response(status=502, text=f"Bad Gateway: {type(e).__name__}: {e}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise _Unreachable(f"{type(e).__name__}: {e}") from None
 
 
     async def _serve(self, started: threading.Event, stop: asyncio.Event) -> None:

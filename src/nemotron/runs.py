@@ -13,6 +13,7 @@ from typing import Any
 
 from nemotron import runtime
 from nemotron.errors import ConfigError
+from nemotron.results import write_atomic
 
 
 def index_dir() -> Path:
@@ -28,9 +29,7 @@ def save(run_id: str, **fields: Any) -> dict[str, Any]:
     record.update(fields)
     for path in (index_dir() / f"{run_id}.json", *([Path(os.environ[MIRROR])] if os.environ.get(MIRROR) else [])):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(record, indent=2))
     return record
 
 

@@ -165,15 +165,17 @@ class ServerJob:
         """Why Slurm keeps the job waiting (squeue's %r: Priority, Resources, JobHeldUser, PartitionDown...)."""
         if not self.target.slurm:
             return ""
-        try:
-            return self.target.sh(f"squeue -h -j {shlex.quote(self.job_id)} -o %r", check=False).strip()
-        except (Exception, SystemExit):  # noqa: BLE001 - the state poll reports a broken tunnel
-            return ""
+        return (self._ask(f"squeue -h -j {shlex.quote(self.job_id)} -o %r") or "").strip()
 
     def read(self, name: str) -> str | None:
+        return self._ask(f"cat {shlex.quote(self.job_dir + '/' + name)}")
+
+    def _ask(self, command: str) -> str | None:
+        """A command's output where the job's files are; None if it failed, or the tunnel did (as for state(): the
+        wait bounds a broken tunnel)."""
         try:
-            result = cluster.shell(self.target.tunnel, f"cat {shlex.quote(self.job_dir + '/' + name)}")
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - as for state(): the wait bounds a broken tunnel
+            result = cluster.shell(self.target.tunnel, command)
+        except (Exception, SystemExit) as e:  # noqa: BLE001
             self.last_error = _describe(e)
             return None
         return result.stdout if result.ok else None
