@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,11 @@ def nemotron(*args: str, env: dict[str, str] | None = None, timeout: float = 120
         [sys.executable, "-m", "nemotron.cli", *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=cwd or REPO,
     )
+
+
+def scores(out: str) -> dict[tuple[str, str], float]:
+    """(benchmark, metric) → value from the score table the CLI prints."""
+    return {(b, m): float(v) for b, m, v in re.findall(r"^(\w+)\s+(\S+)\s+(\d\.\d{4})\b", out, re.M)}
 
 
 def squeue() -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from nemotron import endpoints, runtime
-from tests.helpers import REPO, hf_home, nemotron, squeue
+from tests.helpers import REPO, hf_home, nemotron, scores, squeue
 
 pytestmark = pytest.mark.e2e
 MODEL = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
@@ -24,10 +23,6 @@ TEMPLATE = ("python -m vllm.entrypoints.openai.api_server --model {checkpoint} -
 def limited(tmp_path) -> list[str]:
     return ["evaluation.nemo_evaluator_config.config.params.limit_samples=1", f"evaluation.output_dir={tmp_path}",
             f"evaluation.hf_home={hf_home()}"]
-
-
-def scores(out: str) -> set[tuple[str, str]]:
-    return set(re.findall(r"^(\w+)\s+(\S+)\s+\d\.\d{4}\b", out, re.M))
 
 
 @pytest.mark.parametrize("where", [[], ["--run", "local-slurm"]], ids=["local", "slurm"])

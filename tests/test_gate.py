@@ -33,23 +33,25 @@ def test_capacity_is_the_kv_cache_over_a_requests_tokens_per_engine_and_capped()
     assert gate.capacity("vllm:num_requests_running 0\n") is None
 
 
+@contextlib.contextmanager
+def fake_upstream(*args: str):
+    """A fake server (its process, its URL) once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), *args], stdout=subprocess.DEVNULL)
+    try:
+        while not endpoints.healthy(f"http://127.0.0.1:{port}/health"):
+            time.sleep(0.1)
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def upstream(tmp_path):
     """The fault-injecting fake endpoint, answering each completion after 0.4 s."""
-    port = free_port()
-    journal = tmp_path / "journal"
-    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--delay", "0.4",
-                             "--journal", str(journal)], stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    proc.kill()
-    proc.wait()
+    with fake_upstream("--delay", "0.4", "--journal", str(tmp_path / "journal")) as (_, url):
+        yield url
 
 
 def post(url: str) -> int:
@@ -107,16 +109,8 @@ def post_until_dropped(url: str) -> None:
 @contextlib.contextmanager
 def never_answering_upstream():
     """A fake server that takes 600 s per answer: its URL once healthy."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--delay", "600"],
-                            stdout=subprocess.DEVNULL)
-    try:
-        while not endpoints.healthy(f"http://127.0.0.1:{port}/health"):
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
+    with fake_upstream("--delay", "600") as (_, url):
+        yield url
 
 
 def test_closing_the_gate_does_not_wait_for_requests_in_flight():
@@ -147,19 +141,6 @@ def test_a_request_whose_client_has_gone_frees_its_slot():
             time.sleep(0.1)
         assert g.in_flight == 0, "the slot of a client that has gone is still held"
 
-
-@contextlib.contextmanager
-def fake_upstream(*args: str):
-    """A fake server (its process, its URL) once it answers."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), *args], stdout=subprocess.DEVNULL)
-    try:
-        while not endpoints.healthy(f"http://127.0.0.1:{port}/health"):
-            time.sleep(0.1)
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_replicas_share_the_requests_by_the_fewest_in_flight():

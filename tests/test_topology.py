@@ -22,7 +22,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
-from tests.helpers import REPO, hf_home, squeue
+from tests.helpers import REPO, hf_home, scores, squeue
 
 PROFILES = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}
 LOGIN_JOBS = "/var/tmp/nemotron-login/jobs"  # local-slurm-ssh's remote_job_dir
@@ -61,10 +61,6 @@ def checkpoint():
 def limited(tmp_path, model: Path) -> list[str]:
     return [f"run.model={model}", "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
             f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}"]
-
-
-def scores(out: str) -> dict[tuple[str, str], float]:
-    return {(b, m): float(v) for b, m, v in re.findall(r"^(\w+)\s+(\S+)\s+(\d\.\d{4})\b", out, re.M)}
 
 
 def test_the_identity_of_a_cluster_checkpoint_is_measured_on_the_cluster(checkpoint):
