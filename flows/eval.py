@@ -6,12 +6,13 @@ Reads like the picture in DESIGN.md; every step is one call into a domain module
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,11 +36,11 @@ from prefect_shell import ShellOperation
 from nemotron import (
     benchmarks,
     cluster,
-    endpoints,
     engines,
     gate,
     models,
     profiles,
+    replicas,
     results,
     runs,
     runtime,
@@ -112,8 +113,8 @@ def cancel_server_job(flow, run, state) -> None:
     """Cancellation/crash hook: the process may be gone, so cancel the job it recorded. A crash
     that `stop_when_cancelled` caused is what the user asked for: record it as Cancelled."""
     record = runs.load(str(run.id)) or {}
-    if record.get("server"):
-        serving.cancel_recorded(record["server"])
+    for server in runs.servers(record):
+        serving.cancel_recorded(server)
     if record.get("cancel_requested") and state is not None and state.is_crashed():
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run.id, Cancelled(message="Cancelled through the Prefect API; "
@@ -248,29 +249,30 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                 dep = dep.model_copy(update={"image": squash_image(image, where, force_squash)})
             except Exception as e:  # noqa: BLE001 - its output is in the squash task's logs
                 return Failed(message=secrets.mask(f"importing the container image {image} failed: {e}"))
+        launch = functools.partial(serving.serve, dep, model.path, run_dir, profile=where,
+                                   detached=deployment.id is not None,  # a deployment run is a batch run
+                                   on_record=lambda job: runs.save_server(run_id, job), revision=model.revision,
+                                   offline=cfg.offline or model.kind != "hf")
         launches = 0
         while todo:
             launches += 1
             with stop_when_cancelled(run_id), tags(*model.tags), \
-                    serving.serve(dep, model.path, run_dir, say, profile=where,
-                                  detached=deployment.id is not None,  # a deployment run is a batch run
-                                  on_record=lambda job: runs.save(run_id, server=job), revision=model.revision,
-                                  offline=cfg.offline or model.kind != "hf") as server, \
-                    endpoints.watch_health(server.endpoint, cfg.deployment.health_interval) as died:
+                    replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval) as fleet:
+                server = fleet.handle
                 for warning in benchmarks.verify_capabilities(todo, server.endpoint):
                     log.warning("%s", warning)
-                budget, source = gate.budget_for(server.endpoint.base_url, ev.in_flight, server.endpoint.headers())
+                budget, source = gate.budget_for(list(fleet.urls().values()), ev.in_flight, server.endpoint.headers())
                 say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")
                 sending = [p.sending(budget) for p in todo]
-                with gate.open_gate(server.endpoint.base_url, budget, server.endpoint.headers()) as g:
+                with gate.open_gate(fleet.urls(), budget, server.endpoint.headers()) as g, fleet.watched(g) as died:
                     manifest = results.write_manifest(run_dir, {**facts, "server": {
                         "command": server.job.spec.command if server.job else None, "launches": launches,
-                        "endpoint": server.endpoint.base_url, "model_id": server.endpoint.model_id,
-                        "in_flight_budget": budget,
+                        "endpoint": server.endpoint.base_url, "replicas": fleet.urls(),
+                        "model_id": server.endpoint.model_id, "in_flight_budget": budget,
                         "run_configs": {p.name: p.run_config(g.route(server.endpoint, p.name)) for p in sending}}})
                     try:
-                        lost = run_benchmarks(sending, server.endpoint, g, env, ev, died, outcomes, progress,
-                                              len(plans))
+                        lost = run_benchmarks(sending, server.endpoint, g, env, ev, died, fleet.alive, outcomes,
+                                              progress, len(plans))
                     finally:
                         gate.append_record(run_dir, {"launch": launches, **g.record()})
             todo = [p for p in plans if p.name in lost]
@@ -342,8 +344,8 @@ def previous_evaluation(scores_key: str, version: str) -> Previous | None:
 
 
 def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.Gate, env: dict[str, str], ev,
-                   died: threading.Event, outcomes: dict[str, BenchmarkResult], progress: UUID,
-                   total: int) -> dict[str, BenchmarkResult]:
+                   died: threading.Event, alive: Callable[[], bool], outcomes: dict[str, BenchmarkResult],
+                   progress: UUID, total: int) -> dict[str, BenchmarkResult]:
     """At most `evaluation.max_parallel` benchmarks at a time, their requests through the gate's
     shared in-flight budget (a sliding window of harnesses, one window of requests).
     Returns the benchmarks its death cost — failed on the connection or never started — with the
@@ -361,8 +363,7 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.
         future = next(as_completed(list(running)))
         bench = running.pop(future)
         outcome = _outcome(future, bench, time.monotonic() - started)
-        if outcome.failure == "infrastructure" and (died.is_set() or not endpoints.healthy(endpoint.health_url,
-                                                                                         endpoint.headers())):
+        if outcome.failure == "infrastructure" and (died.is_set() or not alive()):
             died.set()
             lost[bench.name] = outcome
         else:

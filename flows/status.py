@@ -93,12 +93,13 @@ def _status(record: dict, flow_run, task_runs) -> str:
              f"flow      {state.name if state else 'unknown'}" + (f": {state.message}" if state and state.message
                                                                     else ""),
              f"results   {run_dir or 'not on this machine (it ran elsewhere, or failed before writing any)'}"]
-    server = record.get("server")
-    if server:
+    servers = runs.servers(record)
+    for server in servers:  # one per replica
         where = f"Slurm job {server['job_id']}" if server["executor"] == "slurm" else f"local job {server['job_id']}"
-        lines.append(f"server    {where} on {record.get('profile') or 'this machine'}: "
+        name = f" ({server['name']})" if server.get("name", "server") != "server" else ""
+        lines.append(f"server    {where}{name} on {record.get('profile') or 'this machine'}: "
                      f"{serving.recorded_state(server)}")
-    else:
+    if not servers:
         lines.append("server    not submitted" if run_dir else "server    not known on this machine (see its logs)")
     exported = record.get("wandb")
     if exported:
@@ -126,11 +127,12 @@ def _status(record: dict, flow_run, task_runs) -> str:
 
 def _logs(record: dict, entries) -> str:
     out = [f"{e.timestamp:%H:%M:%S} {_level(e.level):<7} {e.message}" for e in entries]
-    logs = serving.server_logs(Path(record["run_dir"])) if record.get("run_dir") else []  # the newest launch's
-    server = record.get("server")
-    tail = serving.log_tail(logs[-1], 40) if logs else serving.recorded_log_tail(server, 40) if server else ""
-    if tail:
-        out += ["", f"--- {logs[-1].name if logs else 'server log'} (last 40 lines) ---", tail.rstrip()]
+    for server in runs.servers(record):  # each replica's newest launch
+        name = server.get("name", "server")
+        logs = serving.server_logs(Path(record["run_dir"]), name) if record.get("run_dir") else []
+        tail = serving.log_tail(logs[-1], 40) if logs else serving.recorded_log_tail(server, 40)
+        if tail:
+            out += ["", f"--- {logs[-1].name if logs else f'{name} log'} (last 40 lines) ---", tail.rstrip()]
     return "\n".join(out)
 
 

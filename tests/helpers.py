@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -63,3 +64,24 @@ def fake_request(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
         "evaluation.retries=0", "evaluation.retry_delay=0", *extra,
     ]
     return {"config": "local", "overrides": overrides, "tasks": list(tasks)}
+
+
+def answered(log: Path) -> int:
+    """Completion requests a vLLM server answered (its access log)."""
+    return log.read_text().count('"POST /v1/completions HTTP/1.1" 200') if log.exists() else 0
+
+
+def kill_server_once_it_answered(run_root: Path, proc: subprocess.Popen, count: int, name: str = "server") -> int:
+    """SIGKILL the server process `name` (a replica: server-replica-N) and its children (the engine) once its log
+    shows `count` answers; returns the answers it had."""
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        for record in run_root.glob(f"*/{name}.json"):
+            job_dir = Path(json.loads(record.read_text())["job_dir"])
+            if answered(job_dir / "server.log") >= count and (job_dir / "server.pid").exists():
+                pid = (job_dir / "server.pid").read_text().strip()
+                children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+                subprocess.run(["kill", "-9", pid, *children], check=True)
+                return answered(job_dir / "server.log")
+        time.sleep(0.2)
+    return 0

@@ -24,7 +24,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from tests.helpers import hf_home, nemotron
+from tests.helpers import answered, hf_home, kill_server_once_it_answered, nemotron
 
 SUITE = ["adlr_mmlu", "hellaswag", "arc_challenge", "adlr_arc_challenge_llama_25_shot",
          "adlr_winogrande_5_shot", "truthfulqa", "gsm8k"]
@@ -36,26 +36,6 @@ KILL_AFTER = 12  # answered requests: mmlu (57) is under way
 
 def vllm_processes() -> str:
     return subprocess.run(["pgrep", "-af", "vllm.entrypoints|VLLM::"], capture_output=True, text=True).stdout
-
-
-def answered(log: Path) -> int:
-    """Completion requests a vLLM server answered (its access log)."""
-    return log.read_text().count('"POST /v1/completions HTTP/1.1" 200') if log.exists() else 0
-
-
-def kill_server_once_it_answered(run_root: Path, proc: subprocess.Popen, count: int) -> int:
-    """SIGKILL the server process and its children (the engine) once its log shows `count` answers."""
-    deadline = time.monotonic() + 900
-    while proc.poll() is None and time.monotonic() < deadline:
-        for record in run_root.glob("*/server.json"):
-            job_dir = Path(json.loads(record.read_text())["job_dir"])
-            if answered(job_dir / "server.log") >= count and (job_dir / "server.pid").exists():
-                pid = (job_dir / "server.pid").read_text().strip()
-                children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
-                subprocess.run(["kill", "-9", pid, *children], check=True)
-                return answered(job_dir / "server.log")
-        time.sleep(0.2)
-    return 0
 
 
 def cached_responses(benchmark_dir: Path) -> int:

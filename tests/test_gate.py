@@ -86,9 +86,11 @@ def test_benchmarks_share_one_budget(upstream):
 
 
 def test_the_budget_comes_from_the_config_or_the_server_or_a_fallback(upstream):
-    assert gate.budget_for(upstream, 7) == (7, "evaluation.in_flight")
-    budget, why = gate.budget_for(upstream, None)  # the fake publishes no /metrics
+    assert gate.budget_for([upstream], 7) == (7, "evaluation.in_flight")
+    budget, why = gate.budget_for([upstream], None)  # the fake publishes no /metrics
     assert budget == gate.FALLBACK_BUDGET and "fallback" in why
+    budget, why = gate.budget_for([upstream, upstream], None)  # per replica
+    assert budget == 2 * gate.FALLBACK_BUDGET and "of 2 replicas" in why
 
 
 def test_a_dead_server_is_a_bad_gateway_the_harness_counts_as_infrastructure(tmp_path):
@@ -145,7 +147,7 @@ def test_a_request_whose_client_has_gone_frees_its_slot():
 
 def test_replicas_share_the_requests_by_the_fewest_in_flight():
     with fake_upstream("--delay", "0.3") as (_, a), fake_upstream("--delay", "0.3") as (_, b), \
-            gate.open_gate([a, b], budget=4) as g:
+            gate.open_gate({"server-replica-1": a, "server-replica-2": b}, budget=4) as g:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(post, [f"{g.url}/gsm8k/v1/completions"] * 16))
         record = g.record()
@@ -158,7 +160,7 @@ def test_a_replica_that_dies_costs_only_its_requests_in_flight():
     """One of two replicas is killed while it holds requests: every request still succeeds, those it held are
     sent again to the other (no more than it held), and it gets nothing after."""
     with fake_upstream("--delay", "1.0") as (doomed, a), fake_upstream("--delay", "0.2") as (_, b), \
-            gate.open_gate([a, b], budget=4) as g:
+            gate.open_gate({"server-replica-1": a, "server-replica-2": b}, budget=4) as g:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(post, f"{g.url}/gsm8k/v1/completions") for _ in range(24)]
             while not (held := next(r for r in g.replicas if r.url == a).in_flight):

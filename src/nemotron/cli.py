@@ -160,7 +160,9 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                   if cluster.is_slurm(profile) else "this machine (NeMo-Run LocalExecutor)",
                   "command": spec.command, "health": spec.health_path,
                   "env": {**spec.env, **{k: secrets.MASK for k in spec.secret_env}},
-                  "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout}
+                  "port": spec.port or "any free port on the node", "startup_timeout": spec.startup_timeout,
+                  "replicas": dep.replicas if dep.replicas == 1 else f"{dep.replicas} jobs like the one below, "
+                  "requests spread over them by the gate"}
     else:
         endpoint = endpoints.of_running(dep)
         server = {"engine": "none", "where": f"the running endpoint {endpoint.base_url}: nothing is launched or "

@@ -75,7 +75,11 @@ def image_for(dep: DeploymentSection, profile: Profile | None) -> str | None:
 
 
 def check_resources(dep: DeploymentSection, profile: Profile | None) -> None:
-    """Refuse before submitting when the parallelism cannot fit the profile's GPUs."""
+    """Refuse before submitting when the parallelism cannot fit the profile's GPUs, or replicas on this machine
+    would share one fixed port."""
+    if not is_slurm(profile) and dep.replicas > 1 and dep.port:
+        raise ConfigError(f"deployment.port={dep.port} with deployment.replicas={dep.replicas} on this machine: the "
+                          "replicas cannot all take that port; set deployment.port=0 (each picks a free one)")
     if not is_slurm(profile) or profile.gpus_per_node is None or not engines.launches(dep):
         return
     need = dep.tensor_parallel_size * dep.data_parallel_size
@@ -88,17 +92,30 @@ def check_resources(dep: DeploymentSection, profile: Profile | None) -> None:
         )
 
 
+_kept_lock = threading.Lock()
+_kept: list = []  # [(handlers, level) saved by the outermost entry, None per entry]
+
+
 @contextlib.contextmanager
 def logging_kept() -> Iterator[None]:
     """NeMo-Run's Experiment replaces the root logger's handlers (basicConfig force=True) on entry
-    and removes one on exit; keep the caller's logging (Prefect's console and API handlers) intact."""
+    and removes one on exit; keep the caller's logging (Prefect's console and API handlers) intact.
+    Replicas start in threads at once: what the first entry saw is what every exit restores."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    with _kept_lock:
+        if not _kept:
+            _kept.append((root.handlers[:], root.level))
+        _kept.append(None)  # one entry deeper
+        handlers, level = _kept[0]
     try:
         yield
     finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+        with _kept_lock:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            _kept.pop()
+            if len(_kept) == 1:
+                _kept.clear()
 
 
 @dataclass

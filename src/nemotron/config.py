@@ -92,8 +92,12 @@ class DeploymentSection(Strict):
     heartbeat_timeout: float = Field(
         300, ge=10, description="The server job stops itself when the submitting flow has been silent this long."
     )
+    replicas: int = Field(
+        1, ge=1, description="Servers of the model (Slurm jobs through the profile, or local processes); the gate "
+        "spreads requests over them and the budget is the sum of their capacities.")
     max_restarts: int = Field(
-        2, ge=0, description="Relaunches of a server that died mid-suite (its unfinished benchmarks run again).")
+        2, ge=0, description="Relaunches of a server that died mid-suite: of one replica in place while another "
+        "serves; else of the whole set, whose unfinished benchmarks run again.")
     health_interval: float = Field(
         5, gt=0, description="Seconds between /health checks while benchmarks run; 3 misses in a row = died.")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron import cluster, profiles, results, runtime, secrets, wandb_export
+from nemotron import cluster, profiles, results, runs, runtime, secrets, wandb_export
 from nemotron.errors import ConfigError
 from nemotron.profiles import Profile
 from nemotron.request import EvalRequest
@@ -203,9 +203,9 @@ def report(record: dict[str, Any], logs: bool = False) -> str:
         run = _read_json(sh, f"{record['job_dir']}/run.json")
         if run:
             lines.append(f"flow run: {run.get('name')} ({run.get('flow_run_id')})")
-            if run.get("server"):
-                server = run["server"]
-                lines.append(f"server job: {server.get('job_id')} ({server.get('state', 'running or starting')})")
+            for server in runs.servers(run):
+                lines.append(f"server job: {server.get('job_id')} ({server.get('state', 'running or starting')})"
+                             + (f" [{server['name']}]" if server.get("name", "server") != "server" else ""))
             lines.append(f"results: {run.get('run_dir')} (cluster)")
             path = f"{run.get('run_dir')}/results.json"
             if summary := _read_json(sh, path):

@@ -3,12 +3,10 @@ of one that already runs (deployment.type none)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -79,25 +77,3 @@ def running(dep: DeploymentSection, say: Callable[[str], None]) -> Endpoint:
                              "health_path and api_key_env")
         time.sleep(POLL_SECONDS)
     return endpoint
-
-
-@contextlib.contextmanager
-def watch_health(endpoint: Endpoint, interval: float, misses: int = 3) -> Iterator[threading.Event]:
-    """An event set once the health path has failed `misses` times in a row: the server died (process
-    killed, job lost, node gone). Benchmarks notice too, as connection errors; this tells them apart
-    from a slow server."""
-    down, stop = threading.Event(), threading.Event()
-
-    def loop() -> None:
-        failed = 0
-        while not stop.wait(interval):
-            failed = 0 if healthy(endpoint.health_url, endpoint.headers()) else failed + 1
-            if failed >= misses:
-                down.set()
-                return
-
-    threading.Thread(target=loop, name="server-health", daemon=True).start()
-    try:
-        yield down
-    finally:
-        stop.set()

@@ -42,6 +42,9 @@ def check(dep) -> None:
             raise ConfigError("deployment.type=none evaluates a server that already runs: set deployment.url, "
                               "e.g. http://host:8000")
         external_url(dep.url)
+        if dep.replicas != 1:
+            raise ConfigError(f"deployment.replicas={dep.replicas} launches servers; deployment.type=none evaluates "
+                              "the one that runs at deployment.url: valid is 1")
     elif dep.url or dep.api_key_env:
         key = "deployment.url" if dep.url else "deployment.api_key_env"
         raise ConfigError(f"{key} is for deployment.type=none (a running endpoint); type {dep.type!r} launches "

@@ -50,20 +50,26 @@ def capacity(metrics: str) -> int | None:
     return sum(min(MAX_PER_ENGINE, max(1, t // TOKENS_PER_REQUEST)) for t in tokens)
 
 
-def budget_for(base_url: str, configured: int | None, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """The in-flight budget and where it came from: the config's `evaluation.in_flight`, else the
-    server's capacity, else a fallback."""
+def budget_for(base_urls: list[str], configured: int | None,
+               headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """The in-flight budget and where it came from: the config's `evaluation.in_flight`, else the sum of the
+    servers' (replicas') capacities, else a fallback per server."""
     if configured:
         return configured, "evaluation.in_flight"
+    found = [_capacity_of(url, headers) for url in base_urls]
+    servers = f" of {len(base_urls)} replicas" if len(base_urls) > 1 else ""
+    if None in found:
+        return FALLBACK_BUDGET * len(base_urls), f"a fallback{servers}: the server publishes no KV-cache size"
+    return sum(found), f"the KV cache{servers} ({TOKENS_PER_REQUEST} tokens per request)"  # type: ignore[arg-type]
+
+
+def _capacity_of(base_url: str, headers: dict[str, str] | None) -> int | None:
     try:
         with urllib.request.urlopen(urllib.request.Request(f"{base_url}/metrics", headers=headers or {}),
                                     timeout=10) as r:
-            found = capacity(r.read().decode(errors="replace"))
+            return capacity(r.read().decode(errors="replace"))
     except OSError:
-        found = None
-    if found is None:
-        return FALLBACK_BUDGET, "a fallback: the server publishes no KV-cache size"
-    return found, f"the server's KV cache ({TOKENS_PER_REQUEST} tokens per request)"
+        return None
 
 
 @dataclass
@@ -85,6 +91,7 @@ class Replica:
     """One server behind the gate, and what it was sent."""
 
     url: str
+    name: str = "server"  # its server job's name in the run (server-replica-2)
     in_flight: int = 0
     requests: int = 0
     failed: int = 0  # no answer (connection refused or reset, timeout)
@@ -122,15 +129,19 @@ class Gate:
     def upstream(self) -> str:
         return self.replicas[0].url
 
-    def add(self, url: str) -> None:
+    def add(self, url: str, name: str = "server") -> None:
         """A (relaunched) replica joins: it takes requests from now on."""
-        self.replicas.append(Replica(url.rstrip("/")))
+        self.replicas.append(Replica(url.rstrip("/"), name))
 
     def remove(self, url: str) -> None:
         """A replica found dead (its health checks failed): no more requests go there."""
         for r in self.replicas:
             if r.url == url.rstrip("/"):
                 r.alive = False
+
+    def answers(self, url: str) -> bool:
+        """False once a request found the replica at `url` dead."""
+        return any(r.alive for r in self.replicas if r.url == url.rstrip("/"))
 
     def _pick(self, tried: list[Replica]) -> Replica | None:
         live = [r for r in self.replicas if r.alive and r not in tried]
@@ -237,11 +248,12 @@ class Gate:
 
 
 @contextlib.contextmanager
-def open_gate(upstreams: str | list[str], budget: int, headers: dict[str, str] | None = None) -> Iterator[Gate]:
-    """A gate in front of the server (or its replicas) for the duration of the block, on its own event loop thread;
-    `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold it)."""
-    urls = [upstreams] if isinstance(upstreams, str) else upstreams
-    gate = Gate([Replica(u.rstrip("/")) for u in urls], budget, dict(headers or {}))
+def open_gate(upstreams: str | dict[str, str], budget: int, headers: dict[str, str] | None = None) -> Iterator[Gate]:
+    """A gate in front of the server (or its replicas: name → URL) for the duration of the block, on its own event
+    loop thread; `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold
+    it)."""
+    named = {"server": upstreams} if isinstance(upstreams, str) else upstreams
+    gate = Gate([Replica(u.rstrip("/"), n) for n, u in named.items()], budget, dict(headers or {}))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()

