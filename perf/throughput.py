@@ -1,11 +1,13 @@
 """Throughput benchmark: the suite through our flow against the physical limit of the one server.
 
     uv run python perf/throughput.py [-c local] [--concurrency 64] [--out DIR] [key=value ...]
+    uv run python perf/throughput.py deployment.replicas=2     # the suite over two servers, the replay too
 
 1. runs the suite through the flow (the CLI, as a user would) into a fresh output folder;
 2. takes the requests the harnesses sent (nemo-evaluator's request cache, every body kept) and
-   replays them with a plain client at high concurrency against a fresh server of the same model:
-   the shortest time the server needs for the suite — the physical limit;
+   replays them with a plain client at high concurrency against a fresh server of the same model (as many
+   replicas as the flow had, the requests dealt round-robin): the shortest time the servers need for the
+   suite — the physical limit;
 3. prints the ratio flow / limit, model loads per suite, requests in flight (the gate's peak and
    mean), and per benchmark the orchestration overhead: harness start → first request, last
    response → result recorded. The figures go to <out>/throughput.json as well.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
-from nemotron import models, serving
+from nemotron import models, replicas, serving
 from nemotron.benchmarks import RESULT_FILE
 from nemotron.config import load_config
 from nemotron.gate import RECORD_FILE
@@ -108,12 +111,13 @@ def logged_requests(run_dir: Path) -> dict[str, list[dict]]:
     return found
 
 
-async def replay(base_url: str, requests: list[dict], concurrency: int) -> tuple[float, int]:
-    """Send them all, `concurrency` at a time; (seconds from first send to last answer, failures)."""
+async def replay(base_urls: list[str], requests: list[dict], concurrency: int) -> tuple[float, int]:
+    """Send them all, `concurrency` at a time, dealt round-robin over the servers; (seconds from first send to
+    last answer, failures)."""
     limit = asyncio.Semaphore(concurrency)
     failures = 0
 
-    async def one(session: aiohttp.ClientSession, body: dict) -> None:
+    async def one(session: aiohttp.ClientSession, base_url: str, body: dict) -> None:
         nonlocal failures
         path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
         async with limit, session.post(base_url + path, json=body) as r:
@@ -123,23 +127,25 @@ async def replay(base_url: str, requests: list[dict], concurrency: int) -> tuple
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         start = time.monotonic()
-        await asyncio.gather(*(one(session, body) for body in requests))
+        await asyncio.gather(*(one(session, base_urls[i % len(base_urls)], body) for i, body in enumerate(requests)))
         return time.monotonic() - start, failures
 
 
 def physical_limit(config: str, overrides: list[str], out: Path, requests: list[dict],
                    concurrency: int) -> dict:
-    """A fresh server of the same model, the suite's requests replayed against it."""
+    """Fresh servers of the same model (deployment.replicas of them), the suite's requests replayed against them."""
     cfg = load_config(config, overrides)
+    dep = cfg.deployment
     model = models.resolve(models.parse(cfg), print)
     start = time.monotonic()
-    with serving.serve(cfg.deployment, model.path, out / "replay", print) as server:
+    launch = functools.partial(serving.serve, dep, model.path, out / "replay")
+    with replicas.serve(launch, dep.replicas, print, 0, dep.health_interval) as fleet:
         load = time.monotonic() - start
         cpu = cpu_times()
-        seconds, failures = asyncio.run(replay(server.endpoint.base_url, requests, concurrency))
+        seconds, failures = asyncio.run(replay(list(fleet.urls().values()), requests, concurrency))
         after = cpu_times()
     return {"seconds": round(seconds, 1), "requests": len(requests), "failures": failures,
-            "concurrency": concurrency, "model_load_seconds": round(load, 1),
+            "concurrency": concurrency, "replicas": dep.replicas, "model_load_seconds": round(load, 1),
             "machine_busy": busy_share(cpu, after),
             "core_seconds": round((after[0] - cpu[0]) / os.sysconf("SC_CLK_TCK"), 1)}
 
@@ -160,19 +166,21 @@ def flow_figures(run_dir: Path, wall: float, busy: float, cpu: CpuSampler) -> di
             "last_response_to_recorded": round(when - max(t["last_response"] for t in traffic), 1),
         }
     loads = sum((run_dir / log).read_text().count("Application startup complete")
-                for log in os.listdir(run_dir) if re.fullmatch(r"server(-\d+)?\.log", log))
+                for log in os.listdir(run_dir) if re.fullmatch(r"server(-replica-\d+)?(-\d+)?\.log", log))
     busy_s = sum(rec["busy_seconds"] for rec in launches)
     return {"seconds": round(done - opened, 1), "end_to_end_seconds": round(wall, 1), "model_loads": loads,
             "in_flight_budget": launches[0]["budget"], "peak_in_flight": max(r["peak_in_flight"] for r in launches),
             "mean_in_flight": launches[0]["mean_in_flight"], "server_idle_seconds": round(done - opened - busy_s, 1),
             "requests_sent": sum(b["requests"] for rec in launches for b in rec["benchmarks"].values()),
+            "replicas": {f"{r['name']} ({r['url']})": r["requests"] for rec in launches for r in rec["replicas"]},
             "machine_busy": busy, "core_seconds": cpu.core_seconds(opened, done), "benchmarks": per_bench}
 
 
 def table(doc: dict) -> str:
     f, lim = doc["flow"], doc["limit"]
     rows = [
-        ("physical limit (replay, concurrency %d)" % lim["concurrency"], f"{lim['seconds']:.1f} s",
+        (f"physical limit (replay, concurrency {lim['concurrency']}, {lim['replicas']} server(s))",
+         f"{lim['seconds']:.1f} s",
          f"{lim['requests']} requests, {lim['failures']} failed, machine busy {lim['machine_busy']:.0%}"),
         ("suite through the flow (server ready → done)", f"{f['seconds']:.1f} s",
          f"{f['requests_sent']} requests sent; server idle {f['server_idle_seconds']:.1f} s (none in flight)"),
@@ -182,11 +190,13 @@ def table(doc: dict) -> str:
         ("ratio flow / limit (goal ≤ 1.15)", f"{doc['ratio']:.2f}", ""),
         ("suite end to end (model load included)", f"{f['end_to_end_seconds']:.1f} s",
          f"ratio {doc['end_to_end_ratio']:.2f}; machine busy {f['machine_busy']:.0%}"),
-        ("model loads per suite (goal 1)", str(f["model_loads"]), ""),
+        ("model loads per suite (goal: one per replica)", str(f["model_loads"]), ""),
+        ("requests per replica", str(len(f["replicas"])),
+         ", ".join(f"{name}: {n}" for name, n in f["replicas"].items())),
         ("requests in flight", f"peak {f['peak_in_flight']}", f"mean {f['mean_in_flight']}, budget "
                                                              f"{f['in_flight_budget']}"),
     ]
-    out = [f"{a:<46} {b:>12}  {c}" for a, b, c in rows]
+    out = [f"{a:<50} {b:>12}  {c}" for a, b, c in rows]
     out += ["", f"{'benchmark':<36} {'requests':>8} {'start→first request':>20} {'last response→recorded':>23}"]
     for name, b in doc["flow"]["benchmarks"].items():
         out.append(f"{name:<36} {b['requests']:>8} {b['start_to_first_request']:>18.1f} s "

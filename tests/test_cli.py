@@ -163,3 +163,12 @@ def test_a_run_that_names_no_profile_serves_where_run_profile_says(tmp_path):
     r = nemotron("nano3", "eval", "-c", "local", "--dry-run", env={**env, "NEMOTRON_PROFILE": "nope"})
     assert r.returncode == 2 and r.stderr.startswith("error: unknown profile 'nope' in ")
 
+
+
+def test_replicas_here_on_one_fixed_port_exit_2_and_the_dry_run_shows_how_many():
+    r = nemotron("nano3", "eval", "-c", "local", "deployment.replicas=2", "deployment.port=8000")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "error: deployment.port=8000 with deployment.replicas=2 on this machine: the replicas cannot all take that "
+        "port; set deployment.port=0 (each picks a free one)")
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "deployment.replicas=3")
+    assert r.returncode == 0 and "replicas: 3 jobs like the one below, requests spread over them by the gate" in r.stdout

@@ -41,6 +41,8 @@ def test_each_engine_writes_its_own_command_line():
     (["deployment.type=none", "deployment.url=http://h:8000", "deployment.api_key_env=not a name"],
      "is not a variable name"),
     (["deployment.type=tgi"], "deployment.type"),
+    (["deployment.type=none", "deployment.url=http://h:8000", "deployment.replicas=2"],
+     "deployment.replicas=2 launches servers; deployment.type=none evaluates the one that runs at deployment.url"),
 ])
 def test_each_engine_refuses_what_it_cannot_use_in_one_line(overrides, says):
     with pytest.raises(ConfigError, match=says.replace("{", r"\{").replace("}", r"\}").replace(".", r"\.")) as e:

@@ -9,7 +9,8 @@ from nemotron.request import EvalRequest, check_prefect_override
 @pytest.mark.parametrize("item", [
     "run.model=rl:v2", "evaluation.nemo_evaluator_config.config.params.limit_samples=10",
     "evaluation.tasks.0.nemo_evaluator_config.config.params.extra.num_fewshot=0", "evaluation.retries=3",
-    "deployment.tensor_parallel_size=8", "export.wandb.project=my-evals", "deployment.checkpoint_path=/ckpt/step_1"])
+    "deployment.tensor_parallel_size=8", "deployment.replicas=2", "export.wandb.project=my-evals",
+    "deployment.checkpoint_path=/ckpt/step_1"])
 def test_data_overrides_are_allowed(item):
     check_prefect_override(item)
 
