@@ -253,28 +253,31 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                                    detached=deployment.id is not None,  # a deployment run is a batch run
                                    on_record=lambda job: runs.save_server(run_id, job), revision=model.revision,
                                    offline=cfg.offline or model.kind != "hf")
+        provisional = gate.provisional_budget(ev.in_flight, dep.replicas * dep.data_parallel_size)
+        model_id = Endpoint("", dep.served_model_name, api_key_env=dep.api_key_env)  # what the gate's routes carry
         launches = 0
         while todo:
             launches += 1
+            sent: dict[str, BenchmarkPlan] = {}
             with stop_when_cancelled(run_id), tags(*model.tags), \
-                    replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval) as fleet:
+                    replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval) as fleet, \
+                    gate.open_gate(None, headers=model_id.headers()) as g:
+                fleet.wait_loading()  # while the job waits in the queue nothing starts; once it runs, harnesses do
+                fleet.open_when_ready(g, functools.partial(server_budget, todo=todo, configured=ev.in_flight, say=say,
+                                                           warn=log.warning))
+                try:
+                    lost = run_benchmarks(todo, model_id, g, env, ev, fleet.died, fleet.alive, outcomes, progress,
+                                          len(plans), lambda: fleet.budget or provisional, sent)
+                finally:
+                    gate.append_record(run_dir, {"launch": launches, **g.record()})
+                if fleet.error is not None:  # never healthy: its harnesses have ended on the gate's refusals
+                    raise fleet.error
                 server = fleet.handle
-                for warning in benchmarks.verify_capabilities(todo, server.endpoint):
-                    log.warning("%s", warning)
-                budget, source = gate.budget_for(list(fleet.urls().values()), ev.in_flight, server.endpoint.headers())
-                say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")
-                sending = [p.sending(budget) for p in todo]
-                with gate.open_gate(fleet.urls(), budget, server.endpoint.headers()) as g, fleet.watched(g) as died:
-                    manifest = results.write_manifest(run_dir, {**facts, "server": {
-                        "command": server.job.spec.command if server.job else None, "launches": launches,
-                        "endpoint": server.endpoint.base_url, "replicas": fleet.urls(),
-                        "model_id": server.endpoint.model_id, "in_flight_budget": budget,
-                        "run_configs": {p.name: p.run_config(g.route(server.endpoint, p.name)) for p in sending}}})
-                    try:
-                        lost = run_benchmarks(sending, server.endpoint, g, env, ev, died, fleet.alive, outcomes,
-                                              progress, len(plans))
-                    finally:
-                        gate.append_record(run_dir, {"launch": launches, **g.record()})
+                manifest = results.write_manifest(run_dir, {**facts, "server": {
+                    "command": server.job.spec.command if server.job else None, "launches": launches,
+                    "endpoint": server.endpoint.base_url, "replicas": fleet.urls(),
+                    "model_id": server.endpoint.model_id, "in_flight_budget": fleet.budget,
+                    "run_configs": {name: p.run_config(g.route(model_id, name)) for name, p in sent.items()}}})
             todo = [p for p in plans if p.name in lost]
             if todo and launches > cfg.deployment.max_restarts:
                 log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",
@@ -343,18 +346,31 @@ def previous_evaluation(scores_key: str, version: str) -> Previous | None:
         return None
 
 
+def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: int | None, say, warn) -> int:
+    """Once the servers are healthy: the capability check, and the in-flight budget the gate opens with."""
+    server = fleet.handle
+    for warning in benchmarks.verify_capabilities(todo, server.endpoint):
+        warn("%s", warning)
+    budget, source = gate.budget_for(list(fleet.urls().values()), configured, server.endpoint.headers())
+    say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")
+    return budget
+
+
 def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.Gate, env: dict[str, str], ev,
                    died: threading.Event, alive: Callable[[], bool], outcomes: dict[str, BenchmarkResult],
-                   progress: UUID, total: int) -> dict[str, BenchmarkResult]:
+                   progress: UUID, total: int, budget: Callable[[], int],
+                   sent: dict[str, BenchmarkPlan]) -> dict[str, BenchmarkResult]:
     """At most `evaluation.max_parallel` benchmarks at a time, their requests through the gate's
-    shared in-flight budget (a sliding window of harnesses, one window of requests).
+    shared in-flight budget (a sliding window of harnesses, one window of requests); the first ones start
+    while the model loads, with the `budget()` known then. Each plan as sent goes into `sent`.
     Returns the benchmarks its death cost — failed on the connection or never started — with the
     failure to record if it is not relaunched; every other outcome goes into `outcomes`."""
     waiting, running, lost = list(todo), {}, {}
     started = time.monotonic()
     while waiting or running:
         while waiting and len(running) < ev.max_parallel and not died.is_set():
-            p = waiting.pop(0)
+            p = waiting.pop(0).sending(budget())
+            sent[p.name] = p
             attempt = run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
                                                  timeout_seconds=p.timeout)
             running[attempt.submit(p, through.route(endpoint, p.name), env)] = p

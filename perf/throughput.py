@@ -140,6 +140,7 @@ def physical_limit(config: str, overrides: list[str], out: Path, requests: list[
     start = time.monotonic()
     launch = functools.partial(serving.serve, dep, model.path, out / "replay")
     with replicas.serve(launch, dep.replicas, print, 0, dep.health_interval) as fleet:
+        fleet.wait_ready()
         load = time.monotonic() - start
         cpu = cpu_times()
         seconds, failures = asyncio.run(replay(list(fleet.urls().values()), requests, concurrency))

@@ -1,7 +1,8 @@
 """A deterministic OpenAI-compatible endpoint for fault injection only (never for the e2e test).
 
 It accepts vLLM's command line (so `deployment.command` can point at it) and can misbehave:
---never-healthy (starts, logs, never answers), --fail-logprobs (500 on echo/logprobs requests),
+--never-healthy (starts, logs, never answers), --healthy-after S (/health is 503 for S seconds),
+--fail-logprobs (500 on echo/logprobs requests),
 --delay S (every completion takes S seconds), --fail-first N (503 for the first N requests);
 --journal FILE records each start and request, so a test can count what reached a server.
 """
@@ -21,6 +22,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--served-model-name", default="fake")
     ap.add_argument("--never-healthy", action="store_true")
+    ap.add_argument("--healthy-after", type=float, default=0.0, help="seconds of a loading model: /health says 503")
     ap.add_argument("--fail-logprobs", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--answer", default="The answer is 42.", help="what every completion says")
@@ -41,6 +43,8 @@ def main() -> None:
             print("fake server: still loading weights", flush=True)
             time.sleep(1)
 
+    ready_at = time.monotonic() + args.healthy_after
+
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, doc: dict) -> None:
             body = json.dumps(doc).encode()
@@ -52,7 +56,7 @@ def main() -> None:
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/health":
-                self._send(200, {})
+                self._send(200 if time.monotonic() >= ready_at else 503, {})
             elif self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": args.served_model_name, "object": "model"}]})
             else:

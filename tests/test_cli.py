@@ -171,4 +171,5 @@ def test_replicas_here_on_one_fixed_port_exit_2_and_the_dry_run_shows_how_many()
         "error: deployment.port=8000 with deployment.replicas=2 on this machine: the replicas cannot all take that "
         "port; set deployment.port=0 (each picks a free one)")
     r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "deployment.replicas=3")
-    assert r.returncode == 0 and "replicas: 3 jobs like the one below, requests spread over them by the gate" in r.stdout
+    assert r.returncode == 0
+    assert "replicas: 3 jobs like the one below, requests spread over them by the gate" in r.stdout

@@ -173,6 +173,22 @@ def test_server_that_never_becomes_healthy_fails_within_the_startup_timeout(tmp_
     assert not leftovers(tmp_path)
 
 
+def test_harnesses_start_while_the_model_loads_and_their_requests_wait_for_it(tmp_path):
+    """Issue 17: the harness starts once the server process runs, not once it is healthy; the gate holds its first
+    requests until /health answers, then they go through."""
+    request = fake_request(tmp_path, "--healthy-after", "25", tasks=("gsm8k",), extra=["deployment.startup_timeout=60"])
+    state = nano3_eval(**request, return_state=True)
+    assert state.is_completed(), state.message
+    (run,) = (p.parent for p in tmp_path.glob("*/*/results.json"))
+    (launch,) = json.loads((run / "in-flight.json").read_text())
+    log = (run / "gsm8k" / "run_eval.log").read_text()
+    harness_started = float(re.search(r"^# nemotron: run_eval \S+ at ([0-9.]+) ", log, re.M).group(1))
+    assert harness_started < launch["opened"] - 10  # it started during the 25 s the model "loaded"
+    assert launch["held_requests"] >= 1  # its requests came before the server was healthy
+    assert launch["benchmarks"]["gsm8k"]["first_request"] >= launch["opened"]  # and went through after
+    assert summary(tmp_path)["results"][0]["status"] == "completed"
+
+
 def _cli_until_benchmark_runs(tmp_path):
     """Start the CLI against the fake server (answers slowly) and return once gsm8k is running."""
     overrides = [f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} --delay 600", "deployment.venv=null",

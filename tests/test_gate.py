@@ -187,3 +187,19 @@ def test_a_relaunched_replica_joins_and_the_last_one_alive_is_never_taken_out():
             g.add(b)
             assert post(f"{g.url}/gsm8k/v1/completions") == 200
             assert [r.requests for r in g.replicas] == [1, 1]
+
+
+def test_requests_before_the_server_is_healthy_wait_for_it_or_fail_if_it_never_is(upstream):
+    with gate.open_gate(None) as g, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        early = [pool.submit(post, f"{g.url}/gsm8k/v1/completions") for _ in range(3)]
+        time.sleep(1.0)
+        assert not any(f.done() for f in early) and g.held == 3  # accepted, held
+        g.open({"server": upstream}, 2)
+        assert [f.result(timeout=30) for f in early] == [200] * 3
+        record = g.record()
+    assert record["held_requests"] == 3 and record["budget"] == 2 and record["benchmarks"]["gsm8k"]["requests"] == 3
+    with gate.open_gate(None) as g, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        early = pool.submit(post, f"{g.url}/gsm8k/v1/completions")
+        time.sleep(0.5)
+        g.fail("the model server was not healthy after 20 s")
+        assert early.result(timeout=10) == 502 and post(f"{g.url}/gsm8k/v1/completions") == 502

@@ -30,12 +30,13 @@ class FakeLauncher:
         self.said: list[str] = []
 
     @contextlib.contextmanager
-    def __call__(self, name: str, stop: threading.Event, say):
+    def __call__(self, name: str, stop: threading.Event, say, on_running):
         if name in self.fail:
             raise ServeError(f"{name} could not start")
         port = free_port()
         proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), *self.args], stdout=subprocess.DEVNULL)
         self.procs.setdefault(name, []).append(proc)
+        on_running()
         try:
             while not endpoints.healthy(f"http://127.0.0.1:{port}/health"):
                 if stop.is_set():
@@ -56,9 +57,14 @@ def test_names_keep_one_server_as_before():
 def test_a_dead_replica_is_relaunched_while_the_other_serves_and_no_request_fails():
     launch, said = FakeLauncher("--delay", "0.3"), []
     with replicas.serve(launch, 2, said.append, restarts=2, interval=0.2) as fleet:
+        fleet.wait_loading()
+        assert fleet.loading.is_set()
+        fleet.wait_ready()
         assert set(fleet.urls()) == {"server-replica-1", "server-replica-2"}
         assert any(m.startswith("[serve server-replica-2] healthy at") for m in said), said
-        with gate.open_gate(fleet.urls(), budget=4) as g, fleet.watched(g) as died:
+        with gate.open_gate(fleet.urls(), budget=4) as g:
+            fleet.watch(g)
+            died = fleet.died
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 futures = [pool.submit(post, f"{g.url}/gsm8k/v1/completions") for _ in range(40)]
                 time.sleep(0.5)
@@ -86,31 +92,39 @@ def test_a_dead_replica_is_relaunched_while_the_other_serves_and_no_request_fail
     assert all(p.poll() is not None for ps in launch.procs.values() for p in ps)  # every server stopped after
 
 
+@contextlib.contextmanager
+def watched(launch: FakeLauncher, count: int, said: list[str], restarts: int):
+    """Healthy replicas behind a gate, watched: the fleet."""
+    with replicas.serve(launch, count, said.append, restarts=restarts, interval=0.2) as fleet:
+        fleet.wait_ready()
+        with gate.open_gate(fleet.urls(), budget=2) as g:
+            fleet.watch(g)
+            yield fleet
+
+
 def test_the_suite_is_told_only_when_no_replica_serves():
     launch, said = FakeLauncher(), []
-    with replicas.serve(launch, 2, said.append, restarts=0, interval=0.2) as fleet, \
-            gate.open_gate(fleet.urls(), budget=2) as g, fleet.watched(g) as died:
+    with watched(launch, 2, said, restarts=0) as fleet:
         launch.procs["server-replica-2"][0].kill()
         time.sleep(1.5)
-        assert not died.is_set() and fleet.alive()  # one serves on: max_restarts=0 only stops the relaunch
+        assert not fleet.died.is_set() and fleet.alive()  # one serves on: max_restarts=0 only stops the relaunch
         assert any("not relaunched: deployment.max_restarts=0 reached; server-replica-1 serves on" in m for m in said)
         launch.procs["server-replica-1"][0].kill()
-        assert died.wait(5) and not fleet.alive()
+        assert fleet.died.wait(5) and not fleet.alive()
 
 
 def test_one_server_dies_as_before_replicas_the_flow_relaunches_it():
     launch, said = FakeLauncher(), []
-    with replicas.serve(launch, 1, said.append, restarts=2, interval=0.2) as fleet, \
-            gate.open_gate(fleet.urls(), budget=2) as g, fleet.watched(g) as died:
+    with watched(launch, 1, said, restarts=2) as fleet:
         assert list(fleet.urls()) == ["server"]
         launch.procs["server"][0].kill()
-        assert died.wait(5)
+        assert fleet.died.wait(5)
     assert len(launch.procs["server"]) == 1 and not any("relaunching" in m for m in said)
 
 
 def test_a_replica_that_cannot_start_fails_the_launch_and_stops_the_others():
     launch = FakeLauncher(fail={"server-replica-2"})
     with pytest.raises(ServeError, match="server-replica-2 could not start"):
-        with replicas.serve(launch, 2, print, restarts=1, interval=0.2):
-            pass
+        with replicas.serve(launch, 2, print, restarts=1, interval=0.2) as fleet:
+            fleet.wait_ready()
     assert all(p.poll() is not None for p in launch.procs["server-replica-1"])

@@ -50,6 +50,13 @@ def capacity(metrics: str) -> int | None:
     return sum(min(MAX_PER_ENGINE, max(1, t // TOKENS_PER_REQUEST)) for t in tokens)
 
 
+def provisional_budget(configured: int | None, engines: int) -> int:
+    """The harness parallelism of benchmarks that start while the model loads, before the servers' capacity is
+    known: the configured budget, else the most the gate could allow (MAX_PER_ENGINE per engine); the gate holds
+    back what is over the real budget."""
+    return configured or MAX_PER_ENGINE * engines
+
+
 def budget_for(base_urls: list[str], configured: int | None,
                headers: dict[str, str] | None = None) -> tuple[int, str]:
     """The in-flight budget and where it came from: the config's `evaluation.in_flight`, else the sum of the
@@ -106,10 +113,15 @@ class Gate:
     there: one replica's death costs no benchmark anything but those requests' time."""
 
     replicas: list[Replica]
-    budget: int
+    budget: int  # 0: not open yet (the server is loading): requests wait
     upstream_headers: dict[str, str] = field(default_factory=dict, repr=False)  # the server's key: never recorded
     url: str = ""
-    opened: float = field(default_factory=time.time)
+    opened: float = field(default_factory=time.time)  # when requests began to go through
+    held: int = 0  # requests that arrived before the server was healthy, and waited for it
+    failure: str = ""  # the server never became healthy: what waits is answered 502 with this
+    _ready: asyncio.Event | None = None
+    _limit: asyncio.Semaphore | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
     traffic: dict[str, Traffic] = field(default_factory=dict)
     in_flight: int = 0
     peak: int = 0
@@ -127,7 +139,41 @@ class Gate:
 
     @property
     def upstream(self) -> str:
-        return self.replicas[0].url
+        return self.replicas[0].url if self.replicas else ""
+
+    def open(self, upstreams: dict[str, str], budget: int) -> None:
+        """The server is healthy: what waits goes through, `budget` at a time (from any thread)."""
+        self._call(self._open, upstreams, budget)
+
+    def fail(self, reason: str) -> None:
+        """The server will not become healthy: what waits, and what comes, is answered 502 (from any thread)."""
+        self._call(self._fail, reason)
+
+    def _call(self, fn, *args) -> None:
+        done = threading.Event()
+
+        def run() -> None:
+            fn(*args)
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)  # type: ignore[union-attr]
+        done.wait(10)
+
+    def _open(self, upstreams: dict[str, str], budget: int) -> None:
+        self.replicas += [Replica(u.rstrip("/"), n) for n, u in upstreams.items()]
+        self.budget, self._limit, self.opened = budget, asyncio.Semaphore(budget), time.time()
+        self._ready.set()  # type: ignore[union-attr]
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        self._ready.set()  # type: ignore[union-attr]
+
+    async def _wait_open(self) -> web.Response | None:
+        """Hold a request that came before the server was healthy; a 502 if it never will be."""
+        if not self._ready.is_set():  # type: ignore[union-attr]
+            self.held += 1
+            await self._ready.wait()  # type: ignore[union-attr]
+        return web.Response(status=502, text=f"Bad Gateway: {self.failure}") if self.failure else None
 
     def add(self, url: str, name: str = "server") -> None:
         """A (relaunched) replica joins: it takes requests from now on."""
@@ -155,13 +201,14 @@ class Gate:
         """The figures of this gate: budget, peak and mean requests in flight, per-benchmark traffic."""
         self._count(0)
         return {"upstream": self.upstream, "replicas": [asdict(r) for r in self.replicas],
-                "budget": self.budget, "opened": self.opened, "closed": time.time(),
+                "budget": self.budget, "opened": self.opened, "closed": time.time(), "held_requests": self.held,
                 "peak_in_flight": self.peak, "mean_in_flight": round(self._area / self._busy, 2) if self._busy else 0.0,
                 "busy_seconds": round(self._busy, 2),
                 "benchmarks": {name: asdict(t) for name, t in self.traffic.items()}}
 
-    async def _forward(self, request: web.Request, session: aiohttp.ClientSession,
-                       limit: asyncio.Semaphore) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, session: aiohttp.ClientSession) -> web.StreamResponse:
+        if (refused := await self._wait_open()) is not None:
+            return refused
         name, rest = request.match_info["benchmark"], request.match_info["rest"]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         headers.update(self.upstream_headers)
@@ -174,7 +221,7 @@ class Gate:
             except _Unreachable as e:
                 return web.Response(status=502, text=f"Bad Gateway: {e}")
         t = self.traffic.setdefault(name, Traffic())
-        async with limit:
+        async with self._limit:  # type: ignore[union-attr]
             t.requests += 1
             t.first_request = t.first_request or time.time()
             self._count(+1)
@@ -220,14 +267,16 @@ class Gate:
 
 
     async def _serve(self, started: threading.Event, stop: asyncio.Event) -> None:
-        limit = asyncio.Semaphore(self.budget)
+        self._loop, self._ready = asyncio.get_running_loop(), asyncio.Event()
+        if self.budget:
+            self._open({}, self.budget)
         connector = aiohttp.TCPConnector(limit=0)  # the semaphore is the limit
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
                                          auto_decompress=False) as session:
             app = web.Application(client_max_size=64 * 1024 * 1024)
 
             async def handle(request: web.Request) -> web.StreamResponse:
-                return await self._forward(request, session, limit)
+                return await self._forward(request, session)
 
             app.router.add_route("*", "/{benchmark}/{rest:.*}", handle)
             # on close (the suite ended, or Ctrl-C / a cancel) requests still in flight are dropped at once:
@@ -248,11 +297,12 @@ class Gate:
 
 
 @contextlib.contextmanager
-def open_gate(upstreams: str | dict[str, str], budget: int, headers: dict[str, str] | None = None) -> Iterator[Gate]:
+def open_gate(upstreams: str | dict[str, str] | None, budget: int = 0,
+              headers: dict[str, str] | None = None) -> Iterator[Gate]:
     """A gate in front of the server (or its replicas: name → URL) for the duration of the block, on its own event
     loop thread; `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold
-    it)."""
-    named = {"server": upstreams} if isinstance(upstreams, str) else upstreams
+    it). Without upstreams it holds what arrives until `Gate.open()` (the server is healthy) or `Gate.fail()`."""
+    named = {"server": upstreams} if isinstance(upstreams, str) else upstreams or {}
     gate = Gate([Replica(u.rstrip("/"), n) for n, u in named.items()], budget, dict(headers or {}))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

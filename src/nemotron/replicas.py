@@ -35,8 +35,10 @@ def names(count: int) -> list[str]:
 class Replica:
     """One server, held open by its thread from launch until `stop()`."""
 
-    def __init__(self, name: str, launch: Launch, say: Callable[[str], None]):
+    def __init__(self, name: str, launch: Launch, say: Callable[[str], None],
+                 on_running: Callable[[], None] = lambda: None):
         self.name = name
+        self._on_running = on_running
         self.handle: ServerHandle | None = None
         self.error: BaseException | None = None
         self.ready = threading.Event()  # healthy, or failed to become so
@@ -50,7 +52,7 @@ class Replica:
                 else message)
 
         try:
-            with launch(name=self.name, stop=self._stop, say=said) as handle:
+            with launch(name=self.name, stop=self._stop, say=said, on_running=self._on_running) as handle:
                 self.handle = handle
                 self.ready.set()
                 self._stop.wait()
@@ -85,19 +87,53 @@ class Fleet:
         self.launch, self.count, self.say = launch, count, say
         self.restarts, self.interval, self.misses = restarts, interval, misses
         self.relaunched = 0
-        self.serving: list[Replica] = []  # healthy, in the gate
+        self.serving: list[Replica] = []  # launched, and (once ready) healthy and in the gate
         self._starting: list[Replica] = []  # relaunched, not yet healthy
         self._gone: list[Replica] = []  # dead: being stopped
+        self.loading = threading.Event()  # a server process runs: its model loads
+        self.died = threading.Event()  # no replica serves any more (set by the watch)
+        self._done = threading.Event()
+        self._watch: threading.Thread | None = None
+        self.budget: int | None = None  # requests at once through the gate, once it is open
+        self.error: BaseException | None = None  # why the servers never became healthy
 
     def start(self) -> None:
-        """Launch every replica at once; return when all are healthy, or raise the first failure."""
+        """Launch every replica at once (each job then waits in its queue, starts, loads), without waiting."""
         if self.count > 1:
             self.say(f"[serve] launching {self.count} replicas of the model (deployment.replicas)")
-        launched = [Replica(name, self.launch, self.say) for name in names(self.count)]
-        self.serving = launched
-        while not all(r.ready.wait(1.0) for r in launched):  # a timeout keeps Ctrl-C deliverable
-            pass
-        failed = next((r.error for r in launched if r.error is not None), None)
+        self.serving = [Replica(name, self.launch, self.say, self.loading.set) for name in names(self.count)]
+
+    def wait_loading(self) -> None:
+        """Until a server process runs (the queue wait is over), or every replica is ready; raise a failure."""
+        while not self.loading.wait(1.0) and not all(r.ready.is_set() for r in self.serving):
+            self._raise_failure()
+        self._raise_failure()
+
+    def wait_ready(self) -> None:
+        """Until every replica is healthy; raise the first failure."""
+        while not all(r.ready.wait(1.0) for r in self.serving):  # a timeout keeps Ctrl-C deliverable
+            self._raise_failure()
+        self._raise_failure()
+
+    def open_when_ready(self, gate: Gate, budget_of: Callable[[Fleet], int]) -> None:
+        """In a thread of its own: once every replica is healthy, open the gate to them with `budget_of(fleet)` and
+        watch them. The harnesses start meanwhile (their requests wait in the gate); if the servers never become
+        healthy, what waits is answered 502 and `died` is set, and `error` says why."""
+        def run() -> None:
+            try:
+                self.wait_ready()
+                self.budget = budget_of(self)
+                gate.open(self.urls(), self.budget)
+                self.watch(gate)
+            except BaseException as e:  # noqa: BLE001 - the flow raises it once its harnesses have ended
+                self.error = e
+                gate.fail(f"the model server did not become healthy: {str(e).splitlines()[0]}")
+                self.died.set()
+
+        threading.Thread(target=run, name="gate-opener", daemon=True).start()
+
+    def _raise_failure(self) -> None:
+        failed = next((r.error for r in self.serving if r.error is not None), None)
         if failed is not None:
             raise failed
 
@@ -113,14 +149,12 @@ class Fleet:
         """Some replica answers its health path (the flow asks after an infrastructure failure)."""
         return any(r.healthy() for r in self.serving)
 
-    @contextlib.contextmanager
-    def watched(self, gate: Gate) -> Iterator[threading.Event]:
-        """Watch the replicas while the block runs; the event is set once none serves."""
-        died, done = threading.Event(), threading.Event()
+    def watch(self, gate: Gate) -> None:
+        """Watch the healthy replicas until `stop()`; `died` is set once none serves."""
         failed: dict[str, int] = {}
 
         def loop() -> None:
-            while not done.wait(self.interval):
+            while not self._done.wait(self.interval):
                 for replica in list(self.serving):
                     ok = gate.answers(replica.endpoint.base_url) and replica.healthy()
                     failed[replica.name] = 0 if ok else failed.get(replica.name, 0) + 1
@@ -131,16 +165,11 @@ class Fleet:
                     self._starting.remove(replica)
                     self._joined(replica, gate)
                 if not self.serving:
-                    died.set()
+                    self.died.set()
                     return
 
-        thread = threading.Thread(target=loop, name="replica-watch", daemon=True)
-        thread.start()
-        try:
-            yield died
-        finally:
-            done.set()
-            thread.join(self.interval + 10)
+        self._watch = threading.Thread(target=loop, name="replica-watch", daemon=True)
+        self._watch.start()
 
     def _lost(self, replica: Replica, gate: Gate) -> None:
         """A replica died: out of the gate; relaunched in place while another serves and restarts remain."""
@@ -174,6 +203,9 @@ class Fleet:
 
     def stop(self) -> None:
         """Every job cancelled, in parallel: serving, starting, and the dead ones still being stopped."""
+        self._done.set()
+        if self._watch is not None:
+            self._watch.join(self.interval + 10)
         everyone = [*self.serving, *self._starting, *self._gone]
         for replica in everyone:
             replica.stop(wait=False)
@@ -184,7 +216,8 @@ class Fleet:
 
 @contextlib.contextmanager
 def serve(launch: Launch, count: int, say: Callable[[str], None], restarts: int, interval: float) -> Iterator[Fleet]:
-    """`count` servers of the model, healthy, for the duration of the block; every job cancelled after it."""
+    """`count` servers of the model, launched, for the duration of the block (`wait_loading`, `wait_ready`); every
+    job cancelled after it."""
     if count < 1:
         raise ServeError(f"deployment.replicas={count}: at least one server is needed")
     fleet = Fleet(launch, count, say, restarts, interval)

