@@ -272,12 +272,13 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                     gate.append_record(run_dir, {"launch": launches, **g.record()})
                 if fleet.error is not None:  # never healthy: its harnesses have ended on the gate's refusals
                     raise fleet.error
-                server = fleet.handle
-                manifest = results.write_manifest(run_dir, {**facts, "server": {
-                    "command": server.job.spec.command if server.job else None, "launches": launches,
-                    "endpoint": server.endpoint.base_url, "replicas": fleet.urls(),
-                    "model_id": server.endpoint.model_id, "in_flight_budget": fleet.budget,
-                    "run_configs": {name: p.run_config(g.route(model_id, name)) for name, p in sent.items()}}})
+                server = fleet.first
+                if server is not None:  # the gate opened (every harness may have failed before: no server record)
+                    manifest = results.write_manifest(run_dir, {**facts, "server": {
+                        "command": server.job.spec.command if server.job else None, "launches": launches,
+                        "endpoint": server.endpoint.base_url, "replicas": fleet.opened_to,
+                        "model_id": server.endpoint.model_id, "in_flight_budget": fleet.budget,
+                        "run_configs": {name: p.run_config(g.route(model_id, name)) for name, p in sent.items()}}})
             todo = [p for p in plans if p.name in lost]
             if todo and launches > cfg.deployment.max_restarts:
                 log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",

@@ -111,7 +111,8 @@ def test_crash_hook_cancels_the_job_a_killed_flow_left_behind(tmp_path):
         while squeue() and time.monotonic() - start < 30:
             time.sleep(0.5)
         assert not squeue()
-        assert sacct_state(record["server"]["job_id"]) == "CANCELLED"
+        (server,) = runs.servers(record)
+        assert server["name"] == "server" and sacct_state(server["job_id"]) == "CANCELLED"
     finally:
         proc.kill()
         subprocess.run(["pkill", "-f", str(tmp_path)])  # the orphaned harness run

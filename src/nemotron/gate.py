@@ -156,7 +156,10 @@ class Gate:
             fn(*args)
             done.set()
 
-        self._loop.call_soon_threadsafe(run)  # type: ignore[union-attr]
+        try:
+            self._loop.call_soon_threadsafe(run)  # type: ignore[union-attr]
+        except RuntimeError:  # the gate has closed (the suite ended, Ctrl-C): nothing waits any more
+            return
         done.wait(10)
 
     def _open(self, upstreams: dict[str, str], budget: int) -> None:

@@ -95,6 +95,8 @@ class Fleet:
         self._done = threading.Event()
         self._watch: threading.Thread | None = None
         self.budget: int | None = None  # requests at once through the gate, once it is open
+        self.first: ServerHandle | None = None  # the first replica's server when the gate opened (the record's)
+        self.opened_to: dict[str, str] = {}  # the replicas the gate opened to: name → URL
         self.error: BaseException | None = None  # why the servers never became healthy
 
     def start(self) -> None:
@@ -122,8 +124,9 @@ class Fleet:
         def run() -> None:
             try:
                 self.wait_ready()
+                self.first, self.opened_to = self.handle, self.urls()
                 self.budget = budget_of(self)
-                gate.open(self.urls(), self.budget)
+                gate.open(self.opened_to, self.budget)
                 self.watch(gate)
             except BaseException as e:  # noqa: BLE001 - the flow raises it once its harnesses have ended
                 self.error = e
