@@ -254,19 +254,19 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                                    on_record=lambda job: runs.save_server(run_id, job), revision=model.revision,
                                    offline=cfg.offline or model.kind != "hf")
         provisional = gate.provisional_budget(ev.in_flight, dep.replicas * dep.data_parallel_size)
-        model_id = Endpoint("", dep.served_model_name, api_key_env=dep.api_key_env)  # what the gate's routes carry
+        served = Endpoint("", dep.served_model_name, api_key_env=dep.api_key_env)  # the gate routes to it by name
         launches = 0
         while todo:
             launches += 1
             sent: dict[str, BenchmarkPlan] = {}
             with stop_when_cancelled(run_id), tags(*model.tags), \
                     replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval) as fleet, \
-                    gate.open_gate(None, headers=model_id.headers()) as g:
+                    gate.open_gate(None, headers=served.headers()) as g:
                 fleet.wait_loading()  # while the job waits in the queue nothing starts; once it runs, harnesses do
                 fleet.open_when_ready(g, functools.partial(server_budget, todo=todo, configured=ev.in_flight, say=say,
                                                            warn=log.warning))
                 try:
-                    lost = run_benchmarks(todo, model_id, g, env, ev, fleet.died, fleet.alive, outcomes, progress,
+                    lost = run_benchmarks(todo, served, g, env, ev, fleet.died, fleet.alive, outcomes, progress,
                                           len(plans), lambda: fleet.budget or provisional, sent)
                 finally:
                     gate.append_record(run_dir, {"launch": launches, **g.record()})
@@ -278,7 +278,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                         "command": server.job.spec.command if server.job else None, "launches": launches,
                         "endpoint": server.endpoint.base_url, "replicas": fleet.opened_to,
                         "model_id": server.endpoint.model_id, "in_flight_budget": fleet.budget,
-                        "run_configs": {name: p.run_config(g.route(model_id, name)) for name, p in sent.items()}}})
+                        "run_configs": {name: p.run_config(g.route(served, name)) for name, p in sent.items()}}})
             todo = [p for p in plans if p.name in lost]
             if todo and launches > cfg.deployment.max_restarts:
                 log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",
