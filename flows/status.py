@@ -127,8 +127,8 @@ def _status(record: dict, flow_run, task_runs) -> str:
 
 def _logs(record: dict, entries) -> str:
     out = [f"{e.timestamp:%H:%M:%S} {_level(e.level):<7} {e.message}" for e in entries]
-    for server in runs.servers(record):  # each replica's newest launch
-        name = server.get("name", "server")
+    newest = {server.get("name", "server"): server for server in runs.servers(record)}  # a relaunch replaces
+    for name, server in newest.items():  # each replica's newest launch
         logs = serving.server_logs(Path(record["run_dir"]), name) if record.get("run_dir") else []
         tail = serving.log_tail(logs[-1], 40) if logs else serving.recorded_log_tail(server, 40)
         if tail:

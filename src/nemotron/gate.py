@@ -163,7 +163,8 @@ class Gate:
         done.wait(10)
 
     def _open(self, upstreams: dict[str, str], budget: int) -> None:
-        self.replicas += [Replica(u.rstrip("/"), n) for n, u in upstreams.items()]
+        for name, url in upstreams.items():
+            self.add(url, name)
         self.budget, self._limit, self.opened = budget, asyncio.Semaphore(budget), time.time()
         self._ready.set()  # type: ignore[union-attr]
 
@@ -306,7 +307,9 @@ def open_gate(upstreams: str | dict[str, str] | None, budget: int = 0,
     loop thread; `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold
     it). Without upstreams it holds what arrives until `Gate.open()` (the server is healthy) or `Gate.fail()`."""
     named = {"server": upstreams} if isinstance(upstreams, str) else upstreams or {}
-    gate = Gate([Replica(u.rstrip("/"), n) for n, u in named.items()], budget, dict(headers or {}))
+    gate = Gate([], budget, dict(headers or {}))
+    for name, url in named.items():
+        gate.add(url, name)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()

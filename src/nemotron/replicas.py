@@ -159,9 +159,9 @@ class Fleet:
         def loop() -> None:
             while not self._done.wait(self.interval):
                 for replica in list(self.serving):
-                    ok = gate.answers(replica.endpoint.base_url) and replica.healthy()
-                    failed[replica.name] = 0 if ok else failed.get(replica.name, 0) + 1
-                    if failed[replica.name] >= self.misses or not gate.answers(replica.endpoint.base_url):
+                    answers = gate.answers(replica.endpoint.base_url)
+                    failed[replica.name] = 0 if answers and replica.healthy() else failed.get(replica.name, 0) + 1
+                    if failed[replica.name] >= self.misses or not answers:
                         failed[replica.name] = 0
                         self._lost(replica, gate)
                 for replica in [r for r in self._starting if r.ready.is_set()]:
@@ -187,18 +187,20 @@ class Fleet:
             self.say(f"[serve] {replica.name} died (job {replica.job_id}); not relaunched: deployment.max_restarts="
                      f"{self.restarts} reached; {others} on")
             return
-        self.relaunched += 1
-        self.say(f"[serve] {replica.name} died (job {replica.job_id}): relaunching it ({self.relaunched}/"
+        self.say(f"[serve] {replica.name} died (job {replica.job_id}): relaunching it ({self.relaunched + 1}/"
                  f"{self.restarts}) while {others}; its requests in flight were sent there")
-        self._starting.append(Replica(replica.name, self.launch, self.say))
+        self._relaunch(replica.name)
+
+    def _relaunch(self, name: str) -> None:
+        self.relaunched += 1
+        self._starting.append(Replica(name, self.launch, self.say))
 
     def _joined(self, replica: Replica, gate: Gate) -> None:
         if replica.error is not None or replica.endpoint is None:
             self.say(f"[serve] relaunching {replica.name} failed: {replica.error}")
             self._gone.append(replica)
             if self.relaunched < self.restarts and self.serving:
-                self.relaunched += 1
-                self._starting.append(Replica(replica.name, self.launch, self.say))
+                self._relaunch(replica.name)
             return
         gate.add(replica.endpoint.base_url, replica.name)
         self.serving.append(replica)
