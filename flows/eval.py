@@ -25,6 +25,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.futures import as_completed
@@ -40,12 +41,14 @@ from nemotron import (
     gate,
     models,
     profiles,
+    progress,
     replicas,
     results,
     runs,
     runtime,
     secrets,
     serving,
+    sizing,
     wandb_export,
 )
 from nemotron.benchmarks import BenchmarkPlan
@@ -62,12 +65,16 @@ def retry_if_infrastructure(task, task_run, state) -> bool:
     return isinstance(state.data, BaseException) and benchmarks.retryable(state.data)
 
 
-@task(task_run_name="{bench.name}", tags=["benchmark"], retry_condition_fn=retry_if_infrastructure)
-async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str]) -> BenchmarkResult:
+@task(task_run_name="{bench.name}", tags=["benchmark"], retry_condition_fn=retry_if_infrastructure,
+      cache_policy=NO_CACHE)  # results are reused by their benchmark folder's key, not by Prefect
+async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str],
+                        board: progress.Board) -> BenchmarkResult:
     """One `nemo-evaluator run_eval` against the shared endpoint (retries and timeout from config)."""
     log = get_run_logger()
     log.info("running %s (%s) into %s", bench.name, bench.task_type, bench.output_dir)
-    result = await benchmarks.run_benchmark(bench, endpoint, env, on_line=log.warning)
+    board.start(bench.name)
+    result = await benchmarks.run_benchmark(bench, endpoint, env, on_line=log.warning,
+                                            on_output=functools.partial(board.read, bench.name))
     for s in result.scores:
         log.info("%s %s = %.4f ± %s (n=%s)", s.benchmark, s.metric, s.value, s.stderr, s.samples)
     return result
@@ -220,18 +227,21 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     eval_id = wandb_export.evaluation_id(identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
-    progress = create_progress_artifact(0.0, key="nano3-eval-progress", description="benchmarks finished")
+    board = progress.Board.of([p.name for p in plans])
+    shown = ProgressArtifacts([p.name for p in plans])
 
     # 3. hold the benchmark folders: a second run of the same evaluation (a trigger and a deployment run for one
     #    version) waits here, before serving, then reuses what the first one finished
-    with benchmarks.claimed(plans, say):
+    env = benchmarks.harness_env(hf_home, cfg.offline)
+    with benchmarks.claimed(plans, say), progress.watch(board, say, on_tick=shown.update):
         outcomes: dict[str, BenchmarkResult] = {}
         with tags(*model.tags):
             for p in plans:
                 if (done := benchmarks.finished(p)) is not None:
                     outcomes[p.name] = reuse_benchmark(done)
+                    board.finish(p.name, progress.REUSED)
         todo = [p for p in plans if p.name not in outcomes]
-        update_progress_artifact(progress, 100.0 * len(outcomes) / len(plans))
+        size_in_background(board, todo, env)
         facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
                  "harness": benchmarks.harness_versions(), "profile": profile,
                  "config": secrets.masked(cfg.model_dump(mode="json")),
@@ -242,7 +252,6 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         manifest = results.write_manifest(run_dir, facts)
         if not todo:
             say("every benchmark already has its result for this model and config: nothing to serve")
-        env = benchmarks.harness_env(hf_home, cfg.offline)
         dep, image = cfg.deployment, cluster.image_for(cfg.deployment, where)
         if todo and image and not cluster.is_squashed(image):
             try:
@@ -266,8 +275,8 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                 fleet.open_when_ready(g, functools.partial(server_budget, todo=todo, configured=ev.in_flight, say=say,
                                                            warn=log.warning))
                 try:
-                    lost = run_benchmarks(todo, served, g, env, ev, fleet.died, fleet.alive, outcomes, progress,
-                                          len(plans), lambda: fleet.budget or provisional, sent)
+                    lost = run_benchmarks(todo, served, g, env, ev, fleet.died, fleet.alive, outcomes, board,
+                                          lambda: fleet.budget or provisional, sent)
                 finally:
                     gate.append_record(run_dir, {"launch": launches, **g.record()})
                 if fleet.error is not None:  # never healthy: its harnesses have ended on the gate's refusals
@@ -316,6 +325,35 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     return suite
 
 
+def size_in_background(board: progress.Board, todo: list[BenchmarkPlan], env: dict[str, str]) -> None:
+    """The board's totals before the harnesses report theirs (the dry run's count: lm-eval loads for ~10 s the
+    first time, so not in the way of the launch)."""
+    def run() -> None:
+        for name, size in sizing.count({p.name: p.params for p in todo}, env, nice=True).items():
+            board.plan(name, size.requests)
+
+    threading.Thread(target=run, name="sizing", daemon=True).start()
+
+
+class ProgressArtifacts:
+    """The board in Prefect: the suite's progress artifact and one per benchmark, each described by its figures
+    (`1,204/40,168 requests answered · 12.3 req/s · ETA 54m10s`). Created in the flow (they belong to its run),
+    updated from the board's thread."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.suite = create_progress_artifact(0.0, key=progress.artifact_key(), description="starting")
+        self.ids = {n: create_progress_artifact(0.0, key=progress.artifact_key(n), description="waiting")
+                    for n in names}
+        self.shown: dict[str, str] = {}
+
+    def update(self, rows: list[progress.Row], suite: progress.Row) -> None:
+        for uuid, row in [(self.suite, suite), *((self.ids[r.name], r) for r in rows)]:
+            figures = f"{row.percent:.1f} {row.describe()}"
+            if self.shown.get(row.name) != figures:
+                update_progress_artifact(uuid, row.percent, description=row.describe())
+                self.shown[row.name] = figures
+
+
 def add_tags(run_id: str, extra: list[str]) -> None:
     """Tag the flow run with the model it evaluates, once that is known (W&B: after the look-up)."""
     with get_client(sync_client=True) as client:
@@ -359,7 +397,7 @@ def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: 
 
 def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.Gate, env: dict[str, str], ev,
                    died: threading.Event, alive: Callable[[], bool], outcomes: dict[str, BenchmarkResult],
-                   progress: UUID, total: int, budget: Callable[[], int],
+                   board: progress.Board, budget: Callable[[], int],
                    sent: dict[str, BenchmarkPlan]) -> dict[str, BenchmarkResult]:
     """At most `evaluation.max_parallel` benchmarks at a time, their requests through the gate's
     shared in-flight budget (a sliding window of harnesses, one window of requests); the first ones start
@@ -374,7 +412,7 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.
             sent[p.name] = p
             attempt = run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
                                                  timeout_seconds=p.timeout)
-            running[attempt.submit(p, through.route(endpoint, p.name), env)] = p
+            running[attempt.submit(p, through.route(endpoint, p.name), env, board)] = p
         if not running:
             break
         future = next(as_completed(list(running)))
@@ -383,9 +421,10 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.
         if outcome.failure == "infrastructure" and (died.is_set() or not alive()):
             died.set()
             lost[bench.name] = outcome
+            board.finish(bench.name, progress.WAITING)  # for the relaunched server
         else:
             outcomes[bench.name] = outcome
-            update_progress_artifact(progress, 100.0 * len(outcomes) / total)
+            board.finish(bench.name, progress.DONE if outcome.status == "completed" else progress.FAILED)
     for p in waiting:  # not started: the server was gone
         lost[p.name] = BenchmarkResult(p.name, "failed", p.output_dir, 0.0, error="not started: the server died",
                                        failure="infrastructure", attempts=0)

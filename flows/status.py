@@ -13,6 +13,9 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
@@ -24,7 +27,7 @@ from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from nemotron import results, runs, serving
+from nemotron import progress, results, runs, serving
 from nemotron.errors import ConfigError
 
 LOG_PAGE = 200
@@ -45,7 +48,10 @@ def report(ref: str | None, logs: bool = False) -> str:
                 entries += page
             return _logs(record, entries)
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
-    return _status(record, flow_run, task_runs)
+        shown = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["progress"])))
+    figures = {a.key: a.description for a in shown if a.key and a.description}
+    return _status(record, flow_run, task_runs, figures)
 
 
 def locate(client, ref: str | None) -> dict:
@@ -84,7 +90,8 @@ def _from_api(client, ref: str):
     return matches[0] if matches else None
 
 
-def _status(record: dict, flow_run, task_runs) -> str:
+def _status(record: dict, flow_run, task_runs, figures: dict[str, str]) -> str:
+    """`figures`: the run's progress artifacts by key (what the board last showed: answered/total, rate, ETA)."""
     run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
     state = flow_run.state
     model = record.get("model") or flow_run.parameters.get("model") or "(the config's run.model)"
@@ -111,6 +118,8 @@ def _status(record: dict, flow_run, task_runs) -> str:
         if "benchmark" not in tr.tags:  # e.g. the W&B export subflow
             continue
         latest[tr.name] = tr  # retries keep one task run; reruns of a name: the last wins
+    if progress.artifact_key() in figures:
+        lines.append(f"progress  {figures[progress.artifact_key()]}")
     lines.append("benchmarks")
     for name, tr in latest.items():
         result = done.get(name)
@@ -121,7 +130,8 @@ def _status(record: dict, flow_run, task_runs) -> str:
         error = f" ({result.failure or 'unknown'} failure, {result.attempts} attempt(s): " \
                 f"{result.error.splitlines()[0][:120]})" if result and result.error else ""
         reused = " (reused: complete from an earlier run)" if result and result.reused else ""
-        lines.append(f"  {name:<36} {tr.state.name if tr.state else 'unknown':<10} {scores}{reused}{error}")
+        now = "" if result else figures.get(progress.artifact_key(name), "")  # a running benchmark: how far it is
+        lines.append(f"  {name:<36} {tr.state.name if tr.state else 'unknown':<10} {scores}{now}{reused}{error}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+# A terminal for the live view's test (tests/test_live_view.py): tmux, read back with capture-pane.
+if ! command -v tmux >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null
+fi
+
 # Benchmark data: an offline Hugging Face cache (no hub here); the project copies a read-only one.
 if [ -z "${HF_HOME:-}" ] && [ -d ../shared/hf-home ]; then
   export HF_HOME="$(cd ../shared/hf-home && pwd)"

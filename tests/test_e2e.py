@@ -14,6 +14,7 @@ may appear in anything it leaves, on disk or in the Prefect server.
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -110,6 +111,24 @@ def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_
     table = out[out.index("benchmark "):]
     for bench in SUITE:
         assert bench in table
+
+    # the progress board, to a pipe: plain lines, no terminal control characters; it ends with all answered
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", out), "control characters in piped output"
+    done = re.findall(r"\[progress\] suite done: (\d+)/(\d+) requests answered", out)
+    assert done and done[-1][0] == done[-1][1], out[-3000:]
+    assert re.search(r"\[progress\] \w+ running: \d+/\d+ requests answered", out)
+
+    # the dry run's count of each benchmark is the count its harness built (lm-eval's own, in its log) at
+    # every attempt; and the board's suite total is their sum
+    dry = nemotron("nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}", *SMALL, "--dry-run",
+                   env={"HF_HOME": str(hf_home())}, timeout=600)
+    counted = dict(re.findall(r"(\w+) ([\d,]+)(?= ·)", dry.stdout.split("# requests: ")[1].splitlines()[0]))
+    for bench in SUITE:
+        attempts = (summary.parent / bench / "run_eval.log").read_text().split("# nemotron: run_eval")[1:]
+        built = [sum(int(a) + int(b) for a, b in re.findall(r"Cached requests: (\d+), Requests remaining: (\d+)", x))
+                 for x in attempts]
+        assert built and set(built) == {int(counted[bench].replace(",", ""))}, (bench, built, counted)
+    assert int(done[-1][1]) == sum(int(v.replace(",", "")) for k, v in counted.items() if k in SUITE)
 
     # the redo bound: what both servers answered, against what the suite needed
     run = summary.parent

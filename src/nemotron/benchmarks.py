@@ -276,12 +276,13 @@ async def _stop_group(proc: asyncio.subprocess.Process) -> None:
 
 async def run_benchmark(
     bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str],
-    on_line: Callable[[str], None] = lambda line: None,
+    on_line: Callable[[str], None] = lambda line: None, on_output: Callable[[str], None] = lambda line: None,
 ) -> BenchmarkResult:
-    """Run one benchmark to completion. Cancellation (timeout, Ctrl-C) stops its whole process group."""
+    """Run one benchmark to completion. Cancellation (timeout, Ctrl-C) stops its whole process group.
+    `on_line` gets the harness's notable lines (errors), `on_output` every line (the progress board)."""
     out = Path(bench.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = await _run(bench, endpoint, env, on_line, out)
+    result = await _run(bench, endpoint, env, on_line, on_output, out)
     results.write_atomic(out / RESULT_FILE, json.dumps({"key": bench.key, "result": asdict(result)}, indent=2) + "\n")
     return result
 
@@ -318,7 +319,7 @@ def claimed(plans: list[BenchmarkPlan], say: Callable[[str], None]) -> Iterator[
 
 
 async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on_line: Callable[[str], None],
-               out: Path) -> BenchmarkResult:
+               on_output: Callable[[str], None], out: Path) -> BenchmarkResult:
     (out / INTERRUPTED_MARKER).unlink(missing_ok=True)
     cfg_path = out / "nemotron_run_config.yml"
     results.write_atomic(cfg_path, yaml.safe_dump(bench.run_config(endpoint), sort_keys=False))
@@ -342,6 +343,7 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
                 raw = secrets.mask(raw.decode(errors="replace")).encode()
                 log.write(raw)
                 line = raw.decode(errors="replace").rstrip()
+                on_output(line)
                 if _NOTABLE.search(line) and "trust_remote_code" not in line:  # datasets>=4: harmless
                     on_line(line[:500])
             rc = await proc.wait()

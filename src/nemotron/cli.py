@@ -14,7 +14,19 @@ from pathlib import Path
 
 import yaml
 
-from nemotron import benchmarks, cluster, endpoints, engines, models, profiles, secrets, serving, wandb_export
+from nemotron import (
+    benchmarks,
+    cluster,
+    endpoints,
+    engines,
+    models,
+    profiles,
+    runtime,
+    secrets,
+    serving,
+    sizing,
+    wandb_export,
+)
 from nemotron.config import EvalConfig, load_config, validate
 from nemotron.errors import ConfigError, NemotronError
 from nemotron.request import EvalRequest
@@ -115,7 +127,7 @@ def evaluate(args: argparse.Namespace) -> int:
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             engines.identity(cfg.deployment, model.identity), store, hf_home)
     if args.dry_run:
-        text = render_plan(cfg, model, plans, profile, args.force_squash)
+        text = render_plan(cfg, model, plans, profile, args.force_squash, plan_sizes(cfg, plans))
         if args.batch and cluster.is_slurm(profile) and profile.remote_job_dir:
             from nemotron import detached
 
@@ -150,7 +162,8 @@ def _without_parallelism(run_config: dict) -> dict:
 
 
 def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan],
-                profile: profiles.Profile | None = None, force_squash: bool = False) -> str:
+                profile: profiles.Profile | None = None, force_squash: bool = False,
+                sizes: dict[str, sizing.Size] | None = None) -> str:
     model_path = model.path or f"<{model.ref}>"
     dep = cfg.deployment
     if engines.launches(dep):
@@ -176,7 +189,8 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                 if model.kind == "wandb" else {"checkpoint_path": model.path})},
             "server": server,
             "in_flight": cfg.evaluation.in_flight or "sized from the server's KV cache once it is up",
-            "benchmarks": [{"name": p.name, "timeout": p.timeout, "retries": p.retries,
+            "benchmarks": [{"name": p.name, **({"size": sizes[p.name].describe()} if sizes else {}),
+                            "timeout": p.timeout, "retries": p.retries,
                             "parallelism": p.max_parallelism or "the in-flight budget",
                             "run_config": _without_parallelism(p.run_config(endpoint))} for p in plans],
             "benchmark_folders": "<output_dir>/benchmarks/<name>-<key>: the key is the model's identity, the task "
@@ -187,7 +201,13 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
             "wandb_export": _export_plan(cfg),
         },
     }
-    text = "# dry run: nothing was started\n" + yaml.safe_dump(doc, sort_keys=False, width=10_000)
+    text = "# dry run: nothing was started\n"
+    if sizes:
+        suite = sizing.total(sizes)
+        text += ("# requests: " + " · ".join(f"{n} {s.requests:,}" if s.requests is not None else f"{n} unknown"
+                                             for n, s in sizes.items())
+                 + f" · suite {suite.describe()}\n")
+    text += yaml.safe_dump(doc, sort_keys=False, width=10_000)
     if profile is not None and engines.launches(dep):  # NeMo-Run's own rendering of the job (imports NeMo-Run: ~3 s)
         job = serving.preview(cfg.deployment, model_path, profile, force_squash)
         if "squash" in job:
@@ -198,6 +218,14 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
             text += "\n# sbatch script NeMo-Run would submit\n" + job["sbatch"].rstrip() + "\n"
         text += "\n# server job script (scripts/server.sh in the job directory)\n" + job["job_script"] + "\n"
     return secrets.mask(text)
+
+
+def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan]) -> dict[str, sizing.Size]:
+    """Each benchmark's documents and requests, counted by lm-eval on this machine's copy of the datasets."""
+    hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home else None
+    if hf_home is not None and hf_home.is_dir():
+        hf_home = runtime.writable_hf_home(hf_home, say=lambda m: print(m, file=sys.stderr))
+    return sizing.count({p.name: p.params for p in plans}, benchmarks.harness_env(hf_home, cfg.offline))
 
 
 def _export_plan(cfg: EvalConfig) -> str:
