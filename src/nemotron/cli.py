@@ -31,7 +31,7 @@ from nemotron.config import EvalConfig, load_config, validate
 from nemotron.errors import ConfigError, NemotronError
 from nemotron.request import EvalRequest
 
-MONITOR_COMMANDS = ("status", "logs", "export")
+MONITOR_COMMANDS = ("status", "logs", "export", "compare")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -237,7 +237,10 @@ def _export_plan(cfg: EvalConfig) -> str:
 
 
 def monitor(command: str, rest: list[str]) -> int:
-    """`eval status|logs|export [RUN]`: RUN is a flow run id (or its prefix) or name; default: latest."""
+    """`eval status|logs|export [RUN]`: RUN is a flow run id (or its prefix) or name; default: latest.
+    `eval compare A B`: two evaluations (runs or results folders), B against A."""
+    if command == "compare":
+        return compare_runs(rest)
     if len(rest) > 1:
         raise ConfigError(f"usage: nemotron nano3 eval {command} [RUN]; got extra arguments: {' '.join(rest[1:])}")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -251,6 +254,17 @@ def monitor(command: str, rest: list[str]) -> int:
     from flows import status
 
     print(status.report(rest[0] if rest else None, logs=command == "logs"))
+    return 0
+
+
+def compare_runs(refs: list[str]) -> int:
+    if len(refs) != 2:
+        raise ConfigError(f"usage: nemotron nano3 eval compare BEFORE AFTER (each a run id, run name or results "
+                          f"folder); got {len(refs)} argument(s)")
+    from nemotron import compare
+
+    before, after = (compare.load(compare.results_folder(ref)) for ref in refs)
+    print(compare.render(before, after, compare.compare(before, after)))
     return 0
 
 
