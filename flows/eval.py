@@ -37,6 +37,7 @@ from prefect_shell import ShellOperation
 from nemotron import (
     benchmarks,
     cluster,
+    compare,
     engines,
     gate,
     models,
@@ -304,12 +305,22 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         summary = results.write_summary(suite)
         label = model.resolved or model.ref
         scores_key = results.artifact_key(model.series, "scores")
-        previous = previous_evaluation(scores_key, model.version)
+        previous = evaluation_of(scores_key, other_than=model.version)
+        changes = changes_against(previous, run_dir, log.warning)
+        tripped, baseline = judge(ev.gate, previous, changes, cfg, run_dir, log.warning)
         create_table_artifact(results.score_rows(suite), key=scores_key, description=f"Scores of {label}")
-        create_markdown_artifact(results.render_markdown(suite, previous, series=model.series, version=label),
-                                 key=results.artifact_key(model.series, "summary"),
-                                 description=f"Evaluation of {label}")
+        create_markdown_artifact(results.render_markdown(
+            suite, previous, series=model.series, version=label,
+            changes={(c.benchmark, c.metric): c.cell() for c in changes} if changes is not None else None)
+            + gate_section(ev.gate, baseline, tripped), key=results.artifact_key(model.series, "summary"),
+            description=f"Evaluation of {label}")
         say(f"results: {summary} (score table: artifact {scores_key})")
+        if tripped:
+            add_tags(run_id, ["regression"])
+            log.error("regression against %s: %s", baseline, "; ".join(tripped))
+        manifest = results.write_manifest(run_dir, {**manifest, "regression": tripped, "comparison": {
+            "previous": previous.model if previous else None,
+            "changes": [c.record() for c in changes or []]}})
         exported = export_to_wandb(suite, manifest, return_state=True)
         if exported.is_completed():
             record = exported.result()
@@ -322,6 +333,9 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     if suite.failed:
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
                       f"the others are recorded in {summary}", data=suite)
+    if tripped:
+        return Failed(message=f"regression against {baseline}: {'; '.join(tripped)}; the scores are recorded in "
+                      f"{summary}", data=suite)
     return suite
 
 
@@ -361,10 +375,11 @@ def add_tags(run_id: str, extra: list[str]) -> None:
         client.update_flow_run(UUID(run_id), tags=[*current, *(t for t in extra if t not in current)])
 
 
-def previous_evaluation(scores_key: str, version: str) -> Previous | None:
-    """The newest score table under this key written for another model version (a second evaluation of
-    this version is no "previous"), with its flow run; None if there is none (or the look-up fails: a
-    summary without a change column is no reason to fail an evaluation)."""
+def evaluation_of(scores_key: str, other_than: str | None = None, version: str | None = None) -> Previous | None:
+    """The newest score table under this key written for another model version than `other_than` (a second
+    evaluation of this version is no "previous"), or for `version`, with its flow run and, when this machine
+    has it, its results folder; None if there is none (or the look-up fails: a summary without a change column
+    is no reason to fail an evaluation)."""
     try:
         with get_client(sync_client=True) as client:
             tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[scores_key])),
@@ -374,15 +389,69 @@ def previous_evaluation(scores_key: str, version: str) -> Previous | None:
                     continue
                 run = client.read_flow_run(art.flow_run_id)
                 model = next((t.split(":", 1)[1] for t in run.tags if t.startswith("model:")), run.name)
-                if model == version:
+                if model == other_than or (version is not None and model != version):
                     continue
                 rows = json.loads(art.data) if isinstance(art.data, str) else art.data
                 when = (run.start_time or art.created).strftime("%Y-%m-%d %H:%M UTC")
-                return Previous(model=model, run_name=run.name, when=when, rows=tuple(rows))
+                folder = (runs.load(str(run.id)) or {}).get("run_dir")
+                return Previous(model=model, run_name=run.name, when=when, rows=tuple(rows),
+                                run_dir=folder if folder and Path(folder, "results.json").is_file() else None)
         return None
     except Exception as e:  # noqa: BLE001
         get_run_logger().warning("no comparison with the previous evaluation: %s", e)
         return None
+
+
+def changes_against(before: Previous | None, run_dir: Path, warn) -> list[compare.Change] | None:
+    """Every metric of this run against `before`, tested (None without its results folder here)."""
+    if before is None or before.run_dir is None:
+        return None
+    try:
+        return compare.compare(compare.load(Path(before.run_dir), before.model), compare.load(run_dir))
+    except Exception as e:  # noqa: BLE001 - a comparison that cannot be made leaves the scores as they are
+        warn("no tested comparison with %s: %s", before.model, e)
+        return None
+
+
+def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | None, cfg, run_dir: Path,
+          warn) -> tuple[list[str], str]:
+    """The regression gate (evaluation.gate): what trips it, and against what. A baseline that cannot be found or
+    compared trips it too: a gate that cannot look must not let a checkpoint through."""
+    if gate_cfg is None:
+        return [], ""
+    rules = [compare.Rule(r.metric, r.max_drop) for r in gate_cfg.rules]
+    if gate_cfg.baseline == "previous":
+        if previous is None:
+            warn("regression gate: no previous evaluation of this series to hold the run against: passed")
+            return [], "no previous evaluation"
+        if changes is None:
+            return [f"the previous evaluation ({previous.model}) has no results folder on this machine to compare "
+                    "with"], previous.model
+        return compare.regressions(changes, rules), previous.model
+    try:
+        folder = compare.results_folder(gate_cfg.baseline)
+        label = gate_cfg.baseline
+    except ConfigError as not_a_run:
+        try:  # a model version: rl:v2 (W&B: looked up, not downloaded), a path, a built-in
+            ref = models.parse(cfg.model_copy(update={"run": cfg.run.model_copy(update={"model": gate_cfg.baseline})}))
+            version = models.resolve(ref, warn, local=False).version if ref.kind == "wandb" else ref.version
+        except ConfigError as e:
+            return [f"baseline {gate_cfg.baseline!r}: {e}"], gate_cfg.baseline
+        found = evaluation_of(results.artifact_key(ref.series, "scores"), version=version)
+        if found is None or found.run_dir is None:
+            return [f"baseline {gate_cfg.baseline!r} not found: no evaluation of {version} with its results on this "
+                    f"machine ({not_a_run})"], gate_cfg.baseline
+        folder, label = Path(found.run_dir), found.model
+    return compare.regressions(compare.compare(compare.load(folder, label), compare.load(run_dir)), rules), label
+
+
+def gate_section(gate_cfg, baseline: str, tripped: list[str]) -> str:
+    """The summary's last words on the gate, when there is one."""
+    if gate_cfg is None:
+        return ""
+    if not tripped:
+        return f"\nRegression gate against {baseline}: passed.\n"
+    return f"\n**Regression gate against {baseline}: tripped**\n\n" + "".join(f"- {t}\n" for t in tripped)
 
 
 def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: int | None, say, warn) -> int:

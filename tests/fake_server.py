@@ -4,7 +4,9 @@ It accepts vLLM's command line (so `deployment.command` can point at it) and can
 --never-healthy (starts, logs, never answers), --healthy-after S (/health is 503 for S seconds),
 --fail-logprobs (500 on echo/logprobs requests),
 --delay S (every completion takes S seconds), --fail-first N (503 for the first N requests);
---journal FILE records each start and request, so a test can count what reached a server.
+--journal FILE records each start and request, so a test can count what reached a server;
+--answers FILE (JSON: question → answer) answers those questions (the last "Question: ...\nAnswer:" of a prompt,
+as gsm8k asks) with their answer, so a test decides which share of a benchmark a "model" gets right.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--fail-first", type=int, default=0, help="answer the first N completion requests with a 503")
     ap.add_argument("--journal", help="append `start` when started and `request` per completion request")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
+    ap.add_argument("--answers", help="JSON file: question → the answer to give to a prompt asking it")
     args, _ = ap.parse_known_args()
 
     def journal(what: str) -> None:
@@ -44,6 +47,11 @@ def main() -> None:
             time.sleep(1)
 
     ready_at = time.monotonic() + args.healthy_after
+    known = json.loads(open(args.answers).read()) if args.answers else {}
+
+    def answer(prompt: str) -> str:
+        asked = prompt.rsplit("Question: ", 1)[-1].split("\nAnswer:", 1)[0].strip()
+        return known.get(asked, args.answer)
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, doc: dict) -> None:
@@ -75,8 +83,8 @@ def main() -> None:
                 return
             prompts = req.get("prompt")
             prompts = prompts if isinstance(prompts, list) else [prompts]
-            choices = [{"index": i, "text": f" {args.answer}\n\n", "finish_reason": "stop", "logprobs": None}
-                       for i in range(len(prompts))]
+            choices = [{"index": i, "text": f" {answer(str(p))}\n\n", "finish_reason": "stop", "logprobs": None}
+                       for i, p in enumerate(prompts)]
             self._send(200, {"id": "cmpl-fake", "object": "text_completion", "model": args.served_model_name,
                              "choices": choices,
                              "usage": {"prompt_tokens": 1, "completion_tokens": 6, "total_tokens": 7}})

@@ -10,7 +10,7 @@ from nemotron.request import EvalRequest, check_prefect_override
     "run.model=rl:v2", "evaluation.nemo_evaluator_config.config.params.limit_samples=10",
     "evaluation.tasks.0.nemo_evaluator_config.config.params.extra.num_fewshot=0", "evaluation.retries=3",
     "deployment.tensor_parallel_size=8", "deployment.replicas=2", "export.wandb.project=my-evals",
-    "deployment.checkpoint_path=/ckpt/step_1"])
+    "deployment.checkpoint_path=/ckpt/step_1", "evaluation.gate.baseline=rl:v2"])
 def test_data_overrides_are_allowed(item):
     check_prefect_override(item)
 
@@ -26,7 +26,8 @@ def test_data_overrides_are_allowed(item):
     ("evaluation.nemo_evaluator_config.config.params={extra: {args: x}}", "not allowed"),
     ("run.model=${oc.env:WANDB_API_KEY}", "literal values only"),
     ("export.wandb.project=a b", "literal values only"), ("run.wandb.entity=[a]", "literal values only"),
-    ("run.profile=other-cluster", "'run.profile' is not allowed"),  # the worker's default; `profile` is a parameter
+    ("run.profile=other-cluster", "'run.profile' is not allowed"),
+    ("evaluation.gate.rules.0.max_drop=1", "not allowed"),  # the rules come from the deployment's config  # the worker's default; `profile` is a parameter
 ])
 def test_code_paths_and_interpolation_are_refused_naming_the_key(item, says):
     with pytest.raises(ConfigError, match=r"override .*" + says.replace("(", r"\(").replace("'", "'")):

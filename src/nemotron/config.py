@@ -141,6 +141,19 @@ class TaskSpec(Strict):
     retries: int | None = Field(None, ge=0, description="Overrides evaluation.retries.")
 
 
+class GateRule(Strict):
+    metric: str = Field(description="A metric of every benchmark (acc), one benchmark's (gsm8k/exact_match__strict-"
+                        "match), or * for all.")
+    max_drop: float = Field(0.0, ge=0, description="A significant drop larger than this fails the run.")
+
+
+class GateSection(Strict):
+    baseline: str = Field(
+        "previous", description="What the run is held against: previous (the last evaluation of another version of "
+        "the model's series), a model version (rl:v2), or a run id, run name or results folder on this machine.")
+    rules: list[GateRule] = Field(min_length=1, description="Each a metric and the drop it may not exceed.")
+
+
 class EvaluationSection(Strict):
     tasks: list[TaskSpec] = Field(description="Benchmarks to run.")
     nemo_evaluator_config: NemoEvaluatorConfig = Field(
@@ -160,6 +173,9 @@ class EvaluationSection(Strict):
     hf_offline: bool | None = Field(
         None, description="Hub offline switches; None = on when hf_home is set."
     )
+    gate: GateSection | None = Field(
+        None, description="A regression gate: the run fails (tagged regression) when a comparable metric drops "
+        "significantly, by more than its rule allows, against the baseline; None = off.")
 
 
 class ExportSection(Strict):

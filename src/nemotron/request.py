@@ -42,7 +42,8 @@ PREFECT_OVERRIDABLE = (
     r"run\.model", r"run\.wandb\.(entity|project)", r"run\.artifacts\.\w+",
     r"deployment\.(checkpoint_path|tensor_parallel_size|data_parallel_size|startup_timeout|queue_timeout"
     r"|state_timeout|heartbeat_timeout|replicas|max_restarts|health_interval)",
-    r"evaluation\.(timeout|retries|retry_delay|max_parallel|in_flight)", rf"evaluation\.{_HARNESS_PARAMS}",
+    r"evaluation\.(timeout|retries|retry_delay|max_parallel|in_flight|gate\.baseline)",
+    rf"evaluation\.{_HARNESS_PARAMS}",
     r"evaluation\.tasks\.\d+\.(name|timeout|retries)", rf"evaluation\.tasks\.\d+\.{_HARNESS_PARAMS}",
     r"export\.wandb\.(entity|project)",
 )

@@ -187,6 +187,7 @@ class Previous:
     run_name: str
     when: str
     rows: tuple[dict[str, Any], ...]
+    run_dir: str | None = None  # its results folder, when this machine has it (the samples to pair)
 
 
 def artifact_key(series: str, kind: str) -> str:
@@ -203,16 +204,29 @@ def change(row: dict[str, Any], previous: Previous) -> str:
     return "new" if before is None else f"{row['value'] - before:+.4f}"
 
 
+TESTED = ("Each change is paired on the documents both evaluated, with its 95% interval and p-value (exact McNemar "
+          "for 0/1 metrics, paired bootstrap otherwise); **bold**: significant at 5%.")
+
+
+def _cell(row: dict[str, Any], previous: Previous, changes: dict[tuple[str, str], str] | None) -> str:
+    if changes is None or row["value"] is None:
+        return change(row, previous)
+    return changes.get((row["benchmark"], row["metric"]), "new")
+
+
 def render_markdown(suite: SuiteResult, previous: Previous | None = None, *, series: str | None = None,
-                    version: str | None = None) -> str:
+                    version: str | None = None, changes: dict[tuple[str, str], str] | None = None) -> str:
     """The summary: scores, and with `previous` a change column against the last evaluation of the
-    series; `version` is what `suite.model` resolved to (rl:latest → …/nano3-rl-model:v3)."""
+    series; `version` is what `suite.model` resolved to (rl:latest → …/nano3-rl-model:v3). `changes`: the
+    tested change per (benchmark, metric) (nemotron.compare); without it, the difference of the scores."""
     rows = score_rows(suite)
     shown = f"`{version}` (`{suite.model}`)" if version and version != suite.model else f"`{suite.model}`"
     out = [f"# Evaluation of {shown}", ""]
     if previous is not None:
         out += [f"Change against the previous evaluation of `{series}`: `{previous.model}` "
                 f"(flow run `{previous.run_name}`, {previous.when}).", ""]
+        out += [TESTED if changes is not None else "Its results folder is not on this machine: the change is the "
+                "difference of the two scores, untested.", ""]
     elif series:
         out += [f"First evaluation of `{series}` recorded here: nothing to compare with.", ""]
     extra = previous is not None
@@ -222,7 +236,7 @@ def render_markdown(suite: SuiteResult, previous: Previous | None = None, *, ser
         value = "**FAILED**" if r["value"] is None else f"{r['value']:.4f}"
         stderr = "" if r["stderr"] is None else f"{r['stderr']:.4f}"
         out.append(f"| {r['benchmark']} | {r['metric']} | {value} | {stderr} | {r['samples'] or ''} "
-                   f"| {r['seconds']:.0f} |" + (f" {change(r, previous)} |" if extra else ""))
+                   f"| {r['seconds']:.0f} |" + (f" {_cell(r, previous, changes)} |" if extra else ""))
     for r in suite.results:
         if not r.ok:
             out += ["", f"**{r.benchmark} failed** ({r.failure or 'unknown'} failure) after {r.attempts} attempt(s): "

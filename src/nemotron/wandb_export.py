@@ -109,7 +109,8 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
     run = wandb.init(
         entity=where.entity, project=where.project, id=eval_id, resume="allow",
         name=f"eval-{model['slug']}", job_type="evaluation", group=model.get("collection") or model["slug"],
-        tags=["nano3", "evaluation", *(t for t in (model.get("collection"),) if t)],
+        tags=["nano3", "evaluation", *(t for t in (model.get("collection"),) if t),
+              *(["regression"] if manifest.get("regression") else [])],
         config=secrets.masked({"model": model, "evaluation": cfg.model_dump(mode="json"),
                                "harness": manifest["harness"]}),
         dir=os.environ.get("WANDB_DIR") or suite.run_dir,  # offline runs stay beside the results they hold
@@ -132,7 +133,8 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
         columns = ["benchmark", "metric", "value", "stderr", "samples", "seconds"]
         table = wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])
         run.log({**{k: v for k, v in metrics.items() if not isinstance(v, str)}, "scores": table})
-        run.summary.update({**metrics, "failed": suite.failed})
+        run.summary.update({**metrics, **changes(manifest), "failed": suite.failed,
+                            "regression": manifest.get("regression") or []})
 
         artifact = wandb.Artifact(
             f"{model.get('collection') or model['slug']}-eval", type=RESULTS_TYPE,
@@ -153,6 +155,22 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
         run.finish()
     say("W&B: " + describe(record))
     return record
+
+
+def changes(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The tested changes against the previous evaluation, as summary keys beside each score:
+    `<benchmark>/<metric>/change` (the difference, or why it is not comparable), `_low`, `_high`, `_p`,
+    `_significant`."""
+    comparison = manifest.get("comparison") or {}
+    out: dict[str, Any] = {"compared_with": comparison.get("previous")} if comparison.get("previous") else {}
+    for c in comparison.get("changes") or []:
+        key = f"{c['benchmark']}/{c['metric']}/change"
+        if not c["comparable"]:
+            out[key] = "not comparable: " + "; ".join(c["differs"])
+        elif c["difference"] is not None:
+            out.update({key: c["difference"], f"{key}_low": c["low"], f"{key}_high": c["high"], f"{key}_p": c["p"],
+                        f"{key}_significant": c["significant"]})
+    return out
 
 
 def _masked_copy(path: Path, scratch: str) -> Path:

@@ -1,0 +1,126 @@
+"""Comparisons through the flow: the fault-injecting endpoint plays versions of a model that get a chosen share of
+gsm8k right, so a change is real or not by construction. The summary artifact, the W&B run, `eval compare` and the
+regression gate must all say so — and say "not comparable" when the settings differ.
+
+Four evaluations of one series (W&B artifacts through a fake `wandb.Api`; the export is real W&B, offline):
+v2 gets 12 of 20 right; v3 none, under a gate against the previous evaluation (v2); v4 2 of 20; v5 none on 10
+questions, under a gate against v2's folder that cannot compare.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+
+import pyarrow as pa
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter
+
+from flows.eval import nano3_eval
+from nemotron import runtime
+from tests import fake_wandb_api, wandb_offline
+from tests.helpers import fake_request, hf_home, nemotron
+
+QUESTIONS = 20
+METRIC = "exact_match__flexible-extract"
+
+
+def gsm8k_test(n: int) -> list[tuple[str, str]]:
+    """The first `n` gsm8k test questions and their final answers, from the offline cache."""
+    (path,) = glob.glob(str(hf_home() / "datasets" / "gsm8k" / "main" / "*" / "*" / "gsm8k-test.arrow"))
+    with open(path, "rb") as f:
+        table = pa.ipc.open_stream(f).read_all()
+    return [(q, a.rsplit("####", 1)[1].strip()) for q, a in zip(table["question"].to_pylist()[:n],
+                                                               table["answer"].to_pylist()[:n], strict=True)]
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    """Run the four evaluations; their flow states, results folders and W&B runs."""
+    root = tmp_path_factory.mktemp("compare")
+    name = f"cmp-{root.name}".lower()
+    checkpoint = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
+    specs = {f"team/nemotron/{name}:{v}": {"qualified_name": f"team/nemotron/{name}:{v}", "digest": f"{i}" * 32,
+                                           "metadata": {"absolute_path": checkpoint}}
+             for i, v in enumerate(["v2", "v3", "v4", "v5"], start=2)}
+    questions = gsm8k_test(QUESTIONS)
+    out = {"root": root, "series": name}
+    with pytest.MonkeyPatch.context() as mp:
+        fake_wandb_api.install(mp, specs)
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_DIR", str(root / "wandb"))
+        runs = [("v2", 12, QUESTIONS, None), ("v3", 0, QUESTIONS, "previous"), ("v4", 2, QUESTIONS, None),
+                ("v5", 0, 10, "v2-folder")]
+        for version, right, limit, baseline in runs:
+            answers = root / f"answers-{version}.json"
+            answers.write_text(json.dumps({q: f"#### {a}" for q, a in questions[:right]}))
+            if baseline == "v2-folder":
+                baseline = str(out["v2"]["run_dir"])
+            gate = [f"evaluation.gate={{baseline: '{baseline}', rules: [{{metric: '*', max_drop: 0.01}}]}}"] \
+                if baseline else []
+            request = fake_request(root / version, f"--answers {answers}", tasks=("gsm8k",), extra=[
+                f"run.model=rl:{version}", f"run.artifacts.rl={name}", "run.wandb.entity=team",
+                "run.wandb.project=nemotron", f"evaluation.nemo_evaluator_config.config.params.limit_samples={limit}",
+                *gate])
+            state = nano3_eval(**request, return_state=True)
+            (results,) = (root / version).glob("*/*/results.json")
+            out[version] = {"state": state, "run_dir": results.parent, "run_id": state.state_details.flow_run_id,
+                            "scores": {s["metric"]: s["value"] for r in json.loads(results.read_text())["results"]
+                                       for s in r["scores"]}}
+        out["wandb"] = {r.run.run_id: r for r in wandb_offline.runs(root / "wandb")}
+    return out
+
+
+def test_the_versions_scored_what_they_were_made_to(series):
+    assert [series[v]["scores"][METRIC] for v in ("v2", "v3", "v4", "v5")] == [0.6, 0.0, 0.1, 0.0]
+    assert series["v2"]["state"].is_completed() and series["v4"]["state"].is_completed()
+
+
+def test_a_significant_drop_trips_the_gate_the_run_fails_tagged_and_its_scores_are_kept(series):
+    v3 = series["v3"]
+    state = v3["state"]
+    assert state.is_failed()
+    assert re.search(rf"regression against team/nemotron/{series['series']}:v2: gsm8k {METRIC} 0\.6000 → 0\.0000: "
+                     r"-0\.6000 \[-0\.\d+, -0\.\d+\] p=\S+ significant \(rule: \* may drop at most 0\.01\)",
+                     state.message), state.message
+    assert json.loads((v3["run_dir"] / "results.json").read_text())["results"][0]["status"] == "completed"
+    manifest = json.loads((v3["run_dir"] / "manifest.json").read_text())
+    assert manifest["regression"] and manifest["comparison"]["previous"].endswith(":v2")
+    with get_client(sync_client=True) as client:
+        assert "regression" in client.read_flow_run(v3["run_id"]).tags
+        artifacts = {a.key: a for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id={"any_": [v3["run_id"]]}))}
+    summary = artifacts[f"{series['series']}-summary"].data
+    assert "Each change is paired on the documents both evaluated" in summary
+    cell = r"\*\*-0\.6000\*\* \[-0\.\d+, -0\.\d+\] p=\S+ \(n=20\)"
+    assert re.search(rf"\| gsm8k \| {METRIC} \| 0\.0000 \| .* \| {cell} \|", summary), summary
+    assert "**Regression gate against" in summary and "tripped**" in summary
+    # exported all the same, tagged, with the tested change beside the score
+    (run,) = [r for r in series["wandb"].values() if r.config["model"]["resolved"].endswith(":v3")]
+    assert "regression" in run.run.tags
+    assert float(run.summary[f"gsm8k/{METRIC}"]) == 0.0
+    assert float(run.summary[f"gsm8k/{METRIC}/change"]) == pytest.approx(-0.6)
+    assert json.loads(run.summary[f"gsm8k/{METRIC}/change_significant"]) is True
+    assert float(run.summary[f"gsm8k/{METRIC}/change_p"]) < 0.001
+
+
+def test_eval_compare_finds_the_real_change_with_its_sign_and_not_a_small_one(series):
+    up = nemotron("nano3", "eval", "compare", str(series["v3"]["run_dir"]), str(series["v2"]["run_dir"]))
+    assert up.returncode == 0, up.stderr
+    print(up.stdout)
+    row = next(line for line in up.stdout.splitlines() if METRIC in line)
+    assert re.search(r"0\.0000\s+0\.6000\s+\+0\.6000 \[\+0\.\d+, \+0\.\d+\]\s+\S+\s+20\s+significant$", row), row
+    small = nemotron("nano3", "eval", "compare", str(series["v3"]["run_dir"]), str(series["v4"]["run_dir"]))
+    row = next(line for line in small.stdout.splitlines() if METRIC in line)
+    assert re.search(r"0\.0000\s+0\.1000\s+\+0\.1000 \[\+0\.\d+, \+0\.\d+\]\s+0\.500\s+20$", row), row  # 2 of 20
+
+
+def test_different_limits_are_not_comparable_and_the_gate_does_not_fire_on_them(series):
+    v5 = series["v5"]
+    assert v5["state"].is_completed(), v5["state"].message  # 0.6 → 0.0, but not on the same questions
+    r = nemotron("nano3", "eval", "compare", str(series["v2"]["run_dir"]), str(v5["run_dir"]))
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"gsm8k\s+{METRIC}\s+0\.6000\s+0\.0000\s+not comparable: limit_samples 20 → 10", r.stdout)
+    assert "0 significant at 5%, 2 not comparable" in r.stdout

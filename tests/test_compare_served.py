@@ -1,0 +1,34 @@
+"""Two evaluations of the built-in model with identical settings, each served by its own vLLM: `eval compare` finds
+every metric comparable and no change significant."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers import hf_home, nemotron
+from tests.test_e2e import SMALL, vllm_processes
+
+pytestmark = pytest.mark.e2e
+LIMIT = "evaluation.nemo_evaluator_config.config.params.limit_samples=8"
+
+
+def test_identical_evaluations_are_comparable_and_show_no_significant_change(tmp_path):
+    assert not vllm_processes(), "a vLLM server is already running"
+    folders = []
+    for name in ("first", "second"):  # two results stores: nothing is reused, both are evaluated
+        r = nemotron("nano3", "eval", "-c", "local", "-t", "arc_challenge", "-t", "gsm8k",
+                     f"evaluation.output_dir={tmp_path / name}", *SMALL, LIMIT, env={"HF_HOME": str(hf_home())},
+                     timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        (results,) = (tmp_path / name).glob("*/*/results.json")
+        folders.append(str(results.parent))
+    out = nemotron("nano3", "eval", "compare", *folders)
+    assert out.returncode == 0, out.stderr
+    print(out.stdout)
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("arc_challenge", "gsm8k"))]
+    assert len(rows) == 4  # acc, acc_norm; strict, flexible
+    for row in rows:
+        assert re.search(r"\[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]\s+\S+\s+8$", row), row  # tested on all 8, not significant
+    assert "4 metrics: 0 significant at 5%, 0 not comparable" in out.stdout
