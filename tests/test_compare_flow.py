@@ -4,7 +4,7 @@ regression gate must all say so — and say "not comparable" when the settings d
 
 Four evaluations of one series (W&B artifacts through a fake `wandb.Api`; the export is real W&B, offline):
 v2 gets 12 of 20 right; v3 none, under a gate against the previous evaluation (v2); v4 2 of 20; v5 none on 10
-questions, under a gate against v2's folder that cannot compare.
+questions, under a gate against `rl:v2` (a model version, looked up) that cannot compare.
 """
 
 from __future__ import annotations
@@ -52,12 +52,10 @@ def series(tmp_path_factory):
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_DIR", str(root / "wandb"))
         runs = [("v2", 12, QUESTIONS, None), ("v3", 0, QUESTIONS, "previous"), ("v4", 2, QUESTIONS, None),
-                ("v5", 0, 10, "v2-folder")]
+                ("v5", 0, 10, "rl:v2")]
         for version, right, limit, baseline in runs:
             answers = root / f"answers-{version}.json"
             answers.write_text(json.dumps({q: f"#### {a}" for q, a in questions[:right]}))
-            if baseline == "v2-folder":
-                baseline = str(out["v2"]["run_dir"])
             gate = [f"evaluation.gate={{baseline: '{baseline}', rules: [{{metric: '*', max_drop: 0.01}}]}}"] \
                 if baseline else []
             request = fake_request(root / version, f"--answers {answers}", tasks=("gsm8k",), extra=[
@@ -120,6 +118,13 @@ def test_eval_compare_finds_the_real_change_with_its_sign_and_not_a_small_one(se
 def test_different_limits_are_not_comparable_and_the_gate_does_not_fire_on_them(series):
     v5 = series["v5"]
     assert v5["state"].is_completed(), v5["state"].message  # 0.6 → 0.0, but not on the same questions
+    with get_client(sync_client=True) as client:
+        assert "regression" not in client.read_flow_run(v5["run_id"]).tags
+        artifacts = {a.key: a for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id={"any_": [v5["run_id"]]}))}
+    summary = artifacts[f"{series['series']}-summary"].data
+    assert f"Regression gate against team/nemotron/{series['series']}:v2: passed." in summary  # found, not comparable
+    assert "not comparable: limit_samples 20 → 10" in summary  # against the previous evaluation (v4)
     r = nemotron("nano3", "eval", "compare", str(series["v2"]["run_dir"]), str(v5["run_dir"]))
     assert r.returncode == 0, r.stderr
     assert re.search(rf"gsm8k\s+{METRIC}\s+0\.6000\s+0\.0000\s+not comparable: limit_samples 20 → 10", r.stdout)

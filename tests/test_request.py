@@ -26,8 +26,8 @@ def test_data_overrides_are_allowed(item):
     ("evaluation.nemo_evaluator_config.config.params={extra: {args: x}}", "not allowed"),
     ("run.model=${oc.env:WANDB_API_KEY}", "literal values only"),
     ("export.wandb.project=a b", "literal values only"), ("run.wandb.entity=[a]", "literal values only"),
-    ("run.profile=other-cluster", "'run.profile' is not allowed"),
-    ("evaluation.gate.rules.0.max_drop=1", "not allowed"),  # the rules come from the deployment's config  # the worker's default; `profile` is a parameter
+    ("run.profile=other-cluster", "'run.profile' is not allowed"),  # the worker's default; `profile` is a parameter
+    ("evaluation.gate.rules.0.max_drop=1", "not allowed"),  # the rules come from the deployment's config
 ])
 def test_code_paths_and_interpolation_are_refused_naming_the_key(item, says):
     with pytest.raises(ConfigError, match=r"override .*" + says.replace("(", r"\(").replace("'", "'")):
