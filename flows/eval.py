@@ -312,7 +312,8 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         create_markdown_artifact(results.render_markdown(
             suite, previous, series=model.series, version=label,
             changes={(c.benchmark, c.metric): c.cell() for c in changes} if changes is not None else None)
-            + gate_section(ev.gate, baseline, tripped), key=results.artifact_key(model.series, "summary"),
+            + compare.gate_markdown(baseline, tripped, ev.gate is not None),
+            key=results.artifact_key(model.series, "summary"),
             description=f"Evaluation of {label}")
         say(f"results: {summary} (score table: artifact {scores_key})")
         if tripped:
@@ -442,16 +443,10 @@ def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | N
             return [f"baseline {gate_cfg.baseline!r} not found: no evaluation of {version} with its results on this "
                     f"machine ({not_a_run})"], gate_cfg.baseline
         folder, label = Path(found.run_dir), found.model
-    return compare.regressions(compare.compare(compare.load(folder, label), compare.load(run_dir)), rules), label
-
-
-def gate_section(gate_cfg, baseline: str, tripped: list[str]) -> str:
-    """The summary's last words on the gate, when there is one."""
-    if gate_cfg is None:
-        return ""
-    if not tripped:
-        return f"\nRegression gate against {baseline}: passed.\n"
-    return f"\n**Regression gate against {baseline}: tripped**\n\n" + "".join(f"- {t}\n" for t in tripped)
+    try:
+        return compare.regressions(compare.compare(compare.load(folder, label), compare.load(run_dir)), rules), label
+    except Exception as e:  # noqa: BLE001 - a baseline that cannot be read is a gate that cannot look
+        return [f"baseline {label} ({folder}) could not be compared: {e}"], label
 
 
 def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: int | None, say, warn) -> int:

@@ -10,6 +10,7 @@ from nemotron import progress
 from nemotron.progress import Board
 
 # what a harness writes, as run_eval.log has it (lm-eval's count, then the adapter's lines per request)
+RUNNING = "2026-12-01:02:59:21 INFO     [evaluator:590] Running {kind} requests"
 BUILT = "2026-12-01:02:59:21 INFO     [api.model:418] Cached requests: {cached}, Requests remaining: {left}"
 DONE = ("[I 2026-12-01T02:59:25.669] Request completed status_code={code} path= logger=root "
         "model_name=smollm2-135m-instruct request_id=f8484eb9")
@@ -39,6 +40,7 @@ def test_the_harness_lines_give_total_answers_rate_and_eta():
 def test_a_resumed_benchmark_counts_what_the_caches_replay_but_not_in_its_rate():
     board = Board.of(["mmlu"])
     board.start("mmlu")
+    board.read("mmlu", RUNNING.format(kind="generate_until"))
     board.read("mmlu", BUILT.format(cached=4, left=6))  # lm-eval's own cache
     began = board.tallies["mmlu"].began
     for _ in range(3):  # the response cache
@@ -52,12 +54,19 @@ def test_a_resumed_benchmark_counts_what_the_caches_replay_but_not_in_its_rate()
 def test_request_types_add_up_and_an_attempt_starts_over():
     board = Board.of(["truthfulqa"], planned={"truthfulqa": 34})
     board.start("truthfulqa")
+    board.read("truthfulqa", RUNNING.format(kind="loglikelihood"))
     board.read("truthfulqa", BUILT.format(cached=0, left=31))
     (row,), _ = board.rows()
     assert row.total == 34  # the planned count until the generations are built too
+    board.read("truthfulqa", RUNNING.format(kind="generate_until"))
     board.read("truthfulqa", BUILT.format(cached=0, left=3))
     board.read("truthfulqa", DONE.format(code=200))
-    assert board.tallies["truthfulqa"].built == 34
+    assert board.tallies["truthfulqa"].built == {"loglikelihood": 31, "generate_until": 3}
+    # a failed harness prints lm-eval's output again: its counts are not added twice
+    for line in (RUNNING.format(kind="loglikelihood"), BUILT.format(cached=0, left=31)):
+        board.read("truthfulqa", line)
+    (row,), _ = board.rows()
+    assert (row.answered, row.total) == (1, 34)
     board.start("truthfulqa")  # a retry
     (row,), _ = board.rows()
     assert (row.state, row.answered, row.total) == ("starting", 0, 34)

@@ -223,8 +223,8 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
 def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan]) -> dict[str, sizing.Size]:
     """Each benchmark's documents and requests, counted by lm-eval on this machine's copy of the datasets."""
     hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home else None
-    if hf_home is not None and hf_home.is_dir():
-        hf_home = runtime.writable_hf_home(hf_home, say=lambda m: print(m, file=sys.stderr))
+    if hf_home is not None and hf_home.is_dir():  # the copy a first run makes of a read-only cache, made quietly
+        hf_home = runtime.writable_hf_home(hf_home, say=lambda m: None)
     return sizing.count({p.name: p.params for p in plans}, benchmarks.harness_env(hf_home, cfg.offline))
 
 

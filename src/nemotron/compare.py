@@ -301,6 +301,15 @@ def regressions(changes: list[Change], rules: list[Rule]) -> list[str]:
 
 # ---- output ----
 
+def gate_markdown(baseline: str, tripped: list[str], gated: bool) -> str:
+    """The summary's last words on the regression gate, when there is one."""
+    if not gated:
+        return ""
+    if not tripped:
+        return f"\nRegression gate against {baseline}: passed.\n"
+    return f"\n**Regression gate against {baseline}: tripped**\n\n" + "".join(f"- {t}\n" for t in tripped)
+
+
 def render(before: Evaluation, after: Evaluation, changes: list[Change]) -> str:
     """The terminal table of `eval compare`."""
     head = ("benchmark", "metric", "before", "after", "change [95% interval]", "p", "n", "")

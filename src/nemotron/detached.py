@@ -64,7 +64,10 @@ def build_environment(target: cluster.Target, profile: Profile, say: Callable[[s
     for name in ("pyproject.toml", "uv.lock"):
         cluster.put(target, str(PROJECT / name), f"{folder}/{name}")
     started = time.monotonic()
-    uv = 'export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || python3 -m pip install -q --user uv'
+    # UV_NATIVE_TLS: the login node's trust store, where a site's TLS-inspecting proxy has its CA (uv's bundled
+    # roots do not hold it; a login shell over ssh has no SSL_CERT_FILE to point uv there)
+    uv = ('export PATH="$HOME/.local/bin:$PATH" UV_NATIVE_TLS=1; '
+          'command -v uv >/dev/null || python3 -m pip install -q --user uv')
     result = cluster.shell(target.tunnel, f"{uv} && cd {q} && flock .lock uv sync --frozen --no-dev "
                                           f"--no-install-project --quiet && touch .ready")
     if not result.ok:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+_RUNNING = re.compile(r"Running (\w+) requests")
 _BUILT = re.compile(r"Cached requests: (\d+), Requests remaining: (\d+)")
 _ANSWERED = re.compile(r"Request completed status_code=2\d\d\b")
 _REPLAYED = re.compile(r"Returning cached response")
@@ -38,28 +39,42 @@ class Tally:
     name: str
     planned: int | None = None  # requests counted before the launch (sizing)
     state: str = WAITING
-    built: int = 0  # requests its harness built (summed over request types)
-    answered: int = 0  # of those: answered by lm-eval's own cache, the response cache or the server
+    built: dict[str, int] = field(default_factory=dict)  # per request type: requests its harness built
+    cached: dict[str, int] = field(default_factory=dict)  # of those, answered from lm-eval's own cache
+    completed: int = 0  # answered through its adapter: by the server, or replayed from the response cache
     replayed: int = 0  # answers replayed from the response cache (not the server's work: not in the rate)
     began: float | None = None  # when the harness had built its first requests (monotonic)
+    _type: str = ""
 
     def read(self, line: str) -> None:
-        if m := _BUILT.search(line):
-            self.built += int(m[1]) + int(m[2])
-            self.answered += int(m[1])
-            self.replayed += int(m[1])
+        """One harness output line. lm-eval's count is kept per request type: a failed run prints its output
+        again, and must not count twice."""
+        if m := _RUNNING.search(line):
+            self._type = m[1]
+        elif m := _BUILT.search(line):
+            self.built[self._type] = int(m[1]) + int(m[2])
+            self.cached[self._type] = int(m[1])
             self.state, self.began = RUNNING, self.began or time.monotonic()
         elif _ANSWERED.search(line):
-            self.answered += 1
+            self.completed += 1
         elif _REPLAYED.search(line):
             self.replayed += 1
+
+    @property
+    def answered(self) -> int:
+        return sum(self.cached.values()) + self.completed
+
+    @property
+    def served(self) -> int:
+        """What the server answered in this attempt (for the rate)."""
+        return self.completed - self.replayed
 
     @property
     def total(self) -> int | None:
         """The harness's count once it has built its requests, unless the planned one is larger (lm-eval
         builds one request type at a time: truthfulqa's generations come after its log-likelihoods)."""
         if self.built:
-            return max(self.built, self.planned or 0)
+            return max(sum(self.built.values()), self.planned or 0)
         return self.planned
 
 
@@ -127,18 +142,17 @@ class Board:
         """The benchmarks' rows and the suite's: its ETA is the requests left over the server's rate so far."""
         now = now or time.monotonic()
         with self._lock:
-            tallies = [replace(t) for t in self.tallies.values()]
+            tallies = [replace(t, built=dict(t.built), cached=dict(t.cached)) for t in self.tallies.values()]
         rows = []
         for t in tallies:
-            served = t.answered - t.replayed
-            rate = served / (now - t.began) if t.began is not None and served > 0 and now > t.began else None
+            rate = t.served / (now - t.began) if t.began is not None and t.served > 0 and now > t.began else None
             total = t.total
             answered = total if t.state in (DONE, REUSED) and total is not None else t.answered
             left = max(0, total - answered) if total is not None else None
             eta = left / rate if rate and left is not None else None
             rows.append(Row(t.name, t.state, answered, total, rate, eta))
         began = [t.began for t in tallies if t.began is not None]
-        served = sum(t.answered - t.replayed for t in tallies if t.began is not None)
+        served = sum(t.served for t in tallies if t.began is not None)
         rate = served / (now - min(began)) if began and served > 0 and now > min(began) else None
         sent = [r for r in rows if r.state != REUSED]  # a reused benchmark sends nothing
         unknown = any(r.total is None for r in sent if r.state != FAILED)

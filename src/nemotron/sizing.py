@@ -46,8 +46,10 @@ class Size:
 def question(params: dict[str, Any]) -> dict[str, Any] | str:
     """What decides a benchmark's count (from its harness params), or why it cannot be counted."""
     extra = params.get("extra") or {}
+    if not isinstance(extra, dict):
+        return f"extra is {extra!r}, not a mapping"
     args = str(extra.get("args") or "")
-    if any(a in args.split() or args.startswith(f"{a}=") or f" {a}=" in args for a in _UNMODELLED_ARGS):
+    if any(word.split("=", 1)[0] in _UNMODELLED_ARGS for word in args.split()):
         return f"extra.args sets {args!r}"
     return {"task": params.get("task"), "limit": params.get("limit_samples"),
             "downsampling_ratio": extra.get("downsampling_ratio")}
@@ -86,7 +88,7 @@ def _run_counter(todo: dict[str, dict[str, Any]], env: dict[str, str], nice: boo
                               timeout=TIMEOUT_SECONDS)
         found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
         why = "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["lm-eval failed"])[-1][:200]
-    except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
+    except (subprocess.TimeoutExpired, OSError, ValueError, IndexError) as e:
         found, why = {}, f"lm-eval did not count it: {type(e).__name__}"
     return {k: found.get(k) or {"unknown": why or "not counted"} for k in todo}
 
