@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "nemo-evaluator as a Prefect task, and record the scores.",
                           epilog="run.model: rl:latest | sft:latest | pretrain:latest | rl:v2 | "
                           "entity/project/name:alias | a checkpoint path.  Finished runs: "
-                          "`eval status [RUN]`, `eval logs [RUN]`, `eval export [RUN]` (to W&B again).")
+                          "`eval status [RUN]`, `eval logs [RUN]`, `eval export [RUN]` (to W&B again), "
+                          "`eval compare BEFORE AFTER` (two runs or results folders).")
     ev.add_argument("-c", "--config", default="default", help="config name in config/ or a YAML path")
     ev.add_argument("-t", "--task", action="append", metavar="NAME", help="run only these task(s); repeatable")
     ev.add_argument("-d", "--dry-run", action="store_true", help="print the resolved config and plan; start nothing")
