@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import httpx
+import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
@@ -70,3 +71,11 @@ def pytest_unconfigure(config):
             os.killpg(_server.pid, 9)
     if _home is not None:
         shutil.rmtree(_home, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service():
+    """An in-process W&B run (the flow tests) leaves WANDB_SERVICE in os.environ; CLI subprocesses of later tests
+    must start their own service, as a user's would."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)

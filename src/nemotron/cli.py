@@ -273,6 +273,9 @@ def run_flow(request: EvalRequest) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # 20 s is tight on 2 cores
     os.environ.setdefault("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
+    # a W&B service of the process that started this one (a notebook, a test runner) is not ours: the export
+    # starts its own, instead of attaching to a service whose life and console are another process's
+    os.environ.pop("WANDB_SERVICE", None)
     from flows.eval import nano3_eval
     from nemotron import results
 
