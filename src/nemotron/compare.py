@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import json
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from nemotron import runs
 from nemotron.benchmarks import TRANSPORT_PARAMS
 from nemotron.errors import ConfigError
-from nemotron.results import SuiteResult, read_json, read_summary
+from nemotron.results import SuiteResult, lm_eval_results, read_json, read_summary, top_level
 
 ALPHA = 0.05
 RESAMPLES = 10_000
@@ -173,11 +172,10 @@ def samples(bench: Benchmark, metric: str) -> dict[tuple, float]:
     """Each document's outcome for one metric (as results.yml names it: `acc`, `exact_match__strict-match`,
     `truthfulqa_mc1/acc`), keyed by task, document and prompt; pooled over a group's subtasks."""
     entry, _, name = metric.rpartition("/")
-    summary, stamp = _lm_eval_results(bench.output_dir)
+    summary, stamp = lm_eval_results(bench.output_dir)
     groups = summary.get("group_subtasks") or {}
-    tasks = list(_leaves(entry, groups)) if entry else \
-        [t for t in groups if t not in {c for cs in groups.values() for c in cs}] or list(summary.get("results", {}))
-    leaves = [leaf for t in tasks for leaf in _leaves(t, groups)]
+    entries = [entry] if entry else top_level(list(groups) or list(summary.get("results", {})), groups)
+    leaves = [leaf for e in entries for leaf in _leaves(e, groups)]
     out: dict[tuple, float] = {}
     for leaf in leaves:
         for path in glob.glob(str(bench.output_dir / "*" / f"samples_{glob.escape(leaf)}_{stamp}.jsonl")):
@@ -190,15 +188,6 @@ def samples(bench: Benchmark, metric: str) -> dict[tuple, float]:
                         if label == name and isinstance(s.get(m), int | float):
                             out[(leaf, s["doc_id"], s.get("doc_hash"), s.get("prompt_hash"))] = float(s[m])
     return out
-
-
-def _lm_eval_results(output_dir: Path) -> tuple[dict[str, Any], str]:
-    """lm-eval's newest results JSON in the folder and its timestamp (its samples files carry the same)."""
-    files = sorted(glob.glob(str(output_dir / "*" / "results_*.json")))
-    if not files:
-        return {}, ""
-    stamp = re.sub(r"^results_|\.json$", "", Path(files[-1]).name)
-    return json.loads(Path(files[-1]).read_text()), stamp
 
 
 def _leaves(task: str, groups: dict[str, list[str]]) -> Iterator[str]:

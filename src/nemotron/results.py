@@ -100,13 +100,16 @@ def _float(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
-def _lm_eval_summary(output_dir: Path) -> dict[str, Any]:
-    """lm-eval's own results JSON (group tree and sample counts), newest first."""
+def lm_eval_results(output_dir: Path) -> tuple[dict[str, Any], str]:
+    """lm-eval's own newest results JSON in the folder (group tree and sample counts) and its timestamp, which
+    its per-sample files (`samples_<task>_<timestamp>.jsonl`) carry too."""
     files = sorted(glob.glob(str(output_dir / "*" / "results_*.json")))
-    return json.loads(Path(files[-1]).read_text()) if files else {}
+    if not files:
+        return {}, ""
+    return json.loads(Path(files[-1]).read_text()), re.sub(r"^results_|\.json$", "", Path(files[-1]).name)
 
 
-def _top_level(entries: list[str], group_subtasks: dict[str, list[str]]) -> list[str]:
+def top_level(entries: list[str], group_subtasks: dict[str, list[str]]) -> list[str]:
     """Entries that are not a subtask of another entry: mmlu_str, not its 57 subjects."""
     children = {c for subs in group_subtasks.values() for c in subs}
     top = [e for e in entries if e not in children]
@@ -128,11 +131,11 @@ def parse_output_dir(benchmark: str, output_dir: Path) -> tuple[Score, ...]:
         raise ValueError(f"no results.yml in {output_dir}")
     data = (yaml.safe_load(path.read_text()) or {}).get("results") or {}
     groups = data.get("groups") or data.get("tasks") or {}
-    summary = _lm_eval_summary(output_dir)
+    summary, _ = lm_eval_results(output_dir)
     group_subtasks = summary.get("group_subtasks") or {}
     n_samples = summary.get("n-samples") or {}
     scores = []
-    entries = _top_level(list(groups), group_subtasks)
+    entries = top_level(list(groups), group_subtasks)
     for entry in entries:
         samples = _samples(entry, group_subtasks, n_samples)
         for metric in (groups[entry].get("metrics") or {}).values():

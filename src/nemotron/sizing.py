@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron import runtime
+from nemotron.results import write_atomic
 
 TIMEOUT_SECONDS = 300
 CACHE_FILE = "request-counts.json"
@@ -72,8 +73,8 @@ def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path
     if any("requests" in v for v in counted.values()):
         cache.update({k: v for k, v in counted.items() if "requests" in v})
         try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            cache_path.parent.mkdir(parents=True, exist_ok=True)  # whole or not at all: runs may count at once
+            write_atomic(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
         except OSError:
             pass
     return {name: Size(unknown=q) if isinstance(q, str) else Size(**(cache.get(keys[name]) or counted[keys[name]]))
