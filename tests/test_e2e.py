@@ -36,7 +36,17 @@ KILL_AFTER = 12  # answered requests: mmlu (57) is under way
 
 
 def vllm_processes() -> str:
-    return subprocess.run(["pgrep", "-af", "vllm.entrypoints|VLLM::"], capture_output=True, text=True).stdout
+    """Live vLLM processes. A zombie (an engine core whose killed parent left it to PID 1, not reaped yet) has
+    exited and holds nothing, so it is not a server that outlived a run."""
+    listed = subprocess.run(["pgrep", "-af", "vllm.entrypoints|VLLM::"], capture_output=True, text=True).stdout
+    return "".join(line for line in listed.splitlines(keepends=True) if not exited(int(line.split()[0])))
+
+
+def exited(pid: int) -> bool:
+    try:  # the state follows the command name, which may hold spaces and parentheses
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True  # gone since pgrep listed it
 
 
 def cached_responses(benchmark_dir: Path) -> int:
