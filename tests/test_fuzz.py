@@ -112,7 +112,7 @@ def started(monkeypatch):
     monkeypatch.setattr(wandb_export, "detect_login", lambda *a, **k: False)
     # the dry run's request count: lm-eval's ~8 s per new configuration is not what these examples test (that is
     # tests/test_sizing.py); here it is never available, and the plan must say so and go on
-    monkeypatch.setattr(sizing, "_run_counter", lambda todo, env, nice: {k: {"unknown": "not counted"} for k in todo})
+    monkeypatch.setattr(sizing, "_run_counter", lambda todo, *_: {k: {"unknown": "not counted"} for k in todo})
     return calls
 
 

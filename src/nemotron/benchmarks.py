@@ -37,7 +37,7 @@ import anyio
 import httpx
 import yaml
 
-from nemotron import engines, registry, results, secrets
+from nemotron import engines, harness, registry, results, secrets
 from nemotron.config import EvalConfig, TaskSpec
 from nemotron.endpoints import Endpoint, free_port, healthy
 from nemotron.errors import BenchmarkError, ConfigError
@@ -249,10 +249,11 @@ _HARNESS_ENV_PREFIXES = ("LC_", "XDG_")
 
 
 def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
-    """Environment for run_eval, built from what it needs: `lm-eval` on PATH, telemetry off, the HF
-    cache and offline switches, and `HF_TOKEN` (gated datasets) when set."""
+    """Environment for run_eval, built from what it needs: `lm-eval` on PATH (nemotron.harness's, then the
+    venv's), telemetry off, the HF cache and offline switches, and `HF_TOKEN` (gated datasets) when set."""
     env = {k: v for k, v in os.environ.items() if k in _HARNESS_ENV or k.startswith(_HARNESS_ENV_PREFIXES)}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
+    env["PATH"] = os.pathsep.join([*(str(d) for d in [harness.harness_bin()] if d), str(Path(sys.executable).parent),
+                                   env.get("PATH", os.defpath)])
     env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] = "0"
     if os.environ.get("HF_TOKEN"):
         env["HF_TOKEN"] = os.environ["HF_TOKEN"]
@@ -324,7 +325,6 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
     cfg_path = out / "nemotron_run_config.yml"
     results.write_atomic(cfg_path, yaml.safe_dump(bench.run_config(endpoint), sort_keys=False))
     log_path = out / "run_eval.log"
-    exe = str(Path(sys.executable).parent / "nemo-evaluator")
     env = {**env, "ADAPTER_PORT": str(free_port())}  # fresh per attempt: a used port stays busy ~60 s
     start = time.monotonic()
     offset = log_path.stat().st_size if log_path.exists() else 0  # earlier attempts' lines are not this one's
@@ -333,7 +333,8 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
         log.write(secrets.mask(f"# nemotron: run_eval {cfg_path} at {time.time():.3f} with {shown}\n").encode())
         # the reaper (stdin: a pipe only this process holds) kills the harness's group if this process dies
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nemotron.reaper", exe, "run_eval", "--run_config", str(cfg_path), env=env,
+            sys.executable, "-m", "nemotron.reaper", sys.executable, "-m", "nemotron.harness", "nemo-evaluator",
+            "run_eval", "--run_config", str(cfg_path), env=env,
             cwd=out, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )

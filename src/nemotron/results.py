@@ -24,12 +24,15 @@ from nemotron.errors import ConfigError
 SCHEMA_VERSION = 1
 
 
-def write_atomic(path: Path, text: str) -> Path:
+def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
     """Write a whole file or nothing: a temporary file in the same folder, renamed over the target,
-    so a crash mid-write never leaves a truncated record for `eval status` or `eval export`."""
+    so a crash mid-write never leaves a truncated record for `eval status` or `eval export`.
+    `mode`: the file's permissions (else the temporary file's 0600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nemotron import runtime
+from nemotron import harness, runtime
 from nemotron.results import write_atomic
 
 TIMEOUT_SECONDS = 300
@@ -61,7 +61,8 @@ def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path
     """The size of each benchmark (name → harness params), from the cache or one lm-eval subprocess for all
     missing ones; a failure of that process makes those sizes unknown, never an error (this is a preview).
     `nice`: counting while a suite runs yields the CPU to the model load and the harnesses."""
-    cache_path = (cache_dir or runtime.home()) / CACHE_FILE
+    cache_dir = cache_dir or runtime.home()
+    cache_path = cache_dir / CACHE_FILE
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
@@ -69,7 +70,7 @@ def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path
     asked = {name: question(params) for name, params in named.items()}
     keys = {name: _key(q) for name, q in asked.items() if isinstance(q, dict)}
     todo = {keys[n]: asked[n] for n in keys if keys[n] not in cache}
-    counted = _run_counter(todo, env, nice) if todo else {}
+    counted = _run_counter(todo, env, nice, cache_dir) if todo else {}
     if any("requests" in v for v in counted.values()):
         cache.update({k: v for k, v in counted.items() if "requests" in v})
         try:
@@ -81,10 +82,13 @@ def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path
             for name, q in asked.items()}
 
 
-def _run_counter(todo: dict[str, dict[str, Any]], env: dict[str, str], nice: bool) -> dict[str, dict[str, Any]]:
-    """key → size (or {"unknown": why}) for every key of `todo`, from one lm-eval subprocess."""
+def _run_counter(todo: dict[str, dict[str, Any]], env: dict[str, str], nice: bool,
+                 cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """key → size (or {"unknown": why}) for every key of `todo`, from one lm-eval subprocess (which reads
+    lm-eval's task index from `cache_dir`, as the harnesses do)."""
     try:
-        done = subprocess.run([*(["nice", "-n", "10"] if nice else []), sys.executable, "-m", "nemotron.sizing"],
+        done = subprocess.run([*(["nice", "-n", "10"] if nice else []), sys.executable, "-m", "nemotron.sizing",
+                               str(cache_dir)],
                               input=json.dumps(todo), env=env, capture_output=True, text=True,
                               timeout=TIMEOUT_SECONDS)
         found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
@@ -139,7 +143,8 @@ def _count_one(manager: Any, q: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """stdin: {key: question}; last stdout line: {key: size}. lm-eval's own chatter goes to stderr."""
+    """argv: the cache folder; stdin: {key: question}; last stdout line: {key: size}. lm-eval's own chatter
+    goes to stderr."""
     import logging
 
     logging.disable(logging.WARNING)
@@ -148,6 +153,7 @@ def main() -> None:
     sys.stdout = sys.stderr
     from lm_eval.tasks import TaskManager
 
+    harness.cache_task_index(Path(sys.argv[1]))
     manager = TaskManager()
     sizes = {}
     for key, q in asked.items():
