@@ -60,6 +60,8 @@ def test_an_edited_task_file_changes_the_key(tmp_path):
     assert harness.task_files_key(str(task.parent)) == first  # only task files count
     task.write_text("task: ab\n")
     assert harness.task_files_key(str(task.parent)) != first
+    second = harness.task_files_key(str(task.parent))
+    assert harness.task_files_key(str(task.parent), b"another TaskManager") != second
 
 
 def test_lm_eval_on_the_harness_path_is_lm_evals_cli_with_the_index_cached(tmp_path):

@@ -10,7 +10,8 @@ the 2-core machine, per benchmark:
 `python -m nemotron.harness nemo-evaluator ARGS` runs nemo-evaluator's own CLI with the sampler every 0.5 s
 (the peak memory it records is as coarse), and `lm-eval` on the harness's PATH is `harness_bin()`'s launcher:
 lm-eval's own CLI, with the index of its built-in tasks read from a file made by the same scan, keyed by the
-size and modification time of every task file (so an edited or upgraded task set is scanned again).
+size and modification time of every task file and by the scanning code (so an edited or upgraded task set is
+scanned again).
 Everything else — what is asked, sent and scored — is the harnesses' own code, unchanged.
 """
 
@@ -30,9 +31,10 @@ SAMPLER_MS = 500
 INDEX_FOLDER = "lm-eval-task-index"
 
 
-def task_files_key(task_dir: str) -> str:
-    """A digest of every task file's path, size and modification time under `task_dir` (~0.1 s)."""
-    digest = hashlib.sha256()
+def task_files_key(task_dir: str, scanner: bytes = b"") -> str:
+    """A digest of every task file's path, size and modification time under `task_dir` (~0.1 s), and of the
+    code that indexes them (`scanner`)."""
+    digest = hashlib.sha256(scanner)
     for root, dirs, files in os.walk(task_dir):
         dirs.sort()
         for name in sorted(f for f in files if f.endswith(".yaml")):
@@ -52,12 +54,13 @@ def cache_task_index(cache_dir: Path | None = None) -> None:
     if getattr(scan, "cached", False):
         return
     built_in = os.path.dirname(os.path.abspath(lm_eval.tasks.__file__))
+    scanner = Path(lm_eval.tasks.__file__).read_bytes()  # TaskManager's own code: a new version, a new index
     folder = (cache_dir or runtime.home()) / INDEX_FOLDER
 
     def index(self: TaskManager, task_dir: str) -> dict[str, Any]:
         if os.path.abspath(task_dir) != built_in:
             return scan(self, task_dir)
-        path = folder / f"{task_files_key(task_dir)}.json"
+        path = folder / f"{task_files_key(task_dir, scanner)}.json"
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
