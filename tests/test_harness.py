@@ -69,6 +69,11 @@ def test_lm_eval_on_the_harness_path_is_lm_evals_cli_with_the_index_cached(tmp_p
     launcher = folder / "lm-eval"
     assert os.access(launcher, os.X_OK) and launcher.read_text().startswith(f"#!{sys.executable}\n")
     assert harness.harness_bin(tmp_path) == folder  # unchanged: not written again
+    other = subprocess.run([sys.executable, "-c", "import sys; sys.executable = '/another/venv/bin/python'; "
+                            "from nemotron import harness; from pathlib import Path; "
+                            "print(harness.harness_bin(Path(sys.argv[1])))", str(tmp_path)],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert other != str(folder) and launcher.read_text().startswith(f"#!{sys.executable}\n")  # not overwritten
     env = {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["lm-eval", "--tasks", "no_such_task_anywhere", "--model", "dummy"], env=env,
                           capture_output=True, text=True, timeout=300)

@@ -81,7 +81,8 @@ def harness_bin(cache_dir: Path | None = None) -> Path | None:
     interpreter. Put first on the harness's PATH, it is what nemo-evaluator's command line starts.
     None where it cannot be written (a read-only home): the harness then runs lm-eval's own `lm-eval`."""
     home = cache_dir or runtime.home()
-    launcher = home / "harness-bin" / "lm-eval"
+    # one per interpreter: two checkouts (two venvs) on one machine each run their own lm-eval
+    launcher = home / "harness-bin" / hashlib.sha256(sys.executable.encode()).hexdigest()[:12] / "lm-eval"
     text = (f"#!{sys.executable}\n# written by nemotron.harness: lm-eval's CLI with its task index cached\n"
             f"import sys\nfrom pathlib import Path\nfrom nemotron.harness import main\n"
             f"sys.exit(main(['lm-eval', *sys.argv[1:]], Path({str(home)!r})))\n")
