@@ -225,6 +225,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, identity, store, hf_home,
                             tokenizer)
     benchmarks.link_into(run_dir, plans)
+    runs.save(run_id, benchmarks=[p.name for p in plans])  # eval status lists the ones not started yet too
     eval_id = wandb_export.evaluation_id(identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")

@@ -132,6 +132,9 @@ def _status(record: dict, flow_run, task_runs, figures: dict[str, str]) -> str:
         reused = " (reused: complete from an earlier run)" if result and result.reused else ""
         now = "" if result else figures.get(progress.artifact_key(name), "")  # a running benchmark: how far it is
         lines.append(f"  {name:<36} {tr.state.name if tr.state else 'unknown':<10} {scores}{now}{reused}{error}")
+    for name in record.get("benchmarks") or []:  # planned, waiting for a harness slot (or the server)
+        if name not in latest:
+            lines.append(f"  {name:<36} {'not started':<10} {figures.get(progress.artifact_key(name), '')}".rstrip())
     return "\n".join(lines)
 
 

@@ -119,3 +119,23 @@ def test_artifact_keys_are_what_prefect_accepts():
     assert progress.artifact_key() == "nano3-eval-progress"
     assert progress.artifact_key("adlr_arc_challenge_llama_25_shot") == \
         "nano3-eval-progress-adlr-arc-challenge-llama-25-shot"
+
+
+def test_eval_status_lists_the_benchmarks_not_started_with_their_figures():
+    """A suite's later benchmarks have no task run until a harness slot frees: status still lists them, from the
+    run's record (its plan) and their progress artifacts."""
+    from types import SimpleNamespace
+
+    from flows.status import _status
+
+    state = SimpleNamespace(name="Running", message="", is_completed=lambda: False)
+    flow_run = SimpleNamespace(name="eval-x", id="1234", state=state, parameters={})
+    started = SimpleNamespace(name="adlr_mmlu", tags=["benchmark"], state=state, expected_start_time=1, created=1)
+    figures = {progress.artifact_key("adlr_mmlu"): "running: 7/57 requests answered · 0.3 req/s",
+               progress.artifact_key("gsm8k"): "waiting: 0/3 requests answered"}
+    record = {"benchmarks": ["adlr_mmlu", "hellaswag", "gsm8k"]}
+    lines = _status(record, flow_run, [started], figures).splitlines()
+    rows = lines[lines.index("benchmarks") + 1:]
+    assert rows == [f"  {'adlr_mmlu':<36} Running    running: 7/57 requests answered · 0.3 req/s",
+                    f"  {'hellaswag':<36} not started",
+                    f"  {'gsm8k':<36} not started waiting: 0/3 requests answered"]
