@@ -252,7 +252,8 @@ def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
     """Environment for run_eval, built from what it needs: `lm-eval` on PATH (nemotron.harness's, then the
     venv's), telemetry off, the HF cache and offline switches, and `HF_TOKEN` (gated datasets) when set."""
     env = {k: v for k, v in os.environ.items() if k in _HARNESS_ENV or k.startswith(_HARNESS_ENV_PREFIXES)}
-    env["PATH"] = os.pathsep.join([*(str(d) for d in [harness.harness_bin()] if d), str(Path(sys.executable).parent),
+    launcher = harness.harness_bin()
+    env["PATH"] = os.pathsep.join([*([str(launcher)] if launcher else []), str(Path(sys.executable).parent),
                                    env.get("PATH", os.defpath)])
     env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] = "0"
     if os.environ.get("HF_TOKEN"):
