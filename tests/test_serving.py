@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -42,6 +43,24 @@ def wait_for(path: Path, seconds: float = 10) -> str:
     raise AssertionError(f"{path} never appeared")
 
 
+def test_ports_we_listen_on_are_never_ones_the_kernel_gives_outgoing_connections(monkeypatch):
+    """A port from the ephemeral range can be taken by a client's connection between the probe and the server's
+    bind (CI saw vLLM die with "Address already in use"): both pickers stay below it, and skip a held port."""
+    low, _ = map(int, open(endpoints.EPHEMERAL_RANGE).read().split())
+    ports = endpoints.listen_ports()
+    assert ports.start >= 10000 and ports.stop <= low
+    picked = {endpoints.free_port() for _ in range(50)}
+    assert picked <= set(ports) and len(picked) > 40  # spread out: two runs rarely pick the same
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", taken := endpoints.free_port()))
+        free = endpoints.free_port()
+        monkeypatch.setattr(endpoints, "listen_ports", lambda: [taken, free])
+        assert {endpoints.free_port() for _ in range(10)} == {free}
+    in_job = {int(subprocess.run(["bash", "-c", serving.PICK_PORT + '; echo "$PORT"'], capture_output=True,
+                                 text=True, check=True).stdout) for _ in range(20)}
+    assert in_job <= set(ports) and len(in_job) > 15
+
+
 def test_job_script_reports_its_endpoint_and_stops_without_heartbeat(tmp_path):
     """The real script with a stand-in server: it picks a port, writes `endpoint` in its job dir,
     and stops the server once the submitter's heartbeat has been silent for heartbeat_timeout."""
@@ -50,7 +69,7 @@ def test_job_script_reports_its_endpoint_and_stops_without_heartbeat(tmp_path):
     try:
         endpoint = wait_for(tmp_path / "endpoint")
         host, port = endpoint.removeprefix("http://").rsplit(":", 1)
-        assert host == os.uname().nodename and 20000 <= int(port) < 60000
+        assert host == os.uname().nodename and int(port) in endpoints.listen_ports()  # never an ephemeral port
         server_pid = int(wait_for(tmp_path / "server.pid"))
         for beat in range(4):  # beating keeps it alive past the timeout
             (tmp_path / "heartbeat").write_text(str(beat))

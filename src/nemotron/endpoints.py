@@ -4,6 +4,7 @@ of one that already runs (deployment.type none)."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -45,10 +46,34 @@ class Endpoint:
         return f"{self.base_url}/v1/chat/completions"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LISTEN_PORTS_FROM = 10000  # the lowest port we pick for a server of ours
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def listen_ports() -> range | list[int]:
+    """Where a server of ours listens: below the kernel's ephemeral range. A port from that range (what binding
+    to port 0 returns) is also the local end the kernel gives outgoing connections, so between the probe and the
+    server's own bind a harness's or the Prefect client's connection can take it ("Address already in use",
+    seen in CI); below it only servers that bind on purpose compete, and a bind probe sees them."""
+    try:
+        low = int(open(EPHEMERAL_RANGE).read().split()[0])  # noqa: SIM115 - one read of a proc file
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return range(LISTEN_PORTS_FROM, max(low, LISTEN_PORTS_FROM + 1000))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port no socket holds now, outside the ephemeral range (random: two runs starting together rarely
+    pick the same one, and the bind probe sees one that listens already)."""
+    ports = listen_ports()
+    for port in random.sample(ports, min(200, len(ports))):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServeError(f"no free port in {ports[0]}-{ports[-1]} on {host}")
 
 
 def healthy(url: str, headers: dict[str, str] | None = None) -> bool:

@@ -82,6 +82,17 @@ def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] 
                       dep.state_timeout, secret_env, unset)
 
 
+# Any free port on the node, below its ephemeral range (read there, as endpoints.listen_ports does here): a port
+# from that range can be taken by an outgoing connection between this probe and the server's bind, and the server
+# then dies with "Address already in use" before it was ever healthy (seen in CI).
+PICK_PORT = (
+    'LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null); LOW=${LOW:-32768}; '
+    '[ "$LOW" -gt 11000 ] || LOW=11000; '
+    'pick() { PORT=$((10000 + RANDOM % (LOW - 10000))); }; pick; '
+    'while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do pick; done'
+)
+
+
 def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     """The shell the NeMo-Run job runs (locally, or on a Slurm node, maybe in a container).
 
@@ -105,8 +116,7 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     if spec.port:
         port = [f"PORT={spec.port}"]
     else:  # any free port on this node
-        port = ["PORT=$((20000 + RANDOM % 40000))",
-                'while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((20000 + RANDOM % 40000)); done']
+        port = [PICK_PORT]
     stop = 'kill -TERM "$server" 2>/dev/null; wait "$server"; exit 143'
     return "\n".join([
         'JOB_DIR="$(cd "$(dirname "$0")/.." && pwd)"',
