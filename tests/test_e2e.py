@@ -90,6 +90,19 @@ def leaked_to_prefect(since: float, values: list[str]) -> list[str]:
     return [v for v in values if v in stored]
 
 
+def export_seen(since: float) -> str:
+    """What the Prefect server holds of the W&B export subflows started since then (state, and its log lines
+    that name W&B): told apart, a console that lost the line and an export that failed are two causes."""
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(limit=200)
+                if r.created.timestamp() >= since and r.name.startswith("wandb-export-")]
+        seen = [f"\n{r.name}: {r.state_name} {r.state.message if r.state else ''}" for r in runs]
+        for r in runs:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id])), limit=200)
+            seen += [f"\n  {e.level} {e.message[:500]}" for e in logs if "W&B" in e.message or e.level >= 40]
+    return "\n-- the W&B export in Prefect --" + "".join(seen or ["\nno wandb-export flow run"])
+
+
 @pytest.mark.e2e
 def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_path):
     assert not vllm_processes(), "a vLLM server is already running"
@@ -105,7 +118,7 @@ def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_
     assert killed_after, "the server was never killed: " + out[-3000:]
     assert proc.returncode == 0, out[-5000:]
     assert "the server died under" in out and "relaunching it (1/2)" in out
-    assert "W&B: run eval-" in out and "(offline: sync with `wandb sync" in out, out[-8000:]
+    assert "W&B: run eval-" in out and "(offline: sync with `wandb sync" in out, out[-8000:] + export_seen(started)
 
     (summary,) = tmp_path.glob("smollm2-135m-instruct/*/results.json")
     doc = json.loads(summary.read_text())
