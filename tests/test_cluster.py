@@ -1,3 +1,6 @@
+import gc
+import logging
+
 from nemotron import cluster
 from nemotron.config import load_config
 from nemotron.profiles import Profile
@@ -66,3 +69,21 @@ def test_port_forward_survives_connections_refused_while_the_server_starts():
         forward.close()
         server.shutdown()
         ssh.close()
+
+
+def test_a_collected_experiment_leaves_the_callers_console_handler(tmp_path):
+    """NeMo-Run's Experiment.__del__ removes the root logger's first handler: once the garbage collector took a
+    finished server's Experiment, Prefect's console printed nothing more (test_e2e's W&B line, 1 run in 3)."""
+    root, console = logging.getLogger(), logging.StreamHandler()
+    root.handlers.insert(0, console)  # first, as Prefect's console handler is in a flow process
+    try:
+        run = cluster.nemo_run(str(tmp_path))
+        with cluster.logging_kept():
+            exp = run.Experiment("probe", executor=run.LocalExecutor(), log_level="WARN", clean_mode=True,
+                                 enable_goodbye_message=False, skip_status_at_exit=True)
+        assert console in root.handlers
+        del exp
+        gc.collect()
+        assert console in root.handlers
+    finally:
+        root.removeHandler(console)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import logging
 import os
@@ -46,7 +47,17 @@ def nemo_run(home: str):
         import nemo_run
         from nemo_run.config import set_nemorun_home
     set_nemorun_home(home)
+    # An Experiment's __del__ calls deconfigure_logging(), which removes the root logger's first handler, whoever
+    # added it: when the garbage collector took a finished server's Experiment (a time of its choosing), Prefect's
+    # console handler went, and every log line after it (the W&B line of test_e2e, 1 run in 3) never reached the
+    # console. logging_kept() already puts the root's handlers back after each NeMo-Run call, so there is nothing
+    # left for it to remove.
+    importlib.import_module("nemo_run.run.experiment").deconfigure_logging = _keep_root_handlers
     return nemo_run
+
+
+def _keep_root_handlers() -> None:
+    """NeMo-Run's deconfigure_logging, made harmless (see nemo_run above)."""
 
 
 def nemorun_home(profile: Profile | None) -> str:
