@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import signal
@@ -306,9 +307,14 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         summary = results.write_summary(suite)
         label = model.resolved or model.ref
         scores_key = results.artifact_key(model.series, "scores")
-        previous = evaluation_of(scores_key, other_than=model.version)
+        try:
+            previous, lookup_failed = evaluation_of(scores_key, other_than=model.version), None
+        except Exception as e:  # noqa: BLE001 - the scores stand without a change column; a gate fails on it
+            log.warning("no comparison with the previous evaluation: its look-up failed: %s", secrets.mask(str(e)))
+            previous, lookup_failed = None, f"{compare.CANNOT_LOOK}the look-up of the previous evaluation failed: {e}"
         changes = changes_against(previous, run_dir, log.warning)
-        tripped, baseline = judge(ev.gate, previous, changes, cfg, run_dir, log.warning)
+        tripped, baseline = judge(ev.gate, previous, changes, cfg, run_dir, log.warning, lookup_failed)
+        verdict = compare.verdict(tripped)
         create_table_artifact(results.score_rows(suite), key=scores_key, description=f"Scores of {label}")
         create_markdown_artifact(results.render_markdown(
             suite, previous, series=model.series, version=label,
@@ -318,9 +324,10 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
             description=f"Evaluation of {label}")
         say(f"results: {summary} (score table: artifact {scores_key})")
         if tripped:
-            add_tags(run_id, ["regression"])
-            log.error("regression against %s: %s", baseline, "; ".join(tripped))
-        manifest = results.write_manifest(run_dir, {**manifest, "regression": tripped, "comparison": {
+            add_tags(run_id, [verdict])
+            log.error("%s against %s: %s", verdict, baseline, "; ".join(tripped))
+        manifest = results.write_manifest(run_dir, {**manifest, "regression": tripped, "verdict": verdict,
+                                                    "comparison": {
             "previous": previous.model if previous else None,
             "changes": [c.record() for c in changes or []]}})
         exported = export_to_wandb(suite, manifest, return_state=True)
@@ -336,7 +343,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
                       f"the others are recorded in {summary}", data=suite)
     if tripped:
-        return Failed(message=f"regression against {baseline}: {'; '.join(tripped)}; the scores are recorded in "
+        return Failed(message=f"{verdict} against {baseline}: {'; '.join(tripped)}; the scores are recorded in "
                       f"{summary}", data=suite)
     return suite
 
@@ -377,15 +384,19 @@ def add_tags(run_id: str, extra: list[str]) -> None:
         client.update_flow_run(UUID(run_id), tags=[*current, *(t for t in extra if t not in current)])
 
 
+LOOKUP_PAGE = 50
+
+
 def evaluation_of(scores_key: str, other_than: str | None = None, version: str | None = None) -> Previous | None:
-    """The newest score table under this key written for another model version than `other_than` (a second
-    evaluation of this version is no "previous"), or for `version`, with its flow run and, when this machine
-    has it, its results folder; None if there is none (or the look-up fails: a summary without a change column
-    is no reason to fail an evaluation)."""
-    try:
-        with get_client(sync_client=True) as client:
+    """The newest accepted evaluation under this key (its run Completed, not tagged regression or inconclusive:
+    a regression never becomes the baseline) of another model version than `other_than` (a second evaluation
+    of this version is no "previous"), or of `version`, with its flow run and, when this machine has it, its
+    results folder; None if there is none, however many score tables lie between. A failed look-up raises:
+    the caller says what it costs (a missing change column, or a gate that cannot look)."""
+    with get_client(sync_client=True) as client:
+        for offset in itertools.count(0, LOOKUP_PAGE):
             tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[scores_key])),
-                                           sort=ArtifactSort.CREATED_DESC, limit=50)
+                                           sort=ArtifactSort.CREATED_DESC, limit=LOOKUP_PAGE, offset=offset)
             for art in tables:
                 if art.flow_run_id is None:
                     continue
@@ -393,15 +404,16 @@ def evaluation_of(scores_key: str, other_than: str | None = None, version: str |
                 model = next((t.split(":", 1)[1] for t in run.tags if t.startswith("model:")), run.name)
                 if model == other_than or (version is not None and model != version):
                     continue
+                if not (run.state and run.state.is_completed()) or {"regression", "inconclusive"} & set(run.tags):
+                    continue  # tripped, failed, or not finished: not accepted
                 rows = json.loads(art.data) if isinstance(art.data, str) else art.data
                 when = (run.start_time or art.created).strftime("%Y-%m-%d %H:%M UTC")
                 folder = (runs.load(str(run.id)) or {}).get("run_dir")
                 return Previous(model=model, run_name=run.name, when=when, rows=tuple(rows),
                                 run_dir=folder if folder and Path(folder, "results.json").is_file() else None)
-        return None
-    except Exception as e:  # noqa: BLE001
-        get_run_logger().warning("no comparison with the previous evaluation: %s", e)
-        return None
+            if len(tables) < LOOKUP_PAGE:
+                return None
+    return None
 
 
 def changes_against(before: Previous | None, run_dir: Path, warn) -> list[compare.Change] | None:
@@ -416,13 +428,16 @@ def changes_against(before: Previous | None, run_dir: Path, warn) -> list[compar
 
 
 def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | None, cfg, run_dir: Path,
-          warn) -> tuple[list[str], str]:
+          warn, lookup_failed: str | None = None) -> tuple[list[str], str]:
     """The regression gate (evaluation.gate): what trips it, and against what. A baseline that cannot be found or
-    compared trips it too: a gate that cannot look must not let a checkpoint through."""
+    compared trips it too, and so does a failed look-up: a gate that cannot look must not let a checkpoint
+    through."""
     if gate_cfg is None:
         return [], ""
     rules = [compare.Rule(r.metric, r.max_drop) for r in gate_cfg.rules]
     if gate_cfg.baseline == "previous":
+        if lookup_failed is not None:
+            return [lookup_failed], "the previous evaluation"
         if previous is None:
             warn("regression gate: no previous evaluation of this series to hold the run against: passed")
             return [], "no previous evaluation"
@@ -439,7 +454,10 @@ def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | N
             version = models.resolve(ref, warn, local=False).version if ref.kind == "wandb" else ref.version
         except ConfigError as e:
             return [f"baseline {gate_cfg.baseline!r}: {e}"], gate_cfg.baseline
-        found = evaluation_of(results.artifact_key(ref.series, "scores"), version=version)
+        try:
+            found = evaluation_of(results.artifact_key(ref.series, "scores"), version=version)
+        except Exception as e:  # noqa: BLE001 - a look-up that fails is a gate that cannot look
+            return [f"{compare.CANNOT_LOOK}the look-up of {gate_cfg.baseline!r} failed: {e}"], gate_cfg.baseline
         if found is None or found.run_dir is None:
             return [f"baseline {gate_cfg.baseline!r} not found: no evaluation of {version} with its results on this "
                     f"machine ({not_a_run})"], gate_cfg.baseline

@@ -95,8 +95,11 @@ def test_different_settings_or_harness_are_not_comparable_and_say_what_differs(t
     assert x.describe() == "not comparable: limit_samples 3 → 10"
     (y,) = compare.compare(compare.load(a), compare.load(c))
     assert y.differs == ("nvidia-lm-eval 26.3 → 26.4",)
-    # the gate never fires on what is not comparable, however large the drop
-    assert compare.regressions([compare.compare(compare.load(b), compare.load(a))[0]], [Rule("*", 0.0)]) == []
+    # a gate that can compare nothing does not pass: it trips, saying why (not on the drop itself)
+    (why,) = compare.regressions([compare.compare(compare.load(b), compare.load(a))[0]], [Rule("*", 0.0)])
+    assert why.startswith("the gate could not look: nothing the rules gate could be compared with the baseline "
+                          "(not comparable: limit_samples 10 → 3)"), why
+    assert compare.verdict([why]) == "inconclusive" and compare.verdict([]) == "pass"
 
 
 def test_rules_fire_on_a_significant_drop_beyond_their_margin_only(tmp_path):
@@ -108,8 +111,10 @@ def test_rules_fire_on_a_significant_drop_beyond_their_margin_only(tmp_path):
     assert [c.metric for c in changes] == ["exact_match__strict-match", "exact_match__flexible-extract"]
     tripped = compare.regressions(changes, [Rule("exact_match__strict-match", 0.01)])
     assert len(tripped) == 1 and tripped[0].startswith("gsm8k exact_match__strict-match 0.5000 → 0.0000: -0.5000")
+    assert compare.verdict(tripped) == "regression"
     assert compare.regressions(changes, [Rule("gsm8k/exact_match__strict-match", 0.6)]) == []  # within margin
-    assert compare.regressions(changes, [Rule("acc", 0.0)]) == []  # another metric
+    (why,) = compare.regressions(changes, [Rule("acc", 0.0)])  # a metric no benchmark has: nothing was looked at
+    assert why == "the gate could not look: no metric the rules name (acc) is in the results", why
     assert len(compare.regressions(changes, [Rule("*", 0.0)])) == 1  # flexible-extract did not move
 
 
@@ -134,3 +139,19 @@ def test_a_gate_without_rules_or_with_a_negative_margin_is_refused_in_one_line()
     ok = nemotron("nano3", "eval", "-c", "local", "--dry-run", "-t", "gsm8k",
                   "evaluation.gate={rules: [{metric: acc, max_drop: 0.01}]}")
     assert ok.returncode == 0 and "baseline: previous" in ok.stdout
+
+
+def test_a_gate_whose_look_up_failed_does_not_pass(tmp_path):
+    """A look-up of the previous evaluation that raised (the Prefect API down, a bad answer) is no "first
+    evaluation of the series": the gate cannot look, so the run fails as inconclusive."""
+    from types import SimpleNamespace
+
+    from flows.eval import judge
+
+    gate = SimpleNamespace(baseline="previous", rules=[SimpleNamespace(metric="*", max_drop=0.01)])
+    warned = []
+    failed = f"{compare.CANNOT_LOOK}the look-up of the previous evaluation failed: 503 Service Unavailable"
+    tripped, baseline = judge(gate, None, None, None, tmp_path, lambda *a: warned.append(a), failed)
+    assert tripped == [failed] and compare.verdict(tripped) == "inconclusive" and baseline == "the previous evaluation"
+    assert judge(gate, None, None, None, tmp_path, lambda *a: warned.append(a)) == ([], "no previous evaluation")
+    assert warned and "passed" in warned[-1][0]  # the first evaluation of a series: passes, with a warning

@@ -3,8 +3,9 @@ gsm8k right, so a change is real or not by construction. The summary artifact, t
 regression gate must all say so — and say "not comparable" when the settings differ.
 
 Four evaluations of one series (W&B artifacts through a fake `wandb.Api`; the export is real W&B, offline):
-v2 gets 12 of 20 right; v3 none, under a gate against the previous evaluation (v2); v4 2 of 20; v5 none on 10
-questions, under a gate against `rl:v2` (a model version, looked up) that cannot compare.
+v2 gets 12 of 20 right; v3 none, under a gate against the previous evaluation (v2); v4 2 of 20 under the same gate,
+whose baseline is v2 again (v3 tripped: a regression never becomes the baseline); v5 none on 10 questions, under a
+gate against `rl:v2` (a model version, looked up) that cannot compare: inconclusive, and failed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def series(tmp_path_factory):
         fake_wandb_api.install(mp, specs)
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_DIR", str(root / "wandb"))
-        runs = [("v2", 12, QUESTIONS, None), ("v3", 0, QUESTIONS, "previous"), ("v4", 2, QUESTIONS, None),
+        runs = [("v2", 12, QUESTIONS, None), ("v3", 0, QUESTIONS, "previous"), ("v4", 2, QUESTIONS, "previous"),
                 ("v5", 0, 10, "rl:v2")]
         for version, right, limit, baseline in runs:
             answers = root / f"answers-{version}.json"
@@ -73,7 +74,16 @@ def series(tmp_path_factory):
 
 def test_the_versions_scored_what_they_were_made_to(series):
     assert [series[v]["scores"][METRIC] for v in ("v2", "v3", "v4", "v5")] == [0.6, 0.0, 0.1, 0.0]
-    assert series["v2"]["state"].is_completed() and series["v4"]["state"].is_completed()
+    assert series["v2"]["state"].is_completed()
+
+
+def test_a_regression_is_never_the_baseline_the_next_version_is_held_against_the_last_accepted_one(series):
+    v4 = series["v4"]
+    assert v4["state"].is_failed()  # 0.6 → 0.1 against v2; against v3 (0.0) it would have risen
+    assert re.search(rf"regression against team/nemotron/{series['series']}:v2: gsm8k {METRIC} 0\.6000 → 0\.1000: ",
+                     v4["state"].message), v4["state"].message
+    manifest = json.loads((v4["run_dir"] / "manifest.json").read_text())
+    assert manifest["comparison"]["previous"].endswith(":v2") and manifest["verdict"] == "regression"
 
 
 def test_a_significant_drop_trips_the_gate_the_run_fails_tagged_and_its_scores_are_kept(series):
@@ -94,7 +104,7 @@ def test_a_significant_drop_trips_the_gate_the_run_fails_tagged_and_its_scores_a
     assert "Each change is paired on the documents both evaluated" in summary
     cell = r"\*\*-0\.6000\*\* \[-0\.\d+, -0\.\d+\] p=\S+ \(n=20\)"
     assert re.search(rf"\| gsm8k \| {METRIC} \| 0\.0000 \| .* \| {cell} \|", summary), summary
-    assert "**Regression gate against" in summary and "tripped**" in summary
+    assert "**Regression gate against" in summary and "tripped (regression)**" in summary
     # exported all the same, tagged, with the tested change beside the score
     (run,) = [r for r in series["wandb"].values() if r.config["model"]["resolved"].endswith(":v3")]
     assert "regression" in run.run.tags
@@ -115,17 +125,19 @@ def test_eval_compare_finds_the_real_change_with_its_sign_and_not_a_small_one(se
     assert re.search(r"0\.0000\s+0\.1000\s+\+0\.1000 \[\+0\.\d+, \+0\.\d+\]\s+0\.500\s+20$", row), row  # 2 of 20
 
 
-def test_different_limits_are_not_comparable_and_the_gate_does_not_fire_on_them(series):
+def test_a_gate_that_can_compare_nothing_fails_the_run_as_inconclusive(series):
     v5 = series["v5"]
-    assert v5["state"].is_completed(), v5["state"].message  # 0.6 → 0.0, but not on the same questions
+    assert v5["state"].is_failed(), v5["state"].message  # 0.6 → 0.0, but not on the same questions
+    assert (f"inconclusive against team/nemotron/{series['series']}:v2: the gate could not look: nothing the rules "
+            f"gate could be compared with the baseline (not comparable: limit_samples 20 → 10)") in v5["state"].message
     with get_client(sync_client=True) as client:
-        assert "regression" not in client.read_flow_run(v5["run_id"]).tags
+        tags = client.read_flow_run(v5["run_id"]).tags
         artifacts = {a.key: a for a in client.read_artifacts(
             flow_run_filter=FlowRunFilter(id={"any_": [v5["run_id"]]}))}
+    assert "inconclusive" in tags and "regression" not in tags
     summary = artifacts[f"{series['series']}-summary"].data
-    assert f"Regression gate against team/nemotron/{series['series']}:v2: passed." in summary  # found, not comparable
-    assert "not comparable: limit_samples 20 → 10" in summary  # against the previous evaluation (v4)
+    assert f"**Regression gate against team/nemotron/{series['series']}:v2: tripped (inconclusive)**" in summary
+    assert "not comparable: limit_samples 20 → 10" in summary  # against the previous accepted evaluation (v2)
     r = nemotron("nano3", "eval", "compare", str(series["v2"]["run_dir"]), str(v5["run_dir"]))
     assert r.returncode == 0, r.stderr
     assert re.search(rf"gsm8k\s+{METRIC}\s+0\.6000\s+0\.0000\s+not comparable: limit_samples 20 → 10", r.stdout)
-    assert "0 significant at 5%, 2 not comparable" in r.stdout

@@ -283,9 +283,30 @@ class Rule:
 
 
 def regressions(changes: list[Change], rules: list[Rule]) -> list[str]:
-    """What trips the gate, one line each; incomparable results never do."""
-    return [f"{c.benchmark} {c.metric} {c.before:.4f} → {c.after:.4f}: {c.describe()} (rule: {r.metric} may drop "
-            f"at most {r.max_drop})" for c in changes for r in rules if r.tripped(c)][:50]
+    """What trips the gate, one line each. A gate that cannot look does not pass: when no metric the rules name
+    is in both evaluations, or none of those could be tested against the baseline (other settings or harness, no
+    paired samples), that trips it, with what stood in the way."""
+    tripped = [f"{c.benchmark} {c.metric} {c.before:.4f} → {c.after:.4f}: {c.describe()} (rule: {r.metric} may "
+               f"drop at most {r.max_drop})" for c in changes for r in rules if r.tripped(c)]
+    gated = [c for c in changes if any(r.applies(c) for r in rules)]
+    if not gated:
+        tripped.append(f"{CANNOT_LOOK}no metric the rules name ({', '.join(r.metric for r in rules)}) is in the "
+                       "results")
+    elif not any(c.comparable and c.difference is not None for c in gated):
+        why = sorted({c.describe() for c in gated})
+        tripped.append(f"{CANNOT_LOOK}nothing the rules gate could be compared with the baseline "
+                       f"({'; '.join(why)[:400]})")
+    return tripped[:50]
+
+
+CANNOT_LOOK = "the gate could not look: "  # what trips the gate without a measured drop
+
+
+def verdict(tripped: list[str]) -> str:
+    """`pass`, `regression` (a drop was measured), or `inconclusive` (the gate could not look, so it did not pass)."""
+    if not tripped:
+        return "pass"
+    return "inconclusive" if all(t.startswith(CANNOT_LOOK) for t in tripped) else "regression"
 
 
 # ---- output ----
@@ -296,7 +317,8 @@ def gate_markdown(baseline: str, tripped: list[str], gated: bool) -> str:
         return ""
     if not tripped:
         return f"\nRegression gate against {baseline}: passed.\n"
-    return f"\n**Regression gate against {baseline}: tripped**\n\n" + "".join(f"- {t}\n" for t in tripped)
+    return (f"\n**Regression gate against {baseline}: tripped ({verdict(tripped)})**\n\n"
+            + "".join(f"- {t}\n" for t in tripped))
 
 
 def render(before: Evaluation, after: Evaluation, changes: list[Change]) -> str:

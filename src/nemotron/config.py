@@ -175,7 +175,8 @@ class EvaluationSection(Strict):
     )
     gate: GateSection | None = Field(
         None, description="A regression gate: the run fails (tagged regression) when a comparable metric drops "
-        "significantly, by more than its rule allows, against the baseline; None = off.")
+        "significantly, by more than its rule allows, against the baseline, and (tagged inconclusive) when it "
+        "cannot look: nothing comparable, a baseline it cannot find or read, a failed look-up; None = off.")
 
 
 class ExportSection(Strict):

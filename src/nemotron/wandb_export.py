@@ -110,7 +110,7 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
         entity=where.entity, project=where.project, id=eval_id, resume="allow",
         name=f"eval-{model['slug']}", job_type="evaluation", group=model.get("collection") or model["slug"],
         tags=["nano3", "evaluation", *(t for t in (model.get("collection"),) if t),
-              *(["regression"] if manifest.get("regression") else [])],
+              *([manifest.get("verdict") or "regression"] if manifest.get("regression") else [])],
         config=secrets.masked({"model": model, "evaluation": cfg.model_dump(mode="json"),
                                "harness": manifest["harness"]}),
         dir=os.environ.get("WANDB_DIR") or suite.run_dir,  # offline runs stay beside the results they hold
