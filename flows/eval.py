@@ -310,7 +310,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         try:
             previous, lookup_failed = evaluation_of(scores_key, other_than=model.version), None
         except Exception as e:  # noqa: BLE001 - the scores stand without a change column; a gate fails on it
-            log.warning("no comparison with the previous evaluation: its look-up failed: %s", secrets.mask(str(e)))
+            log.warning("no comparison with the previous evaluation: its look-up failed: %s", e)
             previous, lookup_failed = None, f"{compare.CANNOT_LOOK}the look-up of the previous evaluation failed: {e}"
         changes = changes_against(previous, run_dir, log.warning)
         tripped, baseline = judge(ev.gate, previous, changes, cfg, run_dir, log.warning, lookup_failed)
@@ -413,7 +413,6 @@ def evaluation_of(scores_key: str, other_than: str | None = None, version: str |
                                 run_dir=folder if folder and Path(folder, "results.json").is_file() else None)
             if len(tables) < LOOKUP_PAGE:
                 return None
-    return None
 
 
 def changes_against(before: Previous | None, run_dir: Path, warn) -> list[compare.Change] | None:
@@ -442,8 +441,8 @@ def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | N
             warn("regression gate: no previous evaluation of this series to hold the run against: passed")
             return [], "no previous evaluation"
         if changes is None:
-            return [f"the previous evaluation ({previous.model}) has no results folder on this machine to compare "
-                    "with"], previous.model
+            return [f"{compare.CANNOT_LOOK}the previous evaluation ({previous.model}) has no results folder on this "
+                    "machine to compare with"], previous.model
         return compare.regressions(changes, rules), previous.model
     try:
         folder = compare.results_folder(gate_cfg.baseline)
@@ -453,19 +452,19 @@ def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | N
             ref = models.parse(cfg.model_copy(update={"run": cfg.run.model_copy(update={"model": gate_cfg.baseline})}))
             version = models.resolve(ref, warn, local=False).version if ref.kind == "wandb" else ref.version
         except ConfigError as e:
-            return [f"baseline {gate_cfg.baseline!r}: {e}"], gate_cfg.baseline
+            return [f"{compare.CANNOT_LOOK}baseline {gate_cfg.baseline!r}: {e}"], gate_cfg.baseline
         try:
             found = evaluation_of(results.artifact_key(ref.series, "scores"), version=version)
         except Exception as e:  # noqa: BLE001 - a look-up that fails is a gate that cannot look
             return [f"{compare.CANNOT_LOOK}the look-up of {gate_cfg.baseline!r} failed: {e}"], gate_cfg.baseline
         if found is None or found.run_dir is None:
-            return [f"baseline {gate_cfg.baseline!r} not found: no evaluation of {version} with its results on this "
-                    f"machine ({not_a_run})"], gate_cfg.baseline
+            return [f"{compare.CANNOT_LOOK}baseline {gate_cfg.baseline!r} not found: no evaluation of {version} with "
+                    f"its results on this machine ({not_a_run})"], gate_cfg.baseline
         folder, label = Path(found.run_dir), found.model
     try:
         return compare.regressions(compare.compare(compare.load(folder, label), compare.load(run_dir)), rules), label
     except Exception as e:  # noqa: BLE001 - a baseline that cannot be read is a gate that cannot look
-        return [f"baseline {label} ({folder}) could not be compared: {e}"], label
+        return [f"{compare.CANNOT_LOOK}baseline {label} ({folder}) could not be compared: {e}"], label
 
 
 def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: int | None, say, warn) -> int:

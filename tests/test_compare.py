@@ -155,3 +155,6 @@ def test_a_gate_whose_look_up_failed_does_not_pass(tmp_path):
     assert tripped == [failed] and compare.verdict(tripped) == "inconclusive" and baseline == "the previous evaluation"
     assert judge(gate, None, None, None, tmp_path, lambda *a: warned.append(a)) == ([], "no previous evaluation")
     assert warned and "passed" in warned[-1][0]  # the first evaluation of a series: passes, with a warning
+    elsewhere = SimpleNamespace(model="rl:v1", run_dir=None)  # found, but its results are not on this machine
+    (why,), _ = judge(gate, elsewhere, None, None, tmp_path, lambda *a: None)
+    assert why.startswith(compare.CANNOT_LOOK) and compare.verdict([why]) == "inconclusive"
