@@ -207,7 +207,8 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
             tree, tokenizer = cluster.remote_checkpoint(
                 where, model.path, engines.tokenizer(cfg.deployment, model.path), say)
             model = replace(model, tree=tree)
-        identity = engines.identity(cfg.deployment, model.identity)
+        serving_record = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, where))
+        identity = engines.identity(model.identity, serving_record)
     except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
         log.error("%s", e)
         return Failed(message=secrets.mask(str(e)), data=e)
@@ -246,7 +247,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         todo = [p for p in plans if p.name not in outcomes]
         size_in_background(board, todo, env)
         facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
-                 "harness": benchmarks.harness_versions(), "profile": profile,
+                 "harness": benchmarks.harness_versions(), "serving": serving_record, "profile": profile,
                  "config": secrets.masked(cfg.model_dump(mode="json")),
                  "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
                                 for p in plans}}

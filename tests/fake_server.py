@@ -6,13 +6,16 @@ It accepts vLLM's command line (so `deployment.command` can point at it) and can
 --delay S (every completion takes S seconds), --fail-first N (503 for the first N requests);
 --journal FILE records each start and request, so a test can count what reached a server;
 --answers FILE (JSON: question → answer) answers those questions (the last "Question: ...\nAnswer:" of a prompt,
-as gsm8k asks) with their answer, so a test decides which share of a benchmark a "model" gets right.
+as gsm8k asks) with their answer, so a test decides which share of a benchmark a "model" gets right; with
+--answers-in-model the file is answers.json in the `--model` folder, so one command serves versions that answer
+differently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +34,8 @@ def main() -> None:
     ap.add_argument("--fail-first", type=int, default=0, help="answer the first N completion requests with a 503")
     ap.add_argument("--journal", help="append `start` when started and `request` per completion request")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
+    ap.add_argument("--model", help="the checkpoint folder (vLLM's flag)")
+    ap.add_argument("--answers-in-model", action="store_true", help="--answers is answers.json in --model")
     ap.add_argument("--answers", help="JSON file: question → the answer to give to a prompt asking it")
     args, _ = ap.parse_known_args()
 
@@ -47,7 +52,8 @@ def main() -> None:
             time.sleep(1)
 
     ready_at = time.monotonic() + args.healthy_after
-    known = json.loads(open(args.answers).read()) if args.answers else {}
+    answers = os.path.join(args.model, "answers.json") if args.answers_in_model else args.answers
+    known = json.loads(open(answers).read()) if answers else {}
 
     def answer(prompt: str) -> str:
         asked = prompt.rsplit("Question: ", 1)[-1].split("\nAnswer:", 1)[0].strip()

@@ -14,10 +14,12 @@ from tests.helpers import nemotron
 
 STAMP = "2026-12-01T03-00-27.730784"
 HARNESS = {"nvidia-lm-eval": "26.3", "nemo-evaluator": "0.2.8"}
+SERVING = {"engine": "vllm", "vllm": "0.32.0", "tensor_parallel_size": "1", "dtype": "float32"}
 
 
 def evaluation(root, name, outcomes: dict[str, list[float]], limit=40, harness=None, parallelism=45,
-               tokenizer="/models/a", metric="exact_match", task="gsm8k", filters=("strict-match",)):
+               tokenizer="/models/a", metric="exact_match", task="gsm8k", filters=("strict-match",),
+               serving=SERVING):
     """A results folder as the flow writes it, with lm-eval's per-sample records: `outcomes` per filter."""
     run = root / name
     bench = root / "benchmarks" / f"{task}-{name}"
@@ -37,7 +39,8 @@ def evaluation(root, name, outcomes: dict[str, list[float]], limit=40, harness=N
                "stderr": None, "samples": len(outcomes[flt])} for flt in filters]
     (run / "results.json").write_text(json.dumps({"schema_version": 1, "model": name, "failed": [], "results": [
         {"benchmark": task, "status": "completed", "output_dir": str(bench), "seconds": 1.0, "scores": scores}]}))
-    (run / "manifest.json").write_text(json.dumps({"harness": harness or HARNESS, "model": {"ref": name}}))
+    (run / "manifest.json").write_text(json.dumps({"harness": harness or HARNESS, "model": {"ref": name},
+                                                        **({"serving": serving} if serving else {})}))
     return run
 
 
@@ -158,3 +161,16 @@ def test_a_gate_whose_look_up_failed_does_not_pass(tmp_path):
     elsewhere = SimpleNamespace(model="rl:v1", run_dir=None)  # found, but its results are not on this machine
     (why,), _ = judge(gate, elsewhere, None, None, tmp_path, lambda *a: None)
     assert why.startswith(compare.CANNOT_LOOK) and compare.verdict([why]) == "inconclusive"
+
+
+def test_results_served_another_way_are_not_comparable_and_the_comparison_names_what_differs(tmp_path):
+    """Issue 26: another dtype or vLLM is another model; a record written before the serving record was kept is
+    comparable with none of today's."""
+    a = evaluation(tmp_path, "a", {"strict-match": [1.0] * 10})
+    b = evaluation(tmp_path, "b", {"strict-match": [1.0] * 10},
+                   serving={**SERVING, "vllm": "0.33.0", "dtype": "bfloat16"})
+    old = evaluation(tmp_path, "old", {"strict-match": [1.0] * 10}, serving=None)
+    (change,) = compare.compare(compare.load(a), compare.load(b))
+    assert not change.comparable and change.differs == ("dtype float32 → bfloat16", "vllm 0.32.0 → 0.33.0")
+    (change,) = compare.compare(compare.load(old), compare.load(a))
+    assert not change.comparable and "engine unknown → vllm" in change.differs

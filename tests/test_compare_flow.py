@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import sys
 
 import pyarrow as pa
 import pytest
@@ -22,7 +23,7 @@ from prefect.client.schemas.filters import FlowRunFilter
 from flows.eval import nano3_eval
 from nemotron import runtime
 from tests import fake_wandb_api, wandb_offline
-from tests.helpers import fake_request, hf_home, nemotron
+from tests.helpers import FAKE, fake_request, hf_home, nemotron
 
 QUESTIONS = 20
 METRIC = "exact_match__flexible-extract"
@@ -42,11 +43,18 @@ def series(tmp_path_factory):
     """Run the four evaluations; their flow states, results folders and W&B runs."""
     root = tmp_path_factory.mktemp("compare")
     name = f"cmp-{root.name}".lower()
-    checkpoint = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
+    versions = ["v2", "v3", "v4", "v5"]
+    builtin = runtime.builtin_model_dir("smollm2-135m-instruct")
+    for v in versions:  # each version is its own checkpoint folder: the model's files and what it answers
+        (root / "models" / v).mkdir(parents=True)
+        for f in builtin.iterdir():
+            (root / "models" / v / f.name).symlink_to(f)
     specs = {f"team/nemotron/{name}:{v}": {"qualified_name": f"team/nemotron/{name}:{v}", "digest": f"{i}" * 32,
-                                           "metadata": {"absolute_path": checkpoint}}
-             for i, v in enumerate(["v2", "v3", "v4", "v5"], start=2)}
+                                           "metadata": {"absolute_path": str(root / "models" / v)}}
+             for i, v in enumerate(versions, start=2)}
     questions = gsm8k_test(QUESTIONS)
+    # one server command for every version, as a team serves a series: the versions are comparable (served alike)
+    command = f"deployment.command={sys.executable} {FAKE} --tag {root} --answers-in-model"
     out = {"root": root, "series": name}
     with pytest.MonkeyPatch.context() as mp:
         fake_wandb_api.install(mp, specs)
@@ -55,11 +63,11 @@ def series(tmp_path_factory):
         runs = [("v2", 12, QUESTIONS, None), ("v3", 0, QUESTIONS, "previous"), ("v4", 2, QUESTIONS, "previous"),
                 ("v5", 0, 10, "rl:v2")]
         for version, right, limit, baseline in runs:
-            answers = root / f"answers-{version}.json"
+            answers = root / "models" / version / "answers.json"
             answers.write_text(json.dumps({q: f"#### {a}" for q, a in questions[:right]}))
             gate = [f"evaluation.gate={{baseline: '{baseline}', rules: [{{metric: '*', max_drop: 0.01}}]}}"] \
                 if baseline else []
-            request = fake_request(root / version, f"--answers {answers}", tasks=("gsm8k",), extra=[
+            request = fake_request(root / version, tasks=("gsm8k",), extra=[command,
                 f"run.model=rl:{version}", f"run.artifacts.rl={name}", "run.wandb.entity=team",
                 "run.wandb.project=nemotron", f"evaluation.nemo_evaluator_config.config.params.limit_samples={limit}",
                 *gate])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nemotron import endpoints, engines
+from nemotron import endpoints, engines, secrets, serving
 from nemotron.config import load_config
 from nemotron.errors import ConfigError
 from tests.helpers import REPO, nemotron
@@ -53,9 +53,53 @@ def test_each_engine_refuses_what_it_cannot_use_in_one_line(overrides, says):
 def test_a_running_endpoints_url_may_end_in_v1_and_its_identity_says_where_it_is():
     running = dep("deployment.type=none", "deployment.url=http://h:8000/v1/")
     assert engines.external_url(running.url) == "http://h:8000"
-    assert engines.identity(running, "/ckpt/m@1:2") == "/ckpt/m@1:2 at http://h:8000 as nano3"
-    assert engines.identity(dep(), "/ckpt/m@1:2") == "/ckpt/m@1:2"
+    assert serving.serving_record(running) == {"engine": "none", "endpoint": "http://h:8000 as nano3"}
+    elsewhere = dep("deployment.type=none", "deployment.url=http://other:8000")
+    assert key(running) != key(elsewhere)
     assert not engines.launches(running) and engines.health_path(running) == "/v1/models"
+
+
+def key(d, image=None, model="/ckpt/m@1:2"):
+    return engines.identity(model, serving.serving_record(d, image))
+
+
+def test_the_served_model_is_another_model_when_anything_that_changes_numerics_changes():
+    """Issue 26: the result key (and eval compare) know the engine, its version and its numerics flags; transport
+    and capacity settings do not make another model."""
+    base = dep("deployment.venv=managed", "deployment.extra_args=--dtype float32 --max-num-seqs 8")
+    record = serving.serving_record(base)
+    assert record["engine"] == "vllm" and record["vllm"] == "0.32.0" and record["dtype"] == "float32"
+    assert "max-num-seqs" not in record and "port" not in record
+    others = [
+        dep("deployment.venv=managed", "deployment.extra_args=--dtype bfloat16 --max-num-seqs 8"),
+        dep("deployment.venv=managed", "deployment.extra_args=--dtype=float32 --quantization fp8"),
+        dep("deployment.venv=managed", "deployment.extra_args=--dtype float32 --kv-cache-dtype fp8"),
+        dep("deployment.venv=managed", "deployment.extra_args=--dtype float32 --max-model-len 2048"),
+        dep("deployment.venv=managed", "deployment.extra_args=--dtype float32 --enforce-eager"),
+        dep("deployment.venv=managed", "deployment.extra_args=--dtype float32", "deployment.tensor_parallel_size=2"),
+        dep("deployment.venv=managed", "deployment.extra_args=--dtype float32", "deployment.env.VLLM_X=fast"),
+        dep("deployment.type=sglang", "deployment.extra_args=--dtype float32"),
+        dep("deployment.extra_args=--dtype float32"),  # vllm from the node's PATH, not the managed 0.32.0
+    ]
+    keys = {key(base)} | {key(d) for d in others}
+    assert len(keys) == len(others) + 1  # each is another model
+    assert key(base, image="nvcr.io/nvidia/vllm:25.01") != key(base, image="nvcr.io/nvidia/vllm:25.02")
+    same = [dep("deployment.venv=managed", "deployment.extra_args=--dtype float32 --max-num-seqs 256"),
+            dep("deployment.venv=managed", "deployment.extra_args=--dtype float32", "deployment.data_parallel_size=2",
+                "deployment.replicas=3", "deployment.port=9000", "deployment.startup_timeout=60")]
+    assert {key(d) for d in same} == {key(dep("deployment.venv=managed", "deployment.extra_args=--dtype float32"))}
+
+
+def test_another_venvs_engine_version_is_read_from_its_installed_package(tmp_path):
+    (tmp_path / "lib/python3.12/site-packages/vllm-0.33.1.dist-info").mkdir(parents=True)
+    assert serving.serving_record(dep(f"deployment.venv={tmp_path}"))["vllm"] == "0.33.1"
+    assert "unknown" in serving.serving_record(dep(f"deployment.venv={tmp_path}/none"))["vllm"]
+
+
+def test_a_secret_in_the_servers_environment_never_reaches_the_serving_record():
+    secrets.remember("s3cr3t-value-1234")
+    record = serving.serving_record(dep("deployment.env.HF_TOKEN=s3cr3t-value-1234", "deployment.env.MODE=a"))
+    assert "s3cr3t-value-1234" not in str(record) and record["env.MODE"] == "a"
 
 
 def test_the_key_of_a_running_endpoint_is_read_from_its_variable_and_sent_as_a_bearer_token(monkeypatch):

@@ -139,7 +139,8 @@ def test_benchmark_over_its_timeout_is_stopped_retried_then_failed(tmp_path):
 def test_overloaded_endpoint_is_retried_until_it_answers_and_a_rerun_sends_nothing(tmp_path):
     """503 on the first request, the harness retrying nothing itself: an infrastructure failure, so
     the benchmark is tried again (into the same folder) and completes. The fake server journals its
-    starts and requests: running the same evaluation again starts it not at all."""
+    starts and requests: running the same evaluation again starts it not at all; served another way, it is
+    served again."""
     journal = tmp_path / "journal"
     request = fake_request(tmp_path, "--fail-first 1", "--journal", str(journal), extra=["evaluation.retries=2"])
     state = nano3_eval(**request, return_state=True)
@@ -154,6 +155,17 @@ def test_overloaded_endpoint_is_retried_until_it_answers_and_a_rerun_sends_nothi
     assert journal.read_text() == served  # no server start, no request
     (rerun,) = json.loads((Path(again.result().run_dir) / "results.json").read_text())["results"]
     assert rerun["reused"] and rerun["scores"] == result["scores"]
+
+    # issue 26: served another way (another dtype) is another model: served again and scored anew, not reused
+    bf16 = fake_request(tmp_path, "--fail-first 1", "--journal", str(journal),
+                        extra=["evaluation.retries=2", "deployment.extra_args=--dtype bfloat16"])
+    third = nano3_eval(**bf16, return_state=True)
+    assert third.is_completed(), third.message
+    assert journal.read_text().count("start") == 2
+    (anew,) = json.loads((Path(third.result().run_dir) / "results.json").read_text())["results"]
+    assert not anew["reused"] and anew["output_dir"] != result["output_dir"]
+    manifest = json.loads((Path(third.result().run_dir) / "manifest.json").read_text())
+    assert manifest["serving"]["dtype"] == "bfloat16" and manifest["serving"]["engine"] == "vllm"
 
 
 def test_configuration_failure_is_not_retried(tmp_path):

@@ -125,8 +125,9 @@ def evaluate(args: argparse.Namespace) -> int:
     # the offline data check is where the harnesses run: here, unless --batch sends them elsewhere
     hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home and not args.batch else None
     store = Path(os.path.expanduser(cfg.evaluation.output_dir)).resolve() / "benchmarks"
+    served = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, profile))
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
-                            engines.identity(cfg.deployment, model.identity), store, hf_home)
+                            engines.identity(model.identity, served), store, hf_home)
     if args.dry_run:
         text = render_plan(cfg, model, plans, profile, args.force_squash, plan_sizes(cfg, plans))
         if args.batch and cluster.is_slurm(profile) and profile.remote_job_dir:
@@ -194,8 +195,9 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                             "timeout": p.timeout, "retries": p.retries,
                             "parallelism": p.max_parallelism or "the in-flight budget",
                             "run_config": _without_parallelism(p.run_config(endpoint))} for p in plans],
-            "benchmark_folders": "<output_dir>/benchmarks/<name>-<key>: the key is the model's identity, the task "
-                                 "and its harness params; a folder that holds a result is reused, not recomputed"
+            "benchmark_folders": "<output_dir>/benchmarks/<name>-<key>: the key is the model's identity, what "
+                                 "serves it (engine, version, numerics flags), the task and its harness params; a "
+                                 "folder that holds a result is reused, not recomputed"
                                  + (" (W&B: the identity is the artifact digest, known after the look-up; the keys "
                                     "above are placeholders)" if model.kind == "wandb" else ""),
             "offline_hf_cache": cfg.evaluation.hf_home if cfg.offline else None,

@@ -1,11 +1,12 @@
 """Compare two evaluations benchmark by benchmark: only like for like, paired by document, with a test.
 
 Two results of a benchmark are comparable when the same task ran with the same harness params (limit,
-few-shot, generation settings, task config; not how requests were sent) under the same harness versions;
-otherwise the comparison names what differs. Comparable results are paired on the documents both evaluated
-(lm-eval's per-sample records: same task, document and prompt) and the difference is tested: an exact
-McNemar test for 0/1 metrics, a seeded paired bootstrap for continuous ones. The interval is the bootstrap's
-95% percentile interval in both cases.
+few-shot, generation settings, task config; not how requests were sent) under the same harness versions and
+was served the same way (engine, its version, dtype, quantization, ...: engines.served); otherwise the
+comparison names what differs. Comparable results are paired on the documents both evaluated (lm-eval's
+per-sample records: same task, document and prompt) and the difference is tested: an exact McNemar test for 0/1
+metrics, a seeded paired bootstrap for continuous ones. The interval is the bootstrap's 95% percentile
+interval in both cases.
 """
 
 from __future__ import annotations
@@ -112,13 +113,15 @@ def _p(p: float | None) -> str:
 
 def load(run_dir: Path, label: str | None = None) -> Evaluation:
     """An evaluation from its results folder: results.json for the scores, manifest.json for the harness
-    versions, each benchmark folder's run config for its task and params. Raises ConfigError."""
+    versions and the serving record, each benchmark folder's run config for its task and params. Raises ConfigError."""
     run_dir = Path(run_dir)
     if not (run_dir / "results.json").is_file():
         raise ConfigError(f"{run_dir} is not an evaluation's results folder (no results.json in it)")
     suite: SuiteResult = read_summary(run_dir / "results.json")
     manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
-    harness = manifest.get("harness") or {}
+    # what asked and scored (harness versions) and what served (engine, version, dtype, quantization, ...): a
+    # manifest written before the serving record was kept has none, so it is comparable with none of today's
+    harness = {**(manifest.get("harness") or {}), **(manifest.get("serving") or {"engine": None})}
     benchmarks = {}
     for r in suite.results:
         if not r.ok:

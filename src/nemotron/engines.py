@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -103,12 +104,61 @@ def command(dep, model_path: str, revision: str | None = None) -> str:
     return " ".join([base, *map(shlex.quote, args), f"--port {PORT}", dep.extra_args]).strip()
 
 
-def identity(dep, model_identity: str) -> str:
-    """What the result key names as the model: a running endpoint also by where it is and what it calls the model
-    (the same reference served elsewhere may be another model)."""
-    if launches(dep):
-        return model_identity
-    return f"{model_identity} at {external_url(dep.url)} as {dep.served_model_name}"
+# Flags of the engine's command line that change how requests travel or how many fit, not what the model answers:
+# left out of the serving record (and so of the result key). Every other flag is in it, unknown ones included:
+# a flag we do not know about may change the scores, and recomputing costs less than a wrong reuse.
+CAPACITY_FLAGS = frozenset({
+    "port", "host", "api-key", "served-model-name", "data-parallel-size", "dp-size", "max-num-seqs",
+    "max-num-batched-tokens", "gpu-memory-utilization", "mem-fraction-static", "swap-space", "uvicorn-log-level",
+    "disable-log-requests", "disable-log-stats", "disable-uvicorn-access-log", "enable-log-requests", "log-level",
+})
+
+
+def flags(extra_args: str) -> dict[str, str]:
+    """`--dtype bfloat16 --enforce-eager -q=fp8` → {"dtype": "bfloat16", "enforce-eager": "true", "q": "fp8"};
+    a word that follows no flag is kept under its position (it is part of the command all the same)."""
+    out: dict[str, str] = {}
+    words = shlex.split(extra_args)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("-") and len(word) > 1:
+            name, eq, value = word.lstrip("-").partition("=")
+            if not eq:
+                nxt = words[i + 1] if i + 1 < len(words) else None
+                if nxt is not None and not (nxt.startswith("-") and len(nxt) > 1):
+                    value, i = nxt, i + 1
+                else:
+                    value = "true"
+            out[name.replace("_", "-")] = value
+        else:
+            out[f"arg{i}"] = word
+        i += 1
+    return out
+
+
+def served(dep, version: str, image: str | None = None) -> dict[str, str]:
+    """What serves the model, as far as it could change a score: the engine, its version (or the container image
+    it comes in), its entry point or command template, the model parallelism, every engine flag and variable
+    but the capacity ones. The result key and `eval compare`'s like-for-like check both read this record."""
+    if not launches(dep):
+        return {"engine": "none", "endpoint": f"{external_url(dep.url)} as {dep.served_model_name}"}
+    record = {"engine": dep.type, dep.type: version}
+    if image:
+        record["image"] = image
+    if dep.command:
+        record["command"] = dep.command
+    record["tensor_parallel_size"] = str(dep.tensor_parallel_size)
+    record.update({k: v for k, v in flags(dep.extra_args).items() if k not in CAPACITY_FLAGS})
+    record.update({f"env.{k}": v for k, v in sorted(dep.env.items())})
+    return record
+
+
+def identity(model_identity: str, serving: dict[str, str]) -> str:
+    """What the result key names as the model: the checkpoint and what serves it (another vLLM, dtype or
+    quantization is another model as far as the scores go); a running endpoint by where it is and what it calls
+    the model (the same reference served elsewhere may be another model)."""
+    return f"{model_identity} served by {json.dumps(serving, sort_keys=True)}"
 
 
 def tokenizer(dep, model_path: str) -> str:

