@@ -312,25 +312,27 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
             previous, lookup_failed = evaluation_of(scores_key, other_than=model.version), None
         except Exception as e:  # noqa: BLE001 - the scores stand without a change column; a gate fails on it
             log.warning("no comparison with the previous evaluation: its look-up failed: %s", e)
-            previous, lookup_failed = None, f"{compare.CANNOT_LOOK}the look-up of the previous evaluation failed: {e}"
+            previous, lookup_failed = None, f"the look-up of the previous evaluation failed: {e}"
         changes = changes_against(previous, run_dir, log.warning)
-        tripped, baseline = judge(ev.gate, previous, changes, cfg, run_dir, log.warning, lookup_failed)
-        verdict = compare.verdict(tripped)
+        gated = judge(ev.gate, previous, changes, cfg, run_dir, log.warning, lookup_failed)
+        tripped = gated.reasons() if gated is not None and gated.verdict != "pass" else []
         create_table_artifact(results.score_rows(suite), key=scores_key, description=f"Scores of {label}")
         create_markdown_artifact(results.render_markdown(
             suite, previous, series=model.series, version=label,
             changes={(c.benchmark, c.metric): c.cell() for c in changes} if changes is not None else None)
-            + compare.gate_markdown(baseline, tripped, ev.gate is not None),
+            + (gated.markdown() if gated is not None else ""),
             key=results.artifact_key(model.series, "summary"),
             description=f"Evaluation of {label}")
         say(f"results: {summary} (score table: artifact {scores_key})")
-        if tripped:
-            add_tags(run_id, [verdict])
-            log.error("%s against %s: %s", verdict, baseline, "; ".join(tripped))
-        manifest = results.write_manifest(run_dir, {**manifest, "regression": tripped, "verdict": verdict,
-                                                    "comparison": {
-            "previous": previous.model if previous else None,
-            "changes": [c.record() for c in changes or []]}})
+        if tripped:  # a run that did not pass is never a baseline (evaluation_of skips these tags)
+            add_tags(run_id, [gated.verdict])
+            (log.error if gated.failed else log.warning)("%s against %s: %s", gated.verdict, gated.baseline,
+                                                         "; ".join(tripped))
+        manifest = results.write_manifest(run_dir, {
+            **manifest, "regression": tripped, "verdict": gated.verdict if gated else None,
+            "gate": gated.record() if gated else None,
+            "comparison": {"previous": previous.model if previous else None,
+                           "changes": [c.record() for c in changes or []]}})
         exported = export_to_wandb(suite, manifest, return_state=True)
         if exported.is_completed():
             record = exported.result()
@@ -343,9 +345,9 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     if suite.failed:
         return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
                       f"the others are recorded in {summary}", data=suite)
-    if tripped:
-        return Failed(message=f"{verdict} against {baseline}: {'; '.join(tripped)}; the scores are recorded in "
-                      f"{summary}", data=suite)
+    if gated is not None and gated.failed:
+        return Failed(message=f"{gated.verdict} against {gated.baseline}: {'; '.join(tripped)}; the scores are "
+                      f"recorded in {summary}", data=suite)
     return suite
 
 
@@ -428,23 +430,24 @@ def changes_against(before: Previous | None, run_dir: Path, warn) -> list[compar
 
 
 def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | None, cfg, run_dir: Path,
-          warn, lookup_failed: str | None = None) -> tuple[list[str], str]:
-    """The regression gate (evaluation.gate): what trips it, and against what. A baseline that cannot be found or
-    compared trips it too, and so does a failed look-up: a gate that cannot look must not let a checkpoint
-    through."""
+          warn, lookup_failed: str | None = None) -> compare.GateOutcome | None:
+    """The regression gate (evaluation.gate) against its baseline. A baseline that cannot be found or compared
+    fails it, and so does a failed look-up: a gate that cannot look must not let a checkpoint through."""
     if gate_cfg is None:
-        return [], ""
-    rules = [compare.Rule(r.metric, r.max_drop) for r in gate_cfg.rules]
+        return None
+    rules = [compare.Rule(r.metric, r.max_drop, r.primary) for r in gate_cfg.rules]
+    fail_on = gate_cfg.fail_on
     if gate_cfg.baseline == "previous":
         if lookup_failed is not None:
-            return [lookup_failed], "the previous evaluation"
+            return compare.cannot_look("the previous evaluation", lookup_failed, fail_on)
         if previous is None:
             warn("regression gate: no previous evaluation of this series to hold the run against: passed")
-            return [], "no previous evaluation"
+            return compare.GateOutcome("no previous evaluation", fail_on=fail_on,
+                                       note="no previous evaluation of this series to hold the run against")
         if changes is None:
-            return [f"{compare.CANNOT_LOOK}the previous evaluation ({previous.model}) has no results folder on this "
-                    "machine to compare with"], previous.model
-        return compare.regressions(changes, rules), previous.model
+            return compare.cannot_look(previous.model, f"the previous evaluation ({previous.model}) has no results "
+                                       "folder on this machine to compare with", fail_on)
+        return compare.gate(changes, rules, previous.model, fail_on)
     try:
         folder = compare.results_folder(gate_cfg.baseline)
         label = gate_cfg.baseline
@@ -453,19 +456,19 @@ def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | N
             ref = models.parse(cfg.model_copy(update={"run": cfg.run.model_copy(update={"model": gate_cfg.baseline})}))
             version = models.resolve(ref, warn, local=False).version if ref.kind == "wandb" else ref.version
         except ConfigError as e:
-            return [f"{compare.CANNOT_LOOK}baseline {gate_cfg.baseline!r}: {e}"], gate_cfg.baseline
+            return compare.cannot_look(gate_cfg.baseline, f"baseline {gate_cfg.baseline!r}: {e}", fail_on)
         try:
             found = evaluation_of(results.artifact_key(ref.series, "scores"), version=version)
         except Exception as e:  # noqa: BLE001 - a look-up that fails is a gate that cannot look
-            return [f"{compare.CANNOT_LOOK}the look-up of {gate_cfg.baseline!r} failed: {e}"], gate_cfg.baseline
+            return compare.cannot_look(gate_cfg.baseline, f"the look-up of {gate_cfg.baseline!r} failed: {e}", fail_on)
         if found is None or found.run_dir is None:
-            return [f"{compare.CANNOT_LOOK}baseline {gate_cfg.baseline!r} not found: no evaluation of {version} with "
-                    f"its results on this machine ({not_a_run})"], gate_cfg.baseline
+            return compare.cannot_look(gate_cfg.baseline, f"baseline {gate_cfg.baseline!r} not found: no evaluation "
+                                       f"of {version} with its results on this machine ({not_a_run})", fail_on)
         folder, label = Path(found.run_dir), found.model
     try:
-        return compare.regressions(compare.compare(compare.load(folder, label), compare.load(run_dir)), rules), label
+        return compare.gate(compare.compare(compare.load(folder, label), compare.load(run_dir)), rules, label, fail_on)
     except Exception as e:  # noqa: BLE001 - a baseline that cannot be read is a gate that cannot look
-        return [f"{compare.CANNOT_LOOK}baseline {label} ({folder}) could not be compared: {e}"], label
+        return compare.cannot_look(label, f"baseline {label} ({folder}) could not be compared: {e}", fail_on)
 
 
 def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: int | None, say, warn) -> int:

@@ -30,5 +30,6 @@ def test_identical_evaluations_are_comparable_and_show_no_significant_change(tmp
     rows = [line for line in out.stdout.splitlines() if line.startswith(("arc_challenge", "gsm8k"))]
     assert len(rows) == 4  # acc, acc_norm; strict, flexible
     for row in rows:
-        assert re.search(r"\[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]\s+\S+\s+8$", row), row  # tested on all 8, not significant
+        # tested on all 8, not significant
+        assert re.search(r"\[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]\s+\S+\s+8\s+±\d\.\d{4}$", row), row
     assert "4 metrics: 0 significant at 5%, 0 not comparable" in out.stdout

@@ -17,6 +17,7 @@ import yaml
 from nemotron import (
     benchmarks,
     cluster,
+    compare,
     endpoints,
     engines,
     models,
@@ -204,7 +205,12 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
             "wandb_export": _export_plan(cfg),
         },
     }
-    text = "# dry run: nothing was started\n"
+    warnings: list[str] = []
+    if cfg.evaluation.gate is not None:
+        detectable, warnings = gate_plan(cfg.evaluation.gate, plans, sizes)
+        doc["plan"]["gate"] = {"baseline": cfg.evaluation.gate.baseline, "fail_on": cfg.evaluation.gate.fail_on,
+                               "detectable": detectable}
+    text = "# dry run: nothing was started\n" + "".join(f"# warning: {w}\n" for w in warnings)
     if sizes:
         suite = sizing.total(sizes)
         text += ("# requests: " + " · ".join(f"{n} {s.requests:,}" if s.requests is not None else f"{n} unknown"
@@ -221,6 +227,22 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
             text += "\n# sbatch script NeMo-Run would submit\n" + job["sbatch"].rstrip() + "\n"
         text += "\n# server job script (scripts/server.sh in the job directory)\n" + job["job_script"] + "\n"
     return secrets.mask(text)
+
+
+def gate_plan(gate_cfg, plans: list[benchmarks.BenchmarkPlan], sizes: dict[str, sizing.Size] | None
+              ) -> tuple[dict[str, str], list[str]]:
+    """What the gate can detect per benchmark (compare.detectable_plan), at the baseline's scores when it is a
+    results folder or run on this machine (a model version is looked up only when the flow runs)."""
+    scores = None
+    try:
+        baseline = compare.load(compare.results_folder(gate_cfg.baseline))
+        # per benchmark, its metric nearest 0.5: the worst case among them
+        scores = {name: min(b.scores.values(), key=lambda v: abs(v - 0.5)) for name, b in baseline.benchmarks.items()
+                  if b.scores}
+    except ConfigError:
+        pass
+    rules = [compare.Rule(r.metric, r.max_drop, r.primary) for r in gate_cfg.rules]
+    return compare.detectable_plan(rules, {p.name: sizes[p.name].documents if sizes else None for p in plans}, scores)
 
 
 def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan]) -> dict[str, sizing.Size]:

@@ -4,32 +4,28 @@ Two results of a benchmark are comparable when the same task ran with the same h
 few-shot, generation settings, task config; not how requests were sent) under the same harness versions and
 was served the same way (engine, its version, dtype, quantization, ...: engines.served); otherwise the
 comparison names what differs. Comparable results are paired on the documents both evaluated (lm-eval's
-per-sample records: same task, document and prompt) and the difference is tested: an exact McNemar test for 0/1
-metrics, a seeded paired bootstrap for continuous ones. The interval is the bootstrap's 95% percentile
-interval in both cases.
+per-sample records: same task, document and prompt) and the difference is tested (nemotron.stats: one test
+gives the interval and the p-values). The regression gate reads each gated metric's test against its rule's
+margin, in the direction the metric improves, with Holm's correction over the metrics that decide.
 """
 
 from __future__ import annotations
 
 import glob
 import json
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from nemotron import runs
+from nemotron import runs, stats
 from nemotron.benchmarks import TRANSPORT_PARAMS
 from nemotron.errors import ConfigError
 from nemotron.results import SuiteResult, lm_eval_results, read_json, read_summary, top_level
 
-ALPHA = 0.05
-RESAMPLES = 10_000
-SEED = 20261201
+ALPHA = 1 - stats.LEVEL  # two-sided, for "significant"; each gate claim is one-sided at ALPHA / 2
 RUN_CONFIG = "nemotron_run_config.yml"
 # params that name where things are on one machine, not what is asked: the tokenizer is the model's own
 _PLACE_PARAMS = {"extra.tokenizer"}
@@ -69,8 +65,11 @@ class Change:
     difference: float | None = None  # after − before, on the paired documents
     low: float | None = None  # 95% interval of the difference
     high: float | None = None
-    p: float | None = None
-    test: str = ""  # McNemar (exact) | paired bootstrap
+    p: float | None = None  # two-sided, for no difference
+    test: str = ""  # score (Tango) | paired t
+    higher_is_better: bool | None = True  # None: lm-eval does not say
+    untestable: str = ""  # why paired documents could not be tested
+    tested: stats.Paired | None = field(default=None, compare=False, repr=False)
 
     @property
     def comparable(self) -> bool:
@@ -80,15 +79,20 @@ class Change:
     def significant(self) -> bool:
         return self.p is not None and self.p < ALPHA
 
+    @property
+    def detectable(self) -> float | None:
+        """The smallest change these documents show with 80% power (worst case at the baseline's score)."""
+        return stats.detectable(self.paired, self.before if self.test != "paired t" else None) \
+            if self.paired else None
+
     def describe(self) -> str:
         """`+0.1000 [+0.0200, +0.1800] p=0.004 significant`, or `not comparable: limit_samples 3 → 10`."""
         if self.differs:
             return "not comparable: " + "; ".join(self.differs)
         if self.difference is None:
-            return "new" if self.before is None else "no paired samples"
+            return self.untestable or ("new" if self.before is None else "no paired samples")
         mark = " significant" if self.significant else ""
         return f"{self.difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}] p={_p(self.p)}{mark}"
-
 
     def cell(self) -> str:
         """The summary artifact's change cell: the difference in bold when significant."""
@@ -102,7 +106,8 @@ class Change:
         return {"benchmark": self.benchmark, "metric": self.metric, "before": self.before, "after": self.after,
                 "comparable": self.comparable, "differs": list(self.differs), "paired": self.paired,
                 "difference": self.difference, "low": self.low, "high": self.high, "p": self.p, "test": self.test,
-                "significant": self.significant}
+                "significant": self.significant, "higher_is_better": self.higher_is_better,
+                "detectable": self.detectable, "untestable": self.untestable}
 
 
 def _p(p: float | None) -> str:
@@ -203,53 +208,21 @@ def _leaves(task: str, groups: dict[str, list[str]]) -> Iterator[str]:
 
 # ---- the tests ----
 
-def mcnemar(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value: b, c are the discordant pairs (right before only, right after only);
-    under no change each is Binomial(b + c, 1/2)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    log_half = n * math.log(0.5)
-    tail = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half)
-               for i in range(k + 1))
-    return min(1.0, 2.0 * tail)
+def higher_is_better(bench: Benchmark, metric: str) -> bool | None:
+    """Which way the metric improves, as lm-eval's results say for the task (or every subtask of a group); None
+    when they do not say, or say both."""
+    entry, _, name = metric.rpartition("/")
+    summary, _ = lm_eval_results(bench.output_dir)
+    table = summary.get("higher_is_better") or {}
+    groups = summary.get("group_subtasks") or {}
+    entries = [entry] if entry else top_level(list(groups) or list(summary.get("results", {})), groups)
+    base = name.split("__", 1)[0]
+    said = {table[t][base] for e in entries for t in (e, *_leaves(e, groups))
+            if isinstance(table.get(t), dict) and isinstance(table[t].get(base), bool)}
+    return said.pop() if len(said) == 1 else None
 
 
-def bootstrap(diffs: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float, float]:
-    """Paired bootstrap of the mean difference: its 95% percentile interval and a two-sided p-value (twice the
-    share of resampled means on the far side of zero)."""
-    rng = np.random.default_rng(seed)
-    n = len(diffs)
-    means = np.empty(resamples)
-    chunk = max(1, 2_000_000 // max(n, 1))  # resamples per batch: bounded memory for 40,000-document tasks
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        means[start:start + size] = diffs[rng.integers(0, n, size=(size, n))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    if np.all(diffs == 0):
-        return 0.0, 0.0, 1.0
-    p = min(1.0, 2.0 * min(np.mean(means <= 0), np.mean(means >= 0)))
-    return float(low), float(high), float(max(p, 1.0 / resamples) if p == 0 else p)
-
-
-def test(before: dict[tuple, float], after: dict[tuple, float], resamples: int = RESAMPLES
-         ) -> tuple[int, float | None, float | None, float | None, float | None, str]:
-    """Pair the documents both evaluated and test the difference: (paired, difference, low, high, p, test)."""
-    keys = sorted(set(before) & set(after), key=repr)
-    if not keys:
-        return 0, None, None, None, None, ""
-    a = np.array([before[k] for k in keys])
-    b = np.array([after[k] for k in keys])
-    low, high, p = bootstrap(b - a, resamples)
-    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
-        p, name = mcnemar(int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))), "McNemar (exact)"
-    else:
-        name = "paired bootstrap"
-    return len(keys), float(np.mean(b - a)), low, high, p, name
-
-
-def compare(before: Evaluation, after: Evaluation, resamples: int = RESAMPLES) -> list[Change]:
+def compare(before: Evaluation, after: Evaluation) -> list[Change]:
     """Every metric of `after` against `before`: not comparable (and why), or the paired test."""
     changes = []
     for name, b in after.benchmarks.items():
@@ -262,8 +235,17 @@ def compare(before: Evaluation, after: Evaluation, resamples: int = RESAMPLES) -
             if differs:
                 changes.append(Change(name, metric, a.scores[metric], value, differs))
                 continue
-            paired, diff, low, high, p, how = test(samples(a, metric), samples(b, metric), resamples)
-            changes.append(Change(name, metric, a.scores[metric], value, (), paired, diff, low, high, p, how))
+            first, then = samples(a, metric), samples(b, metric)
+            keys = sorted(set(first) & set(then), key=repr)
+            tested = stats.paired([first[k] for k in keys], [then[k] for k in keys])
+            direction = higher_is_better(b, metric)
+            if isinstance(tested, str):
+                changes.append(Change(name, metric, a.scores[metric], value, paired=len(keys), untestable=tested,
+                                      higher_is_better=direction))
+                continue
+            low, high = tested.interval
+            changes.append(Change(name, metric, a.scores[metric], value, (), tested.n, tested.difference, low, high,
+                                  tested.p, tested.method, direction, tested=tested))
     return changes
 
 
@@ -271,73 +253,211 @@ def compare(before: Evaluation, after: Evaluation, resamples: int = RESAMPLES) -
 
 @dataclass(frozen=True)
 class Rule:
-    """Fail when `metric` (a metric name for every benchmark, or `benchmark/metric`; `*`: any) drops
-    significantly by more than `max_drop`."""
+    """A metric (its name for every benchmark, `benchmark/metric`, or `*`) may not get worse by more than
+    `max_drop`; a primary rule's metrics alone decide the gate when any rule is primary."""
 
     metric: str
     max_drop: float = 0.0
+    primary: bool = False
 
     def applies(self, change: Change) -> bool:
-        return self.metric in ("*", change.metric, f"{change.benchmark}/{change.metric}")
+        """`acc` names truthfulqa's `truthfulqa_mc2/acc` too, and `exact_match` each of its filters."""
+        short = change.metric.rpartition("/")[2]
+        names = {change.metric, short, short.split("__", 1)[0]}
+        return self.metric == "*" or self.metric in names or self.metric in {f"{change.benchmark}/{n}" for n in names}
 
-    def tripped(self, change: Change) -> bool:
-        return (self.applies(change) and change.comparable and change.significant
-                and change.difference is not None and change.difference < -self.max_drop)
+
+@dataclass(frozen=True)
+class Judged:
+    """One gated metric's verdict: regression (a worsening beyond the margin shown), pass (one ruled out), or
+    inconclusive (neither, or no test), with the Holm-adjusted p of the regression claim."""
+
+    change: Change
+    rule: Rule
+    verdict: str
+    p_regression: float | None = None  # adjusted over the family
+    p_pass: float | None = None
+    why: str = ""
+    deciding: bool = True
+
+    def line(self) -> str:
+        c = self.change
+        worse = "drop" if c.higher_is_better is not False else "rise"
+        head = (f"{c.benchmark} {c.metric} {_v(c.before)} → {_v(c.after)}: {c.describe()} "
+                f"(rule: {self.rule.metric} may {worse} at most {self.rule.max_drop}")
+        if self.p_regression is not None:
+            head += f"; p={_p(self.p_regression)} for a {worse} beyond it, Holm-adjusted"
+        return head + ")" + (f": {self.why}" if self.why else "")
 
 
-def regressions(changes: list[Change], rules: list[Rule]) -> list[str]:
-    """What trips the gate, one line each. A gate that cannot look does not pass: when no metric the rules name
-    is in both evaluations, or none of those could be tested against the baseline (other settings or harness, no
-    paired samples), that trips it, with what stood in the way."""
-    tripped = [f"{c.benchmark} {c.metric} {c.before:.4f} → {c.after:.4f}: {c.describe()} (rule: {r.metric} may "
-               f"drop at most {r.max_drop})" for c in changes for r in rules if r.tripped(c)]
-    gated = [c for c in changes if any(r.applies(c) for r in rules)]
+def judge(changes: list[Change], rules: list[Rule]) -> tuple[list[Judged], list[str]]:
+    """Each gated metric's verdict, and what stops the gate from looking at all (it then fails, whatever
+    `fail_on` says): no metric the rules name in the results, or none of them comparable and tested. The
+    family is the metrics of the primary rules when there are any, else every gated metric; Holm's correction
+    bounds the chance that any of its regressions is noise at ALPHA / 2, and a pass needs every one of them to
+    rule its drop out (an intersection-union test: no correction needed)."""
+    primary = any(r.primary for r in rules)
+    gated: list[tuple[Change, Rule]] = []
+    for c in changes:
+        matching = [r for r in rules if r.applies(c)]
+        if matching:  # the strictest rule that names it decides
+            gated.append((c, min(matching, key=lambda r: (not r.primary, r.max_drop))))
+    cannot = []
     if not gated:
-        tripped.append(f"{CANNOT_LOOK}no metric the rules name ({', '.join(r.metric for r in rules)}) is in the "
-                       "results")
-    elif not any(c.comparable and c.difference is not None for c in gated):
-        why = sorted({c.describe() for c in gated})
-        tripped.append(f"{CANNOT_LOOK}nothing the rules gate could be compared with the baseline "
-                       f"({'; '.join(why)[:400]})")
-    return tripped[:50]
+        cannot.append(f"{CANNOT_LOOK}no metric the rules name ({', '.join(r.metric for r in rules)}) is in the "
+                      "results")
+    elif not any(c.tested is not None for c, _ in gated):
+        why = sorted({c.describe() for c, _ in gated})
+        cannot.append(f"{CANNOT_LOOK}nothing the rules gate could be compared with the baseline "
+                      f"({'; '.join(why)[:400]})")
+    claims = []  # (index, p of the regression claim, p of the pass claim)
+    out: list[Judged] = []
+    for c, r in gated:
+        deciding = r.primary or not primary
+        if c.tested is None or c.higher_is_better is None:
+            why = ("lm-eval does not say which way this metric improves" if c.tested is not None
+                   else c.describe())
+            out.append(Judged(c, r, "inconclusive", why=why, deciding=deciding))
+            continue
+        margin = -r.max_drop if c.higher_is_better else r.max_drop
+        worse, better = (c.tested.p_below, c.tested.p_above) if c.higher_is_better else \
+            (c.tested.p_above, c.tested.p_below)
+        out.append(Judged(c, r, "", deciding=deciding))
+        claims.append((len(out) - 1, worse(margin), better(margin)))
+    family = [(i, pw, pp) for i, pw, pp in claims if out[i].deciding]
+    adjusted = dict(zip([i for i, _, _ in family], stats.holm([pw for _, pw, _ in family]), strict=True))
+    for i, pw, pp in claims:
+        p_reg = adjusted.get(i, pw)
+        verdict = ("regression" if p_reg < stats.ALPHA_ONE_SIDED else
+                   "pass" if pp < stats.ALPHA_ONE_SIDED else "inconclusive")
+        why = "" if verdict != "inconclusive" else (
+            f"the documents can neither show nor rule out a change beyond the margin (the smallest they show with "
+            f"80% power: {out[i].change.detectable:.4f})")
+        out[i] = Judged(out[i].change, out[i].rule, verdict, p_reg, pp, why, out[i].deciding)
+    return out, cannot
 
 
-CANNOT_LOOK = "the gate could not look: "  # what trips the gate without a measured drop
+CANNOT_LOOK = "the gate could not look: "  # what fails the gate without a measured change
 
 
-def verdict(tripped: list[str]) -> str:
-    """`pass`, `regression` (a drop was measured), or `inconclusive` (the gate could not look, so it did not pass)."""
-    if not tripped:
-        return "pass"
-    return "inconclusive" if all(t.startswith(CANNOT_LOOK) for t in tripped) else "regression"
+@dataclass(frozen=True)
+class GateOutcome:
+    """The regression gate's word on a run, against `baseline`: each gated metric's verdict, what kept it from
+    looking (`cannot`: it then fails whatever `fail_on` says), and whether the run fails."""
+
+    baseline: str
+    judged: tuple[Judged, ...] = ()
+    cannot: tuple[str, ...] = ()
+    fail_on: str = "inconclusive"
+    note: str = ""  # why there was nothing to hold the run against (the first of a series)
+
+    @property
+    def verdict(self) -> str:
+        """regression when a deciding metric is one, else inconclusive when the gate could not look or a deciding
+        metric is inconclusive, else pass."""
+        deciding = [j.verdict for j in self.judged if j.deciding]
+        if "regression" in deciding:
+            return "regression"
+        if self.note:
+            return "pass"
+        return "inconclusive" if self.cannot or "inconclusive" in deciding or not deciding else "pass"
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "regression" or bool(self.cannot) or (
+            self.verdict == "inconclusive" and self.fail_on == "inconclusive")
+
+    def reasons(self) -> list[str]:
+        """What the gate says against the run, one line each: regressions, then what it could not look at or
+        tell."""
+        lines = [f"regression: {j.line()}" for j in self.judged if j.verdict == "regression" and j.deciding]
+        lines += self.cannot
+        if not self.cannot:  # else its line already says why nothing could be told
+            lines += [f"inconclusive: {j.line()}" for j in self.judged if j.verdict == "inconclusive" and j.deciding]
+        return lines[:50]
+
+    def family(self) -> str:
+        """Which metrics the error control covers, for the summary."""
+        deciding = [j for j in self.judged if j.deciding]
+        which = " (the primary rules' metrics; the others are shown, not deciding)" if any(
+            not j.deciding for j in self.judged) else ""
+        return (f"Holm's correction over the {len(deciding)} deciding metric(s){which}: the chance that any "
+                f"regression reported is noise is at most {stats.ALPHA_ONE_SIDED:.1%}; `pass` needs each of them "
+                "to rule out a change beyond its margin (95% interval entirely on the right side of it).")
+
+    def markdown(self) -> str:
+        """The summary's last words on the gate."""
+        if self.note:
+            return f"\nRegression gate: {self.note}: passed.\n"
+        head = f"\n**Regression gate against {self.baseline}: {self.verdict}"
+        head += (", the run fails**" if self.failed else
+                 " (not failing the run: fail_on is regression)**" if self.verdict == "inconclusive" else "**")
+        rows = "".join(f"| {j.change.benchmark} | {j.change.metric} | {j.verdict}"
+                       f"{'' if j.deciding else ' (not deciding)'} | {j.rule.metric} ≤ {j.rule.max_drop} | "
+                       f"{_p(j.p_regression)} | {j.why or j.change.describe()} |\n" for j in self.judged)
+        table = ("\n| benchmark | metric | verdict | rule | p (worse beyond the margin, Holm) | |\n"
+                 "|---|---|---|---|---|---|\n" + rows) if rows else ""
+        return (head + "\n\n" + "".join(f"- {t}\n" for t in self.cannot) + table
+                + (f"\n{self.family()}\n" if self.judged else ""))
+
+    def record(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "verdict": self.verdict, "failed": self.failed, "fail_on": self.fail_on,
+                "cannot_look": list(self.cannot), "note": self.note,
+                "metrics": [{"benchmark": j.change.benchmark, "metric": j.change.metric, "verdict": j.verdict,
+                             "rule": j.rule.metric, "max_drop": j.rule.max_drop, "deciding": j.deciding,
+                             "p_regression": j.p_regression, "p_pass": j.p_pass, "why": j.why} for j in self.judged]}
+
+
+def gate(changes: list[Change], rules: list[Rule], baseline: str, fail_on: str) -> GateOutcome:
+    judged, cannot = judge(changes, rules)
+    return GateOutcome(baseline, tuple(judged), tuple(cannot), fail_on)
+
+
+def cannot_look(baseline: str, why: str, fail_on: str) -> GateOutcome:
+    """A gate that could not get at its baseline: it fails the run, saying why."""
+    return GateOutcome(baseline, cannot=(f"{CANNOT_LOOK}{why}",), fail_on=fail_on)
+
+
+def detectable_plan(rules: list[Rule], documents: dict[str, int | None], scores: dict[str, float] | None = None
+                    ) -> tuple[dict[str, str], list[str]]:
+    """Before launching: per gated benchmark, the smallest drop its documents show with 80% power at the gate's
+    one-sided 2.5% (at the baseline's score when known, else the worst case), and a warning for each rule whose
+    margin is below it (that gate cannot pass the benchmark: it can only say inconclusive, or regression)."""
+    lines, warnings = {}, []
+    for name, n in documents.items():
+        applying = [r for r in rules if r.metric == "*" or "/" not in r.metric or r.metric.startswith(f"{name}/")]
+        if not applying:
+            continue
+        if not n:
+            lines[name] = "documents unknown: what the gate can detect is unknown"
+            continue
+        score = (scores or {}).get(name)
+        figure = stats.detectable(n, score)
+        at = f"at the baseline's {score:.4f}" if score is not None else "worst case, at a score of 0.5"
+        lines[name] = f"{n:,} documents: the smallest drop shown with 80% power is {figure:.4f} ({at})"
+        warnings += [f"rule {r.metric} (max_drop {r.max_drop}) on {name}: {n:,} documents rule out (with 80% "
+                     f"power, when nothing changed) only drops beyond {figure:.4f}, not one beyond {r.max_drop}: "
+                     "the gate can only say inconclusive or regression there; raise max_drop or limit_samples"
+                     for r in applying if r.max_drop < figure]
+    return lines, warnings
 
 
 # ---- output ----
 
-def gate_markdown(baseline: str, tripped: list[str], gated: bool) -> str:
-    """The summary's last words on the regression gate, when there is one."""
-    if not gated:
-        return ""
-    if not tripped:
-        return f"\nRegression gate against {baseline}: passed.\n"
-    return (f"\n**Regression gate against {baseline}: tripped ({verdict(tripped)})**\n\n"
-            + "".join(f"- {t}\n" for t in tripped))
-
-
 def render(before: Evaluation, after: Evaluation, changes: list[Change]) -> str:
     """The terminal table of `eval compare`."""
-    head = ("benchmark", "metric", "before", "after", "change [95% interval]", "p", "n", "")
+    head = ("benchmark", "metric", "before", "after", "change [95% interval]", "p", "n", "detectable", "")
     body = []
     for c in changes:
         if c.differs:
             cells = (c.benchmark, c.metric, _v(c.before), _v(c.after), "not comparable: " + "; ".join(c.differs),
-                     "", "", "")
+                     "", "", "", "")
         elif c.difference is None:
-            cells = (c.benchmark, c.metric, _v(c.before), _v(c.after), c.describe(), "", "", "")
+            cells = (c.benchmark, c.metric, _v(c.before), _v(c.after), c.describe(), "", "", "", "")
         else:
             cells = (c.benchmark, c.metric, _v(c.before), _v(c.after),
                      f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]", _p(c.p), str(c.paired),
-                     "significant" if c.significant else "")
+                     f"±{c.detectable:.4f}", "significant" if c.significant else "")
         body.append(cells)
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (head, *body)]
@@ -347,8 +467,12 @@ def render(before: Evaluation, after: Evaluation, changes: list[Change]) -> str:
     return (f"before: {before.label} ({before.run_dir})\nafter:  {after.label} ({after.run_dir})\n\n"
             + "\n".join(lines)
             + f"\n\n{len(changes)} metrics: {significant} significant at {ALPHA:.0%}, {apart} not comparable. "
-              "Tests on the documents both evaluated: exact McNemar for 0/1 metrics, paired bootstrap "
-              f"({RESAMPLES:,} resamples) otherwise; intervals from the bootstrap.")
+              + METHOD + " detectable: the smallest change those documents show with 80% power at 2.5% one-sided "
+              "(worst case at the before score).")
+
+
+METHOD = ("Tests on the documents both evaluated: Tango's score test for 0/1 metrics, the paired t-test otherwise; "
+          "each gives its 95% interval and its p-value, so the two agree.")
 
 
 def _v(v: float | None) -> str:

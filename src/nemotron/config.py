@@ -144,7 +144,10 @@ class TaskSpec(Strict):
 class GateRule(Strict):
     metric: str = Field(description="A metric of every benchmark (acc), one benchmark's (gsm8k/exact_match__strict-"
                         "match), or * for all.")
-    max_drop: float = Field(0.0, ge=0, description="A significant drop larger than this fails the run.")
+    max_drop: float = Field(0.0, ge=0, description="How much worse the metric may get (a drop; a rise for a "
+                            "lower-is-better metric): a change shown to exceed it is a regression.")
+    primary: bool = Field(False, description="When any rule is primary, only the primary rules' metrics decide the "
+                          "gate (Holm's correction over them alone); the others are shown, not deciding.")
 
 
 class GateSection(Strict):
@@ -152,6 +155,9 @@ class GateSection(Strict):
         "previous", description="What the run is held against: previous (the last evaluation of another version of "
         "the model's series), a model version (rl:v2), or a run id, run name or results folder on this machine.")
     rules: list[GateRule] = Field(min_length=1, description="Each a metric and the drop it may not exceed.")
+    fail_on: Literal["regression", "inconclusive"] = Field(
+        "inconclusive", description="What fails the run: regression (a change beyond a margin shown), or also "
+        "inconclusive (a change beyond a margin not ruled out). A gate that cannot look fails it either way.")
 
 
 class EvaluationSection(Strict):
@@ -174,9 +180,10 @@ class EvaluationSection(Strict):
         None, description="Hub offline switches; None = on when hf_home is set."
     )
     gate: GateSection | None = Field(
-        None, description="A regression gate: the run fails (tagged regression) when a comparable metric drops "
-        "significantly, by more than its rule allows, against the baseline, and (tagged inconclusive) when it "
-        "cannot look: nothing comparable, a baseline it cannot find or read, a failed look-up; None = off.")
+        None, description="A regression gate: each gated metric is a regression (shown worse than its rule "
+        "allows), a pass (that ruled out) or inconclusive, against the baseline; the run fails (tagged) on a "
+        "regression, on inconclusive unless fail_on is regression, and whenever it cannot look: nothing "
+        "comparable, a baseline it cannot find or read, a failed look-up; None = off.")
 
 
 class ExportSection(Strict):

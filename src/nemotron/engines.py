@@ -114,6 +114,11 @@ CAPACITY_FLAGS = frozenset({
 })
 
 
+# Server variables that place the engine or size its caches, not what it computes (same reason as above).
+CAPACITY_ENV = frozenset({"VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "CUDA_VISIBLE_DEVICES",
+                          "OMP_NUM_THREADS", "VLLM_LOGGING_LEVEL", "NCCL_DEBUG"})
+
+
 def flags(extra_args: str) -> dict[str, str]:
     """`--dtype bfloat16 --enforce-eager -q=fp8` → {"dtype": "bfloat16", "enforce-eager": "true", "q": "fp8"};
     a word that follows no flag is kept under its position (it is part of the command all the same)."""
@@ -150,7 +155,7 @@ def served(dep, version: str, image: str | None = None) -> dict[str, str]:
         record["command"] = dep.command
     record["tensor_parallel_size"] = str(dep.tensor_parallel_size)
     record.update({k: v for k, v in flags(dep.extra_args).items() if k not in CAPACITY_FLAGS})
-    record.update({f"env.{k}": v for k, v in sorted(dep.env.items())})
+    record.update({f"env.{k}": v for k, v in sorted(dep.env.items()) if k not in CAPACITY_ENV})
     return record
 
 

@@ -210,8 +210,8 @@ def change(row: dict[str, Any], previous: Previous) -> str:
     return "new" if before is None else f"{row['value'] - before:+.4f}"
 
 
-TESTED = ("Each change is paired on the documents both evaluated, with its 95% interval and p-value (exact McNemar "
-          "for 0/1 metrics, paired bootstrap otherwise); **bold**: significant at 5%.")
+TESTED = ("Each change is paired on the documents both evaluated, with its 95% interval and p-value from one test "
+          "(Tango's score test for 0/1 metrics, the paired t-test otherwise); **bold**: significant at 5%.")
 
 
 def _cell(row: dict[str, Any], previous: Previous, changes: dict[tuple[str, str], str] | None) -> str:

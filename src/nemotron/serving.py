@@ -84,8 +84,12 @@ def engine_version(dep: DeploymentSection, image: str | None = None) -> str:
 
 
 def serving_record(dep: DeploymentSection, image: str | None = None) -> dict[str, str]:
-    """What serves the model (engines.served) with every secret value masked: it goes to the manifest."""
-    return secrets.masked(engines.served(dep, engine_version(dep, image), image))
+    """What serves the model (engines.served), for the manifest and the result key: a variable holding a secret
+    (a token, a password) is left out (no secret changes a score, and one given or not must not make another
+    model), and any other secret value is masked."""
+    record = engines.served(dep, engine_version(dep, image), image)
+    masked = secrets.masked(record)
+    return {k: v for k, v in masked.items() if not (k.startswith("env.") and v != record[k])}
 
 
 def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] = (), container: bool = False,
