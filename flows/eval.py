@@ -268,7 +268,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                                    offline=cfg.offline or model.kind != "hf")
         provisional = gate.provisional_budget(ev.in_flight, dep.replicas * dep.data_parallel_size)
         served = Endpoint("", dep.served_model_name, api_key_env=dep.api_key_env)  # the gate routes to it by name
-        launches = 0
+        launches, never_healthy = 0, None
         while todo:
             launches += 1
             sent: dict[str, BenchmarkPlan] = {}
@@ -284,7 +284,19 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                 finally:
                     gate.append_record(run_dir, {"launch": launches, **g.record()})
                 if fleet.error is not None:  # never healthy: its harnesses have ended on the gate's refusals
-                    raise fleet.error
+                    if not any(o.ok for o in outcomes.values()):  # nothing finished or reused: only the error
+                        raise fleet.error
+                    # a relaunch that never came up: what earlier launches finished is recorded all the same
+                    never_healthy = secrets.mask(str(fleet.error)).splitlines()[0].rstrip(".")
+                    log.error("%s; recording the %d benchmark(s) that have a result", never_healthy,
+                              sum(o.ok for o in outcomes.values()))
+                    for p in todo:
+                        if p.name not in outcomes or not outcomes[p.name].ok:
+                            outcomes[p.name] = BenchmarkResult(p.name, "failed", p.output_dir, 0.0,
+                                                               error=f"not run: {never_healthy}",
+                                                               failure="infrastructure", attempts=0)
+                    todo = []
+                    break
                 server = fleet.first
                 if server is not None:  # the gate opened (every harness may have failed before: no server record)
                     manifest = results.write_manifest(run_dir, {**facts, "server": {
@@ -343,7 +355,8 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                       "`nemotron nano3 eval export %s`", exported.message, run_dir, run_id)
 
     if suite.failed:
-        return Failed(message=f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
+        return Failed(message=(f"{never_healthy}; " if never_healthy else "")
+                      + f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
                       f"the others are recorded in {summary}", data=suite)
     if gated is not None and gated.failed:
         return Failed(message=f"{gated.verdict} against {gated.baseline}: {'; '.join(tripped)}; the scores are "

@@ -5,6 +5,8 @@ It accepts vLLM's command line (so `deployment.command` can point at it) and can
 --fail-logprobs (500 on echo/logprobs requests),
 --delay S (every completion takes S seconds), --fail-first N (503 for the first N requests);
 --journal FILE records each start and request, so a test can count what reached a server;
+--die-after N exits on the request after the first N, and --never-healthy-on-restart (with --journal) never
+becomes healthy once started again, so a test can lose a server and its relaunch;
 --answers FILE (JSON: question → answer) answers those questions (the last "Question: ...\nAnswer:" of a prompt,
 as gsm8k asks) with their answer, so a test decides which share of a benchmark a "model" gets right; with
 --answers-in-model the file is answers.json in the `--model` folder, so one command serves versions that answer
@@ -32,6 +34,9 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--answer", default="The answer is 42.", help="what every completion says")
     ap.add_argument("--fail-first", type=int, default=0, help="answer the first N completion requests with a 503")
+    ap.add_argument("--die-after", type=int, default=0, help="exit, as if killed, on the request after the first N")
+    ap.add_argument("--never-healthy-on-restart", action="store_true",
+                    help="with --journal: a start after the first never becomes healthy")
     ap.add_argument("--journal", help="append `start` when started and `request` per completion request")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
     ap.add_argument("--model", help="the checkpoint folder (vLLM's flag)")
@@ -44,9 +49,10 @@ def main() -> None:
             with open(args.journal, "a") as f:
                 f.write(what + "\n")
 
+    restarted = bool(args.journal) and os.path.exists(args.journal) and "start" in open(args.journal).read()
     journal("start")
     print(f"fake server: loading model {args.served_model_name}", flush=True)
-    if args.never_healthy:
+    if args.never_healthy or (args.never_healthy_on_restart and restarted):
         while True:
             print("fake server: still loading weights", flush=True)
             time.sleep(1)
@@ -80,12 +86,22 @@ def main() -> None:
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             journal("request")
             self.server.posts += 1
+            if 0 < args.die_after < self.server.posts:
+                print("fake server: dying (injected fault)", flush=True)
+                os._exit(1)
             if self.server.posts <= args.fail_first:
                 self._send(503, {"error": {"message": "injected fault: server overloaded"}})
                 return
             time.sleep(args.delay)
             if args.fail_logprobs and req.get("echo"):
                 self._send(500, {"error": {"message": "injected fault: logprobs unavailable"}})
+                return
+            if self.path.endswith("/chat/completions"):  # a chat task: the last message is the prompt
+                said = answer(str((req.get("messages") or [{}])[-1].get("content", "")))
+                self._send(200, {"id": "chat-fake", "object": "chat.completion", "model": args.served_model_name,
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": f" {said}\n\n"}}],
+                                 "usage": {"prompt_tokens": 1, "completion_tokens": 6, "total_tokens": 7}})
                 return
             prompts = req.get("prompt")
             prompts = prompts if isinstance(prompts, list) else [prompts]

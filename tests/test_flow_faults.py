@@ -168,6 +168,31 @@ def test_overloaded_endpoint_is_retried_until_it_answers_and_a_rerun_sends_nothi
     assert manifest["serving"]["dtype"] == "bfloat16" and manifest["serving"]["engine"] == "vllm"
 
 
+def test_a_relaunch_that_never_becomes_healthy_still_records_what_finished(tmp_path):
+    """Issue 26: the server dies under the third benchmark and its relaunch never comes up; the two that finished
+    are in results.json and the summary artifact, and the run fails naming the one that is missing."""
+    journal = tmp_path / "journal"
+    names = ("gsm8k", "gsm8k_cot_zeroshot", "gsm8k_cot_llama")
+    request = fake_request(tmp_path, "--die-after", "2", "--never-healthy-on-restart", "--journal", str(journal),
+                           tasks=names, extra=[
+        "evaluation.tasks=[{name: gsm8k}, {name: gsm8k_cot_zeroshot}, {name: gsm8k_cot_llama}]",
+        "evaluation.max_parallel=1", "deployment.max_restarts=1", "deployment.health_interval=1"])
+    state = nano3_eval(**request, return_state=True)
+    assert state.is_failed()
+    assert "not healthy after 20 s" in state.message and "1/3 benchmarks failed: gsm8k_cot_llama" in state.message
+    assert journal.read_text().count("start") == 2  # the launch, and the relaunch that never came up
+    doc = summary(tmp_path)
+    assert [(r["benchmark"], r["status"]) for r in doc["results"]] == [
+        ("gsm8k", "completed"), ("gsm8k_cot_zeroshot", "completed"), ("gsm8k_cot_llama", "failed")]
+    assert "not run: " in doc["results"][2]["error"]
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))}
+    table = next(a for k, a in artifacts.items() if k.endswith("-summary")).data
+    assert "| gsm8k |" in table and "| gsm8k_cot_zeroshot |" in table
+    assert not leftovers(tmp_path)
+
+
 def test_configuration_failure_is_not_retried(tmp_path):
     request = fake_request(tmp_path, tasks=("arc_challenge",), extra=[
         "evaluation.retries=2", "evaluation.nemo_evaluator_config.config.params.extra.tokenizer=/no/such/tokenizer"])
