@@ -200,7 +200,8 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         where = profiles.load_profile(profile) if profile else None
         secrets.remember_config([cfg.model_dump(mode="json"), where.model_dump() if where else None])
         secrets.remember(engines.api_key(cfg.deployment))  # a running endpoint's key: masked wherever it appears
-        model = models.resolve(models.parse(cfg), say, local=not cluster.is_slurm(where))
+        model = models.resolve(models.parse(cfg), say, local=not cluster.is_slurm(where), offline=cfg.offline,
+                               hf_home=cfg.evaluation.hf_home)
         tokenizer = None
         on_cluster_disk = cluster.is_remote(where) and engines.launches(cfg.deployment) and model.kind != "hf"
         if on_cluster_disk:  # the checkpoint is measured there, its tokenizer copied here
@@ -264,7 +265,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                 return Failed(message=secrets.mask(f"importing the container image {image} failed: {e}"))
         launch = functools.partial(serving.serve, dep, model.path, run_dir, profile=where,
                                    detached=deployment.id is not None,  # a deployment run is a batch run
-                                   on_record=lambda job: runs.save_server(run_id, job), revision=model.revision,
+                                   on_record=lambda job: runs.save_server(run_id, job), revision=model.serve_revision,
                                    offline=cfg.offline or model.kind != "hf")
         provisional = gate.provisional_budget(ev.in_flight, dep.replicas * dep.data_parallel_size)
         served = Endpoint("", dep.served_model_name, api_key_env=dep.api_key_env)  # the gate routes to it by name

@@ -110,6 +110,7 @@ def test_a_hugging_face_model_id_is_served_from_the_hub_cache_offline(tmp_path):
     assert r.returncode == 0, out[-4000:]
     assert f"model hf:HuggingFaceTB/SmolLM2-135M-Instruct → commit {commit} in the Hugging Face cache" in out
     assert "--model HuggingFaceTB/SmolLM2-135M-Instruct --served-model-name" in out
+    assert f"--revision {commit}" in out  # issue 26: the engine loads the commit that is recorded
     assert ("hellaswag", "acc") in scores(out), out[-2000:]
     (manifest,) = (tmp_path / "out").glob("*/*/manifest.json")
     model = json.loads(manifest.read_text())["model"]

@@ -193,3 +193,22 @@ def test_a_checkpoint_path_with_shell_characters_is_refused(override):
     """The harness gets the path as its tokenizer inside a shell line: a space or `$(...)` would break or run."""
     with pytest.raises(ConfigError, match="holds characters a served path may not"):
         models.parse(load_config("local", [override]))
+
+
+def test_a_hub_model_is_served_as_the_commit_it_records_and_an_unpinnable_one_is_refused(tmp_path, monkeypatch):
+    """Issue 26: the commit the cache resolves the revision to is recorded and given to the engine; offline with
+    no cache entry, or a hub that does not answer, the run is refused (the node would load its own `main`)."""
+    commit = "5f0b02c75b57c5855da9ae460ce51323ea669d8a"
+    refs = tmp_path / "hub" / "models--Org--M" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(commit)
+    pinned = models.resolve(ref("run.model=hf:Org/M"), lambda m: None, offline=True, hf_home=str(tmp_path))
+    assert (pinned.digest, pinned.serve_revision, pinned.identity) == (commit, commit, f"hf:Org/M@{commit}")
+    with pytest.raises(ConfigError, match=r"run.model=hf:Org/M@v2: the hub is offline and .* holds no v2 of Org/M"):
+        models.resolve(ref("run.model=hf:Org/M@v2"), lambda m: None, offline=True, hf_home=str(tmp_path))
+    given = models.resolve(ref(f"run.model=hf:Other/M@{commit}"), lambda m: None, offline=True, hf_home=str(tmp_path))
+    assert given.serve_revision == commit  # a commit given is itself
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that does not answer
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ConfigError, match="the Hugging Face hub did not say which commit main is"):
+        models.resolve(ref("run.model=hf:Other/M"), lambda m: None, offline=False, hf_home=str(tmp_path))

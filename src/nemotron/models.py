@@ -79,6 +79,11 @@ class ModelRef:
                 "digest": self.digest, "aliases": list(self.aliases), "stage": self.stage, "metadata": self.metadata}
 
     @property
+    def serve_revision(self) -> str | None:
+        """What the engine is told to load: a hub model's pinned commit (resolve), else the revision asked for."""
+        return self.digest if self.kind == "hf" and self.digest else self.revision
+
+    @property
     def identity(self) -> str:
         """What makes two evaluations of this model the same: the artifact version and digest, else the
         path, the newest modification time and the total size of its tree (a checkpoint written again is a
@@ -178,28 +183,63 @@ def artifact_name(ref: str, cfg: EvalConfig) -> str:
     return "/".join(p for p in (entity, project, f"{name}:{version}") if p)
 
 
-def resolve(ref: ModelRef, say: Callable[[str], None] = print, local: bool = True) -> ModelRef:
-    """Make the checkpoint path real: provision a built-in model, or look the artifact up in W&B.
+def resolve(ref: ModelRef, say: Callable[[str], None] = print, local: bool = True, offline: bool = False,
+            hf_home: str | None = None) -> ModelRef:
+    """Make the checkpoint path real: provision a built-in model, look the artifact up in W&B, or pin a hub
+    revision to the commit the Hugging Face cache holds (the engine is then given that commit, so what is
+    recorded is what is served).
 
-    `local`: the server runs on this machine, so an artifact that holds its files may be downloaded.
+    `local`: the server runs on this machine, so an artifact that holds its files may be downloaded. `offline`:
+    the hub is not asked, so a revision the cache (`hf_home`'s, else $HF_HOME's) cannot pin is refused: the
+    engine would load whatever its node holds under that name.
     """
     if ref.kind == "builtin":
         return replace(ref, path=str(runtime.ensure_builtin_model(ref.ref.split(":", 1)[1], say)))
     if ref.kind == "wandb":
         return _resolve_artifact(ref, say, local)
-    if ref.kind == "hf" and (commit := hub_commit(ref.path, ref.revision)):
-        say(f"model {ref.ref} → commit {commit} in the Hugging Face cache")
+    if ref.kind == "hf":
+        cache = hub_cache(hf_home)
+        if commit := hub_commit(ref.path, ref.revision, cache):
+            say(f"model {ref.ref} → commit {commit} in the Hugging Face cache")
+            return replace(ref, digest=commit)
+        if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ConfigError(f"run.model={ref.ref}: the hub is offline and {cache} holds no "
+                              f"{ref.revision or 'main'} of {ref.path}, so the commit to serve is unknown; give it "
+                              f"(hf:{ref.path}@<40-hex commit>) or a hub cache that holds the model")
+        commit = _hub_lookup(ref)
+        say(f"model {ref.ref} → commit {commit} on the Hugging Face hub")
         return replace(ref, digest=commit)
     return ref
 
 
-def hub_commit(repo: str, revision: str | None) -> str | None:
-    """The commit a hub revision points to in this machine's Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub), if
-    it holds it: `refs/<revision>` in `models--ORG--NAME`; a full commit hash is itself."""
+def _hub_lookup(ref: ModelRef) -> str:
+    """The commit the hub says a revision is now; a look-up that fails is refused (an unpinned revision would be
+    recorded as one model and served as whatever the hub holds when the engine starts)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().model_info(ref.path, revision=ref.revision or "main", timeout=30).sha
+    except Exception as e:  # noqa: BLE001 - any failure leaves the commit unknown
+        raise ConfigError(f"run.model={ref.ref}: the Hugging Face hub did not say which commit "
+                          f"{ref.revision or 'main'} is ({type(e).__name__}), so what would be served is unknown; "
+                          f"give the commit (hf:{ref.path}@<40-hex commit>) or a hub cache that holds it") from None
+
+
+def hub_cache(hf_home: str | None = None) -> Path:
+    """The hub cache: `evaluation.hf_home`'s, else $HF_HUB_CACHE, else $HF_HOME's."""
+    if hf_home:
+        return Path(hf_home).expanduser() / "hub"
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or "~/.cache/huggingface") / "hub"
+                ).expanduser()
+
+
+def hub_commit(repo: str, revision: str | None, cache: Path | None = None) -> str | None:
+    """The commit a hub revision points to in the Hugging Face cache, if it holds it: `refs/<revision>` in
+    `models--ORG--NAME`; a full commit hash is itself."""
     if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
-    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or "~/.cache/huggingface") / "hub")
-    refs = cache.expanduser() / f"models--{repo.replace('/', '--')}" / "refs" / (revision or "main")
+    cache = cache or hub_cache()
+    refs = cache / f"models--{repo.replace('/', '--')}" / "refs" / (revision or "main")
     try:
         return refs.read_text().strip() or None
     except OSError:
