@@ -347,22 +347,28 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
             "comparison": {"previous": previous.model if previous else None,
                            "changes": [c.record() for c in changes or []]}})
         exported = export_to_wandb(suite, manifest, return_state=True)
+        export_failed = None
         if exported.is_completed():
             record = exported.result()
             runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")
         else:
+            export_failed = (f"W&B export failed: {exported.message}; the results are safe in {run_dir}; export "
+                             f"them again with `nemotron nano3 eval export {run_id}`")
             runs.save(run_id, wandb=f"export failed: {exported.message}")
-            log.error("W&B export failed: %s; the results are safe in %s; export them again with "
-                      "`nemotron nano3 eval export %s`", exported.message, run_dir, run_id)
+            log.error("%s", export_failed)
 
+    # what is missing, each in its own words: the run fails on any of it (an unexported run has no lineage)
+    missing = []
     if suite.failed:
-        return Failed(message=(f"{never_healthy}; " if never_healthy else "")
-                      + f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
-                      f"the others are recorded in {summary}", data=suite)
+        missing.append((f"{never_healthy}; " if never_healthy else "")
+                       + f"{len(suite.failed)}/{len(plans)} benchmarks failed: {', '.join(suite.failed)}; "
+                       f"the others are recorded in {summary}")
     if gated is not None and gated.failed:
-        return Failed(message=f"{gated.verdict} against {gated.baseline}: {'; '.join(tripped)}; the scores are "
-                      f"recorded in {summary}", data=suite)
-    return suite
+        missing.append(f"{gated.verdict} against {gated.baseline}: {'; '.join(tripped)}; the scores are recorded in "
+                       f"{summary}")
+    if export_failed:
+        missing.append(export_failed)
+    return Failed(message=" | ".join(missing), data=suite) if missing else suite
 
 
 def size_in_background(board: progress.Board, todo: list[BenchmarkPlan], env: dict[str, str]) -> None:

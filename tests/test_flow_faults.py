@@ -193,6 +193,26 @@ def test_a_relaunch_that_never_becomes_healthy_still_records_what_finished(tmp_p
     assert not leftovers(tmp_path)
 
 
+def test_an_export_that_fails_fails_the_run_naming_it_and_the_results_stay(tmp_path, monkeypatch):
+    """Issue 26: W&B refusing the export (a fault injected in our export call) leaves every result on disk and
+    in Prefect, and the run ends Failed saying so and how to export again: an unexported run has no lineage."""
+    from nemotron import wandb_export
+
+    def refused(*a, **k):
+        raise RuntimeError("wandb: 503 Service Unavailable")
+
+    monkeypatch.setattr(wandb_export, "export", refused)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    request = fake_request(tmp_path, extra=["run.wandb.entity=team", "run.wandb.project=nemotron"])
+    state = nano3_eval(**request, return_state=True)
+    assert state.is_failed()
+    assert "W&B export failed: " in state.message and "503 Service Unavailable" in state.message
+    assert "nemotron nano3 eval export " in state.message
+    (result,) = summary(tmp_path)["results"]
+    assert result["status"] == "completed"
+
+
 def test_configuration_failure_is_not_retried(tmp_path):
     request = fake_request(tmp_path, tasks=("arc_challenge",), extra=[
         "evaluation.retries=2", "evaluation.nemo_evaluator_config.config.params.extra.tokenizer=/no/such/tokenizer"])
