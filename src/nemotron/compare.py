@@ -434,10 +434,11 @@ def detectable_plan(rules: list[Rule], documents: dict[str, int | None], scores:
         score = (scores or {}).get(name)
         figure = stats.detectable(n, score)
         at = f"at the baseline's {score:.4f}" if score is not None else "worst case, at a score of 0.5"
-        lines[name] = f"{n:,} documents: the smallest drop shown with 80% power is {figure:.4f} ({at})"
+        beyond = ": more than a 0/1 score can drop, so no drop can be shown" if figure >= 1 else ""
+        lines[name] = f"{n:,} documents: the smallest drop shown with 80% power is {figure:.4f} ({at}){beyond}"
         warnings += [f"rule {r.metric} (max_drop {r.max_drop}) on {name}: {n:,} documents rule out (with 80% "
                      f"power, when nothing changed) only drops beyond {figure:.4f}, not one beyond {r.max_drop}: "
-                     "the gate can only say inconclusive or regression there; raise max_drop or limit_samples"
+                     "the gate can only say inconclusive or regression there; raise max_drop or evaluate more documents"
                      for r in applying if r.max_drop < figure]
     return lines, warnings
 
