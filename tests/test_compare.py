@@ -174,6 +174,15 @@ def test_eval_compare_prints_the_table_and_refuses_what_is_not_an_evaluation(tmp
     assert r.returncode == 0, r.stderr
     assert "gsm8k      exact_match__strict-match  0.0000  0.4000  +0.4000 [" in r.stdout
     assert "1 metrics: 1 significant at 5%, 0 not comparable" in r.stdout
+    # issue 26: with rules, the gate's verdict per metric, and exit 1 when it would fail a run
+    down = nemotron("nano3", "eval", "compare", str(b), str(a), "--rule", "exact_match=0.01")
+    assert down.returncode == 1, down.stderr
+    assert "regression    gsm8k exact_match__strict-match (rule exact_match ≤ 0.01; p=" in down.stdout
+    assert "gate against v2: regression (would fail the run)" in down.stdout
+    up = nemotron("nano3", "eval", "compare", str(a), str(b), "--rule=*=0.01")
+    assert up.returncode == 0 and "gate against v1: pass" in up.stdout, up.stdout
+    bad = nemotron("nano3", "eval", "compare", str(a), str(b), "--rule", "acc")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--rule 'acc': give METRIC=MAX_DROP" in bad.stderr
     bad = nemotron("nano3", "eval", "compare", str(a), str(tmp_path / "nope"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
     with pytest.raises(ConfigError, match="holds 2 evaluations"):

@@ -80,7 +80,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
     try:
+        if words[:3] == ["nano3", "eval", "compare"]:  # its own options (--rule), not the evaluation's
+            return compare_runs(words[3:])
         args = parse(argv)
         if args.stage == "setup":
             return setup()
@@ -282,15 +285,43 @@ def monitor(command: str, rest: list[str]) -> int:
     return 0
 
 
-def compare_runs(refs: list[str]) -> int:
+def compare_runs(words: list[str]) -> int:
+    """`eval compare BEFORE AFTER [--rule METRIC=MAX_DROP ...]`: the table, and with rules the gate's verdict per
+    metric (exit 1 when it would fail a run: a regression, inconclusive, or nothing it could look at)."""
+    refs, rules = [], []
+    i = 0
+    while i < len(words):
+        if words[i] == "--rule" or words[i].startswith("--rule="):
+            value = words[i].partition("=")[2] if words[i].startswith("--rule=") else (
+                words[i + 1] if i + 1 < len(words) else "")
+            i += 1 if words[i].startswith("--rule=") else 2
+            rules.append(_rule(value))
+            continue
+        refs.append(words[i])
+        i += 1
     if len(refs) != 2:
-        raise ConfigError(f"usage: nemotron nano3 eval compare BEFORE AFTER (each a run id, run name or results "
-                          f"folder); got {len(refs)} argument(s)")
-    from nemotron import compare
-
+        raise ConfigError(f"usage: nemotron nano3 eval compare BEFORE AFTER [--rule METRIC=MAX_DROP ...] (each a run "
+                          f"id, run name or results folder); got {len(refs)} argument(s)")
     before, after = (compare.load(compare.results_folder(ref)) for ref in refs)
-    print(compare.render(before, after, compare.compare(before, after)))
-    return 0
+    changes = compare.compare(before, after)
+    print(compare.render(before, after, changes))
+    if not rules:
+        return 0
+    outcome = compare.gate(changes, rules, before.label, "inconclusive")
+    print("\n" + outcome.text())
+    return 1 if outcome.failed else 0
+
+
+def _rule(value: str) -> compare.Rule:
+    metric, eq, margin = value.rpartition("=")
+    try:
+        drop = float(margin)
+    except ValueError:
+        drop = -1.0
+    if not eq or not metric or drop < 0:
+        raise ConfigError(f"--rule {value!r}: give METRIC=MAX_DROP, e.g. --rule acc=0.01 or --rule '*=0.02' "
+                          "(MAX_DROP a number ≥ 0)")
+    return compare.Rule(metric, drop)
 
 
 def run_flow(request: EvalRequest) -> int:

@@ -400,6 +400,16 @@ class GateOutcome:
         return (head + "\n\n" + "".join(f"- {t}\n" for t in self.cannot) + table
                 + (f"\n{self.family()}\n" if self.judged else ""))
 
+    def text(self) -> str:
+        """For the terminal (`eval compare --rule`): one line per gated metric, then the verdict."""
+        lines = [f"{j.verdict:<12}  {j.change.benchmark} {j.change.metric} (rule {j.rule.metric} ≤ {j.rule.max_drop}"
+                 f"{'' if j.p_regression is None else f'; p={_p(j.p_regression)} Holm'})"
+                 + (f": {j.why}" if j.why else "") for j in self.judged]
+        lines += self.cannot
+        return "\n".join([*lines, f"gate against {self.baseline}: {self.verdict}"
+                           + (" (would fail the run)" if self.failed else ""), self.family() if self.judged else ""]
+                          ).rstrip()
+
     def record(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "verdict": self.verdict, "failed": self.failed, "fail_on": self.fail_on,
                 "cannot_look": list(self.cannot), "note": self.note,
