@@ -6,9 +6,11 @@ endpoint: v2 answers gsm8k's first question right), so v2's summary has a change
 """
 
 import html
+import json
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -19,7 +21,8 @@ from prefect.settings import PREFECT_API_URL
 from flows.eval import nano3_eval
 from nemotron import runtime
 from tests import fake_wandb_api
-from tests.helpers import fake_request
+from tests.helpers import FAKE, fake_request
+from tests.test_compare_flow import gsm8k_test
 
 CHROMIUM = shutil.which("chromium")
 
@@ -47,17 +50,26 @@ def page_text(path: str, expect: str, attempts: int = 5, times: int = 1) -> str:
 def evaluations(tmp_path_factory):
     """Run v1, then v2, of the series `ui-<random>` (so no earlier session's runs count)."""
     series = f"ui-{uuid.uuid4().hex[:6]}"
-    checkpoint = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
+    builtin = runtime.builtin_model_dir("smollm2-135m-instruct")
+    models = tmp_path_factory.mktemp("models")
+    # one server command for both versions (served alike, so comparable); each version's checkpoint folder says
+    # what it answers: v1 nothing right, v2 the first question (its answer is 18)
+    command = f"deployment.command={sys.executable} {FAKE} --tag {models} --answers-in-model"
+    ((question, _),) = gsm8k_test(1)
     states = []
-    for version, answer in (("v1", "The answer is 42."), ("v2", "The answer is 18.")):
+    for version, answers in (("v1", {}), ("v2", {question: "The answer is 18."})):
         tmp = tmp_path_factory.mktemp(version)
+        (models / version).mkdir()
+        for f in builtin.iterdir():
+            (models / version / f.name).symlink_to(f)
+        (models / version / "answers.json").write_text(json.dumps(answers))
         with pytest.MonkeyPatch.context() as mp:
             fake_wandb_api.install(mp, {f"team/nemotron/{series}:latest": {
                 "qualified_name": f"team/nemotron/{series}:{version}", "digest": version * 16,
-                "aliases": ["latest"], "metadata": {"absolute_path": checkpoint}}})
+                "aliases": ["latest"], "metadata": {"absolute_path": str(models / version)}}})
             mp.setenv("WANDB_MODE", "disabled")
-            request = fake_request(tmp, "--answer", f"'{answer}'", extra=[
-                "run.model=rl:latest", f"run.artifacts.rl={series}", "run.wandb.entity=team",
+            request = fake_request(tmp, extra=[
+                command, "run.model=rl:latest", f"run.artifacts.rl={series}", "run.wandb.entity=team",
                 "run.wandb.project=nemotron"])
             states.append(nano3_eval(**request, return_state=True))
     assert all(s.is_completed() for s in states), states
