@@ -296,7 +296,6 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                             outcomes[p.name] = BenchmarkResult(p.name, "failed", p.output_dir, 0.0,
                                                                error=f"not run: {never_healthy}",
                                                                failure="infrastructure", attempts=0)
-                    todo = []
                     break
                 server = fleet.first
                 if server is not None:  # the gate opened (every harness may have failed before: no server record)
@@ -455,7 +454,7 @@ def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | N
     fails it, and so does a failed look-up: a gate that cannot look must not let a checkpoint through."""
     if gate_cfg is None:
         return None
-    rules = [compare.Rule(r.metric, r.max_drop, r.primary) for r in gate_cfg.rules]
+    rules = compare.rules_of(gate_cfg)
     fail_on = gate_cfg.fail_on
     if gate_cfg.baseline == "previous":
         if lookup_failed is not None:

@@ -244,8 +244,8 @@ def gate_plan(gate_cfg, plans: list[benchmarks.BenchmarkPlan], sizes: dict[str, 
                   if b.scores}
     except ConfigError:
         pass
-    rules = [compare.Rule(r.metric, r.max_drop, r.primary) for r in gate_cfg.rules]
-    return compare.detectable_plan(rules, {p.name: sizes[p.name].documents if sizes else None for p in plans}, scores)
+    documents = {p.name: sizes[p.name].documents if sizes else None for p in plans}
+    return compare.detectable_plan(compare.rules_of(gate_cfg), documents, scores)
 
 
 def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan]) -> dict[str, sizing.Size]:
@@ -288,26 +288,19 @@ def monitor(command: str, rest: list[str]) -> int:
 def compare_runs(words: list[str]) -> int:
     """`eval compare BEFORE AFTER [--rule METRIC=MAX_DROP ...]`: the table, and with rules the gate's verdict per
     metric (exit 1 when it would fail a run: a regression, inconclusive, or nothing it could look at)."""
-    refs, rules = [], []
-    i = 0
-    while i < len(words):
-        if words[i] == "--rule" or words[i].startswith("--rule="):
-            value = words[i].partition("=")[2] if words[i].startswith("--rule=") else (
-                words[i + 1] if i + 1 < len(words) else "")
-            i += 1 if words[i].startswith("--rule=") else 2
-            rules.append(_rule(value))
-            continue
-        refs.append(words[i])
-        i += 1
-    if len(refs) != 2:
+    parser = _Parser(prog="nemotron nano3 eval compare")
+    parser.add_argument("refs", nargs="*")
+    parser.add_argument("--rule", action="append", default=[], type=_rule)
+    args = parser.parse_intermixed_args(words)
+    if len(args.refs) != 2:
         raise ConfigError(f"usage: nemotron nano3 eval compare BEFORE AFTER [--rule METRIC=MAX_DROP ...] (each a run "
-                          f"id, run name or results folder); got {len(refs)} argument(s)")
-    before, after = (compare.load(compare.results_folder(ref)) for ref in refs)
+                          f"id, run name or results folder); got {len(args.refs)} argument(s)")
+    before, after = (compare.load(compare.results_folder(ref)) for ref in args.refs)
     changes = compare.compare(before, after)
     print(compare.render(before, after, changes))
-    if not rules:
+    if not args.rule:
         return 0
-    outcome = compare.gate(changes, rules, before.label, "inconclusive")
+    outcome = compare.gate(changes, args.rule, before.label, "inconclusive")
     print("\n" + outcome.text())
     return 1 if outcome.failed else 0
 

@@ -267,6 +267,11 @@ class Rule:
         return self.metric == "*" or self.metric in names or self.metric in {f"{change.benchmark}/{n}" for n in names}
 
 
+def rules_of(gate_cfg) -> list[Rule]:
+    """The rules of an `evaluation.gate` section."""
+    return [Rule(r.metric, r.max_drop, r.primary) for r in gate_cfg.rules]
+
+
 @dataclass(frozen=True)
 class Judged:
     """One gated metric's verdict: regression (a worsening beyond the margin shown), pass (one ruled out), or
