@@ -1,6 +1,6 @@
 """Two evaluations of the built-in model with identical settings, each served by its own vLLM: `eval compare` finds
-every metric comparable and no change significant. A third, into the first one's results store but served with
-another engine setting, is served and scored anew (not reused) and is not comparable, naming the setting."""
+every metric comparable and no change significant. A third, into the first one's results store but served in
+another dtype, is served and scored anew (not reused) and is not comparable, naming the setting."""
 
 from __future__ import annotations
 
@@ -35,11 +35,10 @@ def test_identical_evaluations_are_comparable_and_show_no_significant_change(tmp
         assert re.search(r"\[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]\s+\S+\s+8\s+±\d\.\d{4}$", row), row
     assert "4 metrics: 0 significant at 5%, 0 not comparable" in out.stdout
 
-    # issue 26: the same checkpoint served another way is another model: no reuse, and not comparable
-    # (`--max-model-len`: this machine's CPU has no AVX-512 BF16 to run another dtype on)
+    # issue 26: the same checkpoint served in another dtype is another model: no reuse, and not comparable
     other = nemotron("nano3", "eval", "-c", "local", "-t", "arc_challenge", "-t", "gsm8k",
                      f"evaluation.output_dir={tmp_path / 'first'}", *SMALL, LIMIT,
-                     "deployment.extra_args=--dtype float32 --max-model-len 2048 --enforce-eager",
+                     "deployment.extra_args=--dtype bfloat16 --max-model-len 4096 --enforce-eager",
                      env={"HF_HOME": str(hf_home())}, timeout=900)
     assert other.returncode == 0, other.stderr[-3000:]
     assert "nothing to serve" not in other.stderr and "[serve]" in other.stderr
@@ -47,4 +46,4 @@ def test_identical_evaluations_are_comparable_and_show_no_significant_change(tmp
     assert str(third) != folders[0]
     apart = nemotron("nano3", "eval", "compare", folders[0], str(third))
     assert apart.returncode == 0, apart.stderr
-    assert apart.stdout.count("not comparable: max-model-len 4096 → 2048") == 4, apart.stdout
+    assert apart.stdout.count("not comparable: dtype float32 → bfloat16") == 4, apart.stdout
