@@ -208,8 +208,11 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
             tree, tokenizer = cluster.remote_checkpoint(
                 where, model.path, engines.tokenizer(cfg.deployment, model.path), say)
             model = replace(model, tree=tree)
-        serving_record = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, where))
-        identity = engines.identity(model.identity, serving_record)
+        serving_record = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, where), where)
+        # an engine nobody can name before launching: this run's results get a key of their own (never reused)
+        unpinned = serving.unpinned(serving_record)
+        identity = engines.identity(model.identity, {**serving_record, **({"run": str(flow_run.id)} if unpinned
+                                                                          else {})})
     except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
         log.error("%s", e)
         return Failed(message=secrets.mask(str(e)), data=e)
@@ -232,6 +235,9 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     eval_id = wandb_export.evaluation_id(identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
+    if unpinned:
+        say(f"[reuse] {unpinned}: this run's results are scored anew and never reused (pin the engine's version: "
+            "deployment.venv, or an image by digest or tag)")
     board = progress.Board.of([p.name for p in plans])
     shown = ProgressArtifacts([p.name for p in plans])
 
@@ -303,6 +309,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
                         "command": server.job.spec.command if server.job else None, "launches": launches,
                         "endpoint": server.endpoint.base_url, "replicas": fleet.opened_to,
                         "model_id": server.endpoint.model_id, "in_flight_budget": fleet.budget,
+                        "engine_version": fleet.engine_version,
                         "run_configs": {name: p.run_config(g.route(served, name)) for name, p in sent.items()}}})
             todo = [p for p in plans if p.name in lost]
             if todo and launches > cfg.deployment.max_restarts:

@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--never-healthy-on-restart", action="store_true",
                     help="with --journal: a start after the first never becomes healthy")
     ap.add_argument("--journal", help="append `start` when started and `request` per completion request")
+    ap.add_argument("--reports-version", help="GET /version answers this (vLLM's route); else 404")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
     ap.add_argument("--model", help="the checkpoint folder (vLLM's flag)")
     ap.add_argument("--answers-in-model", action="store_true", help="--answers is answers.json in --model")
@@ -77,6 +78,8 @@ def main() -> None:
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/health":
                 self._send(200 if time.monotonic() >= ready_at else 503, {})
+            elif self.path == "/version" and args.reports_version:
+                self._send(200, {"version": args.reports_version})
             elif self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": args.served_model_name, "object": "model"}]})
             else:

@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_HF_HOME = REPO.parent / "shared" / "hf-home"
 FAKE = Path(__file__).with_name("fake_server.py")
+# a venv that holds only a vllm dist-info: the fake server's engine has a version the result key can name
+FAKE_VENV = Path(__file__).with_name("fake-venv")
 
 
 def hf_home() -> Path | None:
@@ -57,7 +59,7 @@ def fake_request(tmp_path, *fake_args, tasks=("gsm8k",), extra=()):
     """The flow's parameters for the `local` config served by the fake server."""
     overrides = [
         f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} {' '.join(fake_args)}",
-        "deployment.venv=null", "deployment.extra_args=''", "deployment.startup_timeout=20",
+        f"deployment.venv={FAKE_VENV}", "deployment.extra_args=''", "deployment.startup_timeout=20",
         f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
         "evaluation.nemo_evaluator_config.config.params.limit_samples=1",
         "evaluation.nemo_evaluator_config.config.params.max_retries=0",

@@ -13,6 +13,14 @@ def test_dry_run_shows_the_plan_and_touches_nothing(tmp_path):
                  "adlr_winogrande_5_shot", "truthfulqa", "gsm8k"):
         assert f"type: lm-evaluation-harness.{task}" in r.stdout
     assert not out.exists()
+    assert "# warning" not in r.stdout  # the managed venv's vLLM: its version is in the key
+
+
+def test_dry_run_warns_that_an_engine_from_the_path_is_never_reused():
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "deployment.venv=null")
+    assert r.returncode == 0, r.stderr
+    assert ("# warning: the vllm version is unknown (the server node's PATH): this run's results are scored anew "
+            "and never reused") in r.stdout
 
 
 def test_dry_run_production_config_redacts_secrets():

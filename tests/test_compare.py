@@ -240,3 +240,27 @@ def test_results_served_another_way_are_not_comparable_and_the_comparison_names_
     assert not change.comparable and change.differs == ("dtype float32 → bfloat16", "vllm 0.32.0 → 0.33.0")
     (change,) = compare.compare(compare.load(old), compare.load(a))
     assert not change.comparable and "engine unknown → vllm" in change.differs
+
+
+def test_an_engine_version_nobody_read_is_comparable_with_nothing_and_a_reported_one_is_read(tmp_path):
+    """Issue 26: `unknown` on both sides is not the same engine; the version the server reported once up (the
+    manifest's server record) stands for an image's or a PATH's engine."""
+    path = {**SERVING, "vllm": "unknown (the server node's PATH)"}
+    a = evaluation(tmp_path, "a", {"strict-match": [1.0] * 10}, serving=path)
+    b = evaluation(tmp_path, "b", {"strict-match": [1.0] * 10}, serving=path)
+    (change,) = compare.compare(compare.load(a), compare.load(b))
+    assert not change.comparable
+    assert change.differs == ("vllm unknown (the server node's PATH) → unknown (the server node's PATH)",)
+    for run, version in ((a, "0.33.0"), (b, "0.33.0")):
+        manifest = json.loads((run / "manifest.json").read_text())
+        (run / "manifest.json").write_text(json.dumps({**manifest, "server": {"engine_version": version}}))
+    (change,) = compare.compare(compare.load(a), compare.load(b))
+    assert change.comparable
+    (run / "manifest.json").write_text(json.dumps({**manifest, "server": {"engine_version": "0.34.0"}}))
+    (change,) = compare.compare(compare.load(a), compare.load(b))
+    assert change.differs == ("vllm 0.33.0 → 0.34.0",)
+    # a pinned version stands: the managed venv's 0.32.0 is not overwritten by what a server says
+    c = evaluation(tmp_path, "c", {"strict-match": [1.0] * 10})
+    manifest = json.loads((c / "manifest.json").read_text())
+    (c / "manifest.json").write_text(json.dumps({**manifest, "server": {"engine_version": "0.32.0+cpu"}}))
+    assert compare.load(c).benchmarks["gsm8k"].harness["vllm"] == "0.32.0"

@@ -8,6 +8,7 @@ import pytest
 from nemotron import endpoints, engines, secrets, serving
 from nemotron.config import load_config
 from nemotron.errors import ConfigError
+from nemotron.profiles import Profile
 from tests.helpers import REPO, nemotron
 
 
@@ -94,6 +95,35 @@ def test_another_venvs_engine_version_is_read_from_its_installed_package(tmp_pat
     (tmp_path / "lib/python3.12/site-packages/vllm-0.33.1.dist-info").mkdir(parents=True)
     assert serving.serving_record(dep(f"deployment.venv={tmp_path}"))["vllm"] == "0.33.1"
     assert "unknown" in serving.serving_record(dep(f"deployment.venv={tmp_path}/none"))["vllm"]
+
+
+def test_an_engine_nobody_can_name_before_launching_is_unpinned_and_a_pinned_one_is_not(tmp_path):
+    """Issue 26: a record that cannot say which engine serves (the node's PATH, a venv without the package, an
+    image by a moving tag) is unpinned: the flow gives such a run a key of its own, so it is never reused."""
+    unpinned = [dep("deployment.venv=null"), dep(f"deployment.venv={tmp_path}/none"),
+                dep("deployment.venv=null", "deployment.command=python -m vllm.entrypoints.openai.api_server")]
+    assert all(serving.unpinned(serving.serving_record(d)) for d in unpinned)
+    assert "the server node's PATH" in serving.unpinned(serving.serving_record(dep("deployment.venv=null")))
+    for image in ("nvcr.io/nvidia/vllm", "nvcr.io/nvidia/vllm:latest", "localhost:5000/vllm"):
+        moves = f"the image {image} is named by a tag that moves"
+        assert serving.unpinned(serving.serving_record(dep(), image)) == moves
+    for image in ("nvcr.io/nvidia/vllm:25.01", "nvcr.io/nvidia/vllm@sha256:" + "ab" * 32, "/lustre/img/vllm.sqsh"):
+        assert serving.unpinned(serving.serving_record(dep(), image)) is None, image
+    pinned = [dep("deployment.venv=managed"), dep("deployment.venv=managed", "deployment.command=/opt/serve.sh"),
+              dep("deployment.type=generic", "deployment.command=/opt/serve.sh --port {port}")]
+    assert [serving.unpinned(serving.serving_record(d)) for d in pinned] == [None, None, None]
+
+
+def test_a_venv_on_the_clusters_disk_is_read_through_the_login_node(monkeypatch):
+    seen = []
+    monkeypatch.setattr(serving.cluster, "remote_package_version",
+                        lambda profile, venv, package: seen.append((venv, package)) or "0.34.0")
+    profile = Profile(name="c", executor="slurm", tunnel="ssh", host="login", user="u", account="a", partition="p",
+                      remote_job_dir="/scratch/u/jobs")
+    assert serving.engine_version(dep("deployment.venv=~/envs/vllm"), None, profile) == "0.34.0"
+    assert seen == [("~/envs/vllm", "vllm")]
+    monkeypatch.setattr(serving.cluster, "remote_package_version", lambda *a: None)  # unreachable, or no package
+    assert serving.engine_version(dep("deployment.venv=/envs/vllm"), None, profile).startswith("unknown (no vllm")
 
 
 def test_a_secret_in_the_servers_environment_never_reaches_the_serving_record():

@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.eval import nano3_eval
 from nemotron import runtime
 from tests import fake_wandb_api, wandb_offline
-from tests.helpers import FAKE, fake_request, hf_home, nemotron
+from tests.helpers import FAKE, FAKE_VENV, fake_request, hf_home, nemotron
 
 
 def leftovers(tmp_path) -> str:
@@ -168,6 +168,32 @@ def test_overloaded_endpoint_is_retried_until_it_answers_and_a_rerun_sends_nothi
     assert manifest["serving"]["dtype"] == "bfloat16" and manifest["serving"]["engine"] == "vllm"
 
 
+def test_an_engine_from_the_nodes_path_is_scored_anew_each_run_and_its_reported_version_recorded(tmp_path,
+                                                                                                 monkeypatch):
+    """Issue 26: `vllm` from the PATH (no venv, no command): nothing here can name its version, so a second run
+    of the same evaluation serves and scores anew instead of reusing; the version the server reports is in the
+    manifest, and `eval compare` reads it (the same reported version: comparable)."""
+    journal, bin_dir = tmp_path / "journal", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vllm").write_text(f"#!/bin/sh\nshift\nexec {sys.executable} {FAKE} --tag {tmp_path} "
+                                  f"--journal {journal} --reports-version 0.9.9 \"$@\"\n")
+    (bin_dir / "vllm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    request = fake_request(tmp_path, extra=["deployment.command=null", "deployment.venv=null"])
+    runs = [nano3_eval(**request, return_state=True) for _ in range(2)]
+    assert all(r.is_completed() for r in runs), [r.message for r in runs]
+    assert journal.read_text().count("start") == 2  # served twice: the second run reused nothing
+    folders = [Path(r.result().run_dir) for r in runs]
+    (first,), (second,) = (json.loads((f / "results.json").read_text())["results"] for f in folders)
+    assert not second["reused"] and second["output_dir"] != first["output_dir"]
+    manifest = json.loads((folders[1] / "manifest.json").read_text())
+    assert manifest["serving"]["vllm"] == "unknown (the server node's PATH)"
+    assert manifest["server"]["engine_version"] == "0.9.9"
+    out = nemotron("nano3", "eval", "compare", *map(str, folders))
+    assert out.returncode == 0, out.stderr
+    assert "not comparable:" not in out.stdout and "0 not comparable" in out.stdout, out.stdout
+
+
 def test_a_relaunch_that_never_becomes_healthy_still_records_what_finished(tmp_path):
     """Issue 26: the server dies under the third benchmark and its relaunch never comes up; the two that finished
     are in results.json and the summary artifact, and the run fails naming the one that is missing."""
@@ -248,7 +274,8 @@ def test_harnesses_start_while_the_model_loads_and_their_requests_wait_for_it(tm
 
 def _cli_until_benchmark_runs(tmp_path):
     """Start the CLI against the fake server (answers slowly) and return once gsm8k is running."""
-    overrides = [f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} --delay 600", "deployment.venv=null",
+    overrides = [f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} --delay 600",
+                 f"deployment.venv={FAKE_VENV}",
                  "deployment.extra_args=''", "deployment.heartbeat_timeout=10", f"evaluation.output_dir={tmp_path}",
                  f"evaluation.hf_home={hf_home()}", "evaluation.retries=0"]
     # Ctrl-C reaches a CLI in the foreground of a terminal: SIGINT at its default even if the tests

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import FAKE, REPO, hf_home, nemotron, sacct_state, squeue
+from tests.helpers import FAKE, FAKE_VENV, REPO, hf_home, nemotron, sacct_state, squeue
 
 ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # local-slurm and local-slurm-ssh
 
@@ -36,7 +36,7 @@ def slurm():
 
 def fake_overrides(tmp_path, *fake_args):
     return [f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} {' '.join(fake_args)}",
-            "deployment.venv=null", "deployment.extra_args=''", f"evaluation.output_dir={tmp_path}",
+            f"deployment.venv={FAKE_VENV}", "deployment.extra_args=''", f"evaluation.output_dir={tmp_path}",
             f"evaluation.hf_home={hf_home()}", "evaluation.retries=0",
             "evaluation.nemo_evaluator_config.config.params.limit_samples=1"]
 

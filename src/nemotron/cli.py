@@ -213,6 +213,10 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
         detectable, warnings = gate_plan(cfg.evaluation.gate, plans, sizes)
         doc["plan"]["gate"] = {"baseline": cfg.evaluation.gate.baseline, "fail_on": cfg.evaluation.gate.fail_on,
                                "detectable": detectable}
+    on_cluster_venv = cluster.is_remote(profile) and dep.venv not in (None, "managed")  # the flow reads it there
+    if engines.launches(dep) and not on_cluster_venv and (
+            unpinned := serving.unpinned(serving.serving_record(dep, cluster.image_for(dep, profile)))):
+        warnings.append(f"{unpinned}: this run's results are scored anew and never reused")
     text = "# dry run: nothing was started\n" + "".join(f"# warning: {w}\n" for w in warnings)
     if sizes:
         suite = sizing.total(sizes)

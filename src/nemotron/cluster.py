@@ -297,6 +297,20 @@ def remote_checkpoint(profile: Profile, path: str, tokenizer: str,
         return tree, str(dest)
 
 
+def remote_package_version(profile: Profile, venv: str, package: str) -> str | None:
+    """The version of `package` installed in a venv on the cluster's disk (its dist-info folder's name), read
+    through the login node; None when it has none or the login node cannot be reached."""
+    home, rest = ('"$HOME"/', venv[2:]) if venv.startswith("~/") else ("", venv)
+    pattern = f"{home}{shlex.quote(rest.rstrip('/'))}/lib/python*/site-packages/{package}-*.dist-info"
+    try:
+        with login_shell(profile) as login:
+            found = login.sh(f"ls -d {pattern} 2>/dev/null | head -1", check=False).strip()
+    except Exception:  # noqa: BLE001 - an unknown version gives the run a key of its own: never a wrong reuse
+        return None
+    name = os.path.basename(found)
+    return name[len(package) + 1: -len(".dist-info")] if name.endswith(".dist-info") else None
+
+
 class PortForward:
     """127.0.0.1:<local_port> → host:port through the SSH login node (paramiko direct-tcpip).
 

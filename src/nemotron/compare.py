@@ -127,6 +127,9 @@ def load(run_dir: Path, label: str | None = None) -> Evaluation:
     # what asked and scored (harness versions) and what served (engine, version, dtype, quantization, ...): a
     # manifest written before the serving record was kept has none, so it is comparable with none of today's
     harness = {**(manifest.get("harness") or {}), **(manifest.get("serving") or {"engine": None})}
+    engine, reported = harness.get("engine"), (manifest.get("server") or {}).get("engine_version")
+    if engine and reported and not _is_version(harness.get(engine)):  # an image's or a PATH's engine, measured
+        harness[engine] = reported
     benchmarks = {}
     for r in suite.results:
         if not r.ok:
@@ -167,9 +170,15 @@ def differences(a: Benchmark, b: Benchmark) -> tuple[str, ...]:
         if a.params.get(k) != b.params.get(k):
             out.append(f"{k} {_shown(a.params.get(k))} → {_shown(b.params.get(k))}")
     for k in sorted(set(a.harness) | set(b.harness)):
-        if a.harness.get(k) != b.harness.get(k):
+        # an engine version nobody could read is not the same on both sides for being unknown on both
+        if a.harness.get(k) != b.harness.get(k) or str(a.harness.get(k)).startswith("unknown"):
             out.append(f"{k} {a.harness.get(k) or 'unknown'} → {b.harness.get(k) or 'unknown'}")
     return tuple(out)
+
+
+def _is_version(v: Any) -> bool:
+    """`0.32.0`, not `unknown (...)`, `the image's (...)` or `the command's`."""
+    return isinstance(v, str) and v[:1].isdigit()
 
 
 def _shown(v: Any) -> str:

@@ -84,6 +84,17 @@ def healthy(url: str, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
+def reported_version(endpoint: Endpoint) -> str | None:
+    """The version the engine itself reports (vLLM's `GET /version`), None when it reports none: what served,
+    measured, for a record whose version could not be known before launching (an image, a node's PATH)."""
+    try:
+        r = httpx.get(f"{endpoint.base_url}/version", headers=endpoint.headers(), timeout=5)
+        version = r.json().get("version") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return str(version) if isinstance(version, (str, int, float)) and str(version) else None
+
+
 def of_running(dep: DeploymentSection) -> Endpoint:
     """deployment.type none: where the running server is (no request sent)."""
     return Endpoint(engines.external_url(dep.url), dep.served_model_name, engines.health_path(dep), dep.api_key_env)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
-from nemotron.endpoints import Endpoint, healthy
+from nemotron.endpoints import Endpoint, healthy, reported_version
 from nemotron.errors import ServeError
 from nemotron.gate import Gate
 from nemotron.serving import ServerHandle
@@ -97,6 +97,7 @@ class Fleet:
         self.budget: int | None = None  # requests at once through the gate, once it is open
         self.first: ServerHandle | None = None  # the first replica's server when the gate opened (the record's)
         self.opened_to: dict[str, str] = {}  # the replicas the gate opened to: name → URL
+        self.engine_version: str | None = None  # what the first server reports it runs (GET /version), once up
         self.error: BaseException | None = None  # why the servers never became healthy
 
     def start(self) -> None:
@@ -126,6 +127,7 @@ class Fleet:
                 self.wait_ready()
                 self.first, self.opened_to = self.handle, self.urls()
                 self.budget = budget_of(self)
+                self.engine_version = reported_version(self.first.endpoint)  # before any harness can end
                 gate.open(self.opened_to, self.budget)
                 self.watch(gate)
             except BaseException as e:  # noqa: BLE001 - the flow raises it once its harnesses have ended

