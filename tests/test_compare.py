@@ -118,6 +118,11 @@ def test_each_gated_metric_is_a_regression_a_pass_or_inconclusive_against_its_ma
     assert [j.verdict for j in tight.judged] == ["inconclusive"] and "80% power" in tight.judged[0].why
     only = compare.gate([changes[1]], [Rule("exact_match", 0.2)], "v1", "inconclusive")
     assert only.verdict == "pass" and not only.failed and only.reasons() == []
+    # two rules name one metric: the strictest decides, in whichever order they are written
+    for rules in ([Rule("*", 0.6), Rule("exact_match__strict-match", 0.01)],
+                  [Rule("exact_match__strict-match", 0.01), Rule("*", 0.6)]):
+        judged = compare.gate([changes[0]], rules, "v1", "inconclusive").judged
+        assert [(j.verdict, j.rule.max_drop) for j in judged] == [("regression", 0.01)]
     outcome = compare.gate(changes, [Rule("acc", 0.0)], "v1", "regression")  # a metric no benchmark has
     assert outcome.reasons() == ["the gate could not look: no metric the rules name (acc) is in the results"]
     assert outcome.failed

@@ -28,6 +28,7 @@ def test_data_overrides_are_allowed(item):
     ("export.wandb.project=a b", "literal values only"), ("run.wandb.entity=[a]", "literal values only"),
     ("run.profile=other-cluster", "'run.profile' is not allowed"),  # the worker's default; `profile` is a parameter
     ("evaluation.gate.rules.0.max_drop=1", "not allowed"),  # the rules come from the deployment's config
+    ("evaluation.gate.fail_on=regression", "not allowed"),  # nor does a trigger loosen what fails the run
 ])
 def test_code_paths_and_interpolation_are_refused_naming_the_key(item, says):
     with pytest.raises(ConfigError, match=r"override .*" + says.replace("(", r"\(").replace("'", "'")):
