@@ -133,7 +133,7 @@ def evaluate(args: argparse.Namespace) -> int:
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             engines.identity(model.identity, served), store, hf_home)
     if args.dry_run:
-        text = render_plan(cfg, model, plans, profile, args.force_squash, plan_sizes(cfg, plans))
+        text = render_plan(cfg, model, plans, served, profile, args.force_squash, plan_sizes(cfg, plans))
         if args.batch and cluster.is_slurm(profile) and profile.remote_job_dir:
             from nemotron import detached
 
@@ -168,7 +168,7 @@ def _without_parallelism(run_config: dict) -> dict:
 
 
 def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan],
-                profile: profiles.Profile | None = None, force_squash: bool = False,
+                served: dict[str, str], profile: profiles.Profile | None = None, force_squash: bool = False,
                 sizes: dict[str, sizing.Size] | None = None) -> str:
     model_path = model.path or f"<{model.ref}>"
     dep = cfg.deployment
@@ -214,8 +214,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
         doc["plan"]["gate"] = {"baseline": cfg.evaluation.gate.baseline, "fail_on": cfg.evaluation.gate.fail_on,
                                "detectable": detectable}
     on_cluster_venv = cluster.is_remote(profile) and dep.venv not in (None, "managed")  # the flow reads it there
-    if engines.launches(dep) and not on_cluster_venv and (
-            unpinned := serving.unpinned(serving.serving_record(dep, cluster.image_for(dep, profile)))):
+    if engines.launches(dep) and not on_cluster_venv and (unpinned := serving.unpinned(served)):
         warnings.append(f"{unpinned}: this run's results are scored anew and never reused")
     text = "# dry run: nothing was started\n" + "".join(f"# warning: {w}\n" for w in warnings)
     if sizes:

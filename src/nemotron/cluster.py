@@ -307,8 +307,7 @@ def remote_package_version(profile: Profile, venv: str, package: str) -> str | N
             found = login.sh(f"ls -d {pattern} 2>/dev/null | head -1", check=False).strip()
     except Exception:  # noqa: BLE001 - an unknown version gives the run a key of its own: never a wrong reuse
         return None
-    name = os.path.basename(found)
-    return name[len(package) + 1: -len(".dist-info")] if name.endswith(".dist-info") else None
+    return engines.dist_version(os.path.basename(found), package)
 
 
 class PortForward:

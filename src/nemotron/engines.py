@@ -142,6 +142,12 @@ def flags(extra_args: str) -> dict[str, str]:
     return out
 
 
+def dist_version(dist_info: str, package: str) -> str | None:
+    """`vllm-0.33.1.dist-info` → `0.33.1`: the version of an installed package, from its metadata folder's name."""
+    prefix, suffix = f"{package}-", ".dist-info"
+    return dist_info[len(prefix):-len(suffix)] if dist_info.startswith(prefix) and dist_info.endswith(suffix) else None
+
+
 def served(dep, version: str, image: str | None = None) -> dict[str, str]:
     """What serves the model, as far as it could change a score: the engine, its version (or the container image
     it comes in), its entry point or command template, the model parallelism, every engine flag and variable

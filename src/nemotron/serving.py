@@ -81,7 +81,7 @@ def engine_version(dep: DeploymentSection, image: str | None = None, profile: Pr
             found = cluster.remote_package_version(profile, dep.venv, package)
             return found or f"unknown (no {package} package in {venv} on {profile.host})"
         for info in sorted(venv.glob(f"lib/python*/site-packages/{package}-*.dist-info")):
-            return info.name[len(package) + 1: -len(".dist-info")]
+            return engines.dist_version(info.name, package)
         return f"unknown (no {package} package in {venv} here)"
     if dep.type == "generic":  # the command template is the engine (it is in the record)
         return "the command's"
