@@ -210,7 +210,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
             model = replace(model, tree=tree)
         serving_record = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, where), where)
         # an engine nobody can name before launching: this run's results get a key of their own (never reused)
-        unpinned = serving.unpinned(serving_record)
+        unpinned = serving.unpinned(serving_record, force_squash)
         identity = engines.identity(model.identity, {**serving_record, **({"run": str(flow_run.id)} if unpinned
                                                                           else {})})
     except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
@@ -236,8 +236,8 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
     say(f"evaluating {model.ref} ({model.path}) on {', '.join(p.name for p in plans)}; results in {run_dir}")
     if unpinned:
-        say(f"[reuse] {unpinned}: this run's results are scored anew and never reused (pin the engine's version: "
-            "deployment.venv, or an image by digest or tag)")
+        say(f"[reuse] {unpinned}: this run's results are scored anew and never reused (pin the engine: "
+            "deployment.venv, or an image file the cluster has)")
     board = progress.Board.of([p.name for p in plans])
     shown = ProgressArtifacts([p.name for p in plans])
 

@@ -3,6 +3,8 @@ the real servers are in tests/test_engines_served.py)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from nemotron import endpoints, engines, secrets, serving
@@ -124,6 +126,33 @@ def test_a_venv_on_the_clusters_disk_is_read_through_the_login_node(monkeypatch)
     assert seen == [("~/envs/vllm", "vllm")]
     monkeypatch.setattr(serving.cluster, "remote_package_version", lambda *a: None)  # unreachable, or no package
     assert serving.engine_version(dep("deployment.venv=/envs/vllm"), None, profile).startswith("unknown (no vllm")
+
+
+@pytest.mark.parametrize("name", ["local-slurm", "local-slurm-ssh"])
+def test_the_image_file_on_the_clusters_disk_is_in_the_key_and_one_nobody_has_seen_is_unpinned(tmp_path, name):
+    """Issue 26: the squashed file is what serves, whatever its tag names now. Its size and time, read where the
+    cluster's files are (here, or through the real sshd login node), are in the key: a re-imported file scores
+    anew. An image file not there yet, or re-imported by this run (--force-squash), is unpinned."""
+    from nemotron.profiles import load_profile
+    profile = load_profile(name, REPO / "config" / "env.example.toml").model_copy(
+        update={"remote_job_dir": str(tmp_path)})
+    tag = "nvcr.io/nvidia/vllm:latest"
+    first = serving.serving_record(dep(), tag, profile)
+    assert first["image.file"].endswith(f"({serving.NOT_THERE})")
+    assert serving.unpinned(first).startswith("the image file is ")
+    sqsh = tmp_path / "containers" / "nvcr_io_nvidia_vllm_latest.sqsh"
+    sqsh.parent.mkdir()
+    sqsh.write_bytes(b"x" * 10)
+    os.utime(sqsh, (1_700_000_000, 1_700_000_000))
+    squashed = serving.serving_record(dep(), tag, profile)
+    assert squashed["image.file"] == f"{sqsh} (10 bytes, modified 1700000000)"
+    assert serving.unpinned(squashed) is None  # `latest`, but the file it was squashed to is named
+    assert serving.unpinned(squashed, force_squash=True) == f"--force-squash imports {tag} anew into {sqsh}"
+    sqsh.write_bytes(b"y" * 11)  # re-imported
+    assert key(dep(), tag) == key(dep(), tag) and \
+        engines.identity("m", serving.serving_record(dep(), tag, profile)) != engines.identity("m", squashed)
+    given = serving.serving_record(dep(), str(sqsh), profile)  # a .sqsh the user gives is looked at the same way
+    assert given["image.file"].startswith(f"{sqsh} (11 bytes, modified ") and serving.unpinned(given) is None
 
 
 def test_a_secret_in_the_servers_environment_never_reaches_the_serving_record():

@@ -213,8 +213,9 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
         detectable, warnings = gate_plan(cfg.evaluation.gate, plans, sizes)
         doc["plan"]["gate"] = {"baseline": cfg.evaluation.gate.baseline, "fail_on": cfg.evaluation.gate.fail_on,
                                "detectable": detectable}
-    on_cluster_venv = cluster.is_remote(profile) and dep.venv not in (None, "managed")  # the flow reads it there
-    if engines.launches(dep) and not on_cluster_venv and (unpinned := serving.unpinned(served)):
+    # the flow reads a venv or an image file on the cluster's disk there; the dry run does not look
+    on_cluster = (cluster.is_remote(profile) and dep.venv not in (None, "managed")) or "image" in served
+    if engines.launches(dep) and not on_cluster and (unpinned := serving.unpinned(served)):
         warnings.append(f"{unpinned}: this run's results are scored anew and never reused")
     text = "# dry run: nothing was started\n" + "".join(f"# warning: {w}\n" for w in warnings)
     if sizes:

@@ -300,14 +300,31 @@ def remote_checkpoint(profile: Profile, path: str, tokenizer: str,
 def remote_package_version(profile: Profile, venv: str, package: str) -> str | None:
     """The version of `package` installed in a venv on the cluster's disk (its dist-info folder's name), read
     through the login node; None when it has none or the login node cannot be reached."""
-    home, rest = ('"$HOME"/', venv[2:]) if venv.startswith("~/") else ("", venv)
-    pattern = f"{home}{shlex.quote(rest.rstrip('/'))}/lib/python*/site-packages/{package}-*.dist-info"
+    pattern = f"{_shell_path(venv.rstrip('/'))}/lib/python*/site-packages/{package}-*.dist-info"
+    found = _look(profile, f"ls -d {pattern} 2>/dev/null | head -1")
+    return engines.dist_version(os.path.basename(found), package) if found else None
+
+
+def file_stamp(profile: Profile, path: str) -> str | None:
+    """A file's size and modification time on the cluster's disk (what rsync compares: a re-imported image file
+    changes both), read where the cluster's files are; None when it is not there or cannot be read."""
+    found = _look(profile, f"stat -L -c '%s bytes, modified %Y' {_shell_path(path)} 2>/dev/null")
+    return found if found.endswith(tuple("0123456789")) else None
+
+
+def _shell_path(path: str) -> str:
+    """A path for the login node's shell, quoted, with a leading `~/` left to it."""
+    return '"$HOME"/' + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
+
+
+def _look(profile: Profile, command: str) -> str:
+    """One read-only command where the cluster's files are; its stdout, or "" when that place cannot be reached
+    (the caller treats "" as unknown, which never lets a result be reused)."""
     try:
         with login_shell(profile) as login:
-            found = login.sh(f"ls -d {pattern} 2>/dev/null | head -1", check=False).strip()
-    except Exception:  # noqa: BLE001 - an unknown version gives the run a key of its own: never a wrong reuse
-        return None
-    return engines.dist_version(os.path.basename(found), package)
+            return login.sh(command, check=False).strip()
+    except Exception:  # noqa: BLE001 - unknown is the fail-closed answer
+        return ""
 
 
 class PortForward:

@@ -94,20 +94,32 @@ def serving_record(dep: DeploymentSection, image: str | None = None,
     (a token, a password) is left out (no secret changes a score, and one given or not must not make another
     model), and any other secret value is masked."""
     record = engines.served(dep, engine_version(dep, image, profile), image)
+    if image and cluster.is_slurm(profile):  # the squashed file is what serves, whatever its tag now names
+        file = image if cluster.is_squashed(image) else cluster.squash_path(profile, image)
+        stamp = cluster.file_stamp(profile, file)
+        record["image.file"] = f"{file} ({stamp})" if stamp else f"{file} ({NOT_THERE})"
     masked = secrets.masked(record)
     return {k: v for k, v in masked.items() if not (k.startswith("env.") and v != record[k])}
 
 
-def unpinned(record: dict[str, str]) -> str | None:
+NOT_THERE = "not on the cluster's disk yet, or unreadable"
+
+
+def unpinned(record: dict[str, str], force_squash: bool = False) -> str | None:
     """Why the serving record cannot say which engine will serve (None when it can): a version nothing here can
-    read, or an image by a tag that moves (`latest`, or none). Results served so are never reused: the flow
-    gives them a key of their own."""
+    read; an image file not there yet or re-imported by this run (`--force-squash`), whose contents nobody has
+    seen; without the cluster's look at the file, an image by a tag that moves (`latest`, or none). Results
+    served so are never reused: the flow gives them a key of their own."""
     engine = record.get("engine") or ""
     version = record.get(engine, "")
     if version.startswith("unknown"):
         return f"the {engine} version is {version}"
-    image = record.get("image")
-    if image and not image_pinned(image):
+    image, file = record.get("image"), record.get("image.file")
+    if file and file.endswith(f"({NOT_THERE})"):
+        return f"the image file is {file}"
+    if file and force_squash and not cluster.is_squashed(image):
+        return f"--force-squash imports {image} anew into {file.rsplit(' (', 1)[0]}"
+    if image and not file and not image_pinned(image):
         return f"the image {image} is named by a tag that moves"
     return None
 
