@@ -127,10 +127,17 @@ StrictModes no
 PidFile /run/sshd-login.pid
 Subsystem sftp internal-sftp
 CONF
-alive /run/sshd-login.pid || /usr/sbin/sshd -f "$LOGIN/sshd_config"
+# -E: why it stopped, if it does (seen once on a fresh machine: started, then gone before the first login)
+alive /run/sshd-login.pid || /usr/sbin/sshd -f "$LOGIN/sshd_config" -E /var/log/sshd-login.log
 # trust it as you would trust your cluster's login node (NeMo-Run copies job files with rsync over ssh)
 mkdir -p ~/.ssh; chmod 700 ~/.ssh; touch ~/.ssh/known_hosts
 known="[127.0.0.1]:2222 $(cut -d' ' -f1,2 "$LOGIN/ssh_host_ed25519_key.pub")"
 grep -qxF "$known" ~/.ssh/known_hosts || { ssh-keygen -q -R "[127.0.0.1]:2222" >/dev/null 2>&1 || true; echo "$known" >> ~/.ssh/known_hosts; }
-wait_for 50 ssh -p 2222 -i "$LOGIN/id_ed25519" -o BatchMode=yes root@127.0.0.1 true
+login() { ssh -p 2222 -i "$LOGIN/id_ed25519" -o BatchMode=yes -o ConnectTimeout=5 root@127.0.0.1 true; }
+if ! wait_for 50 login; then  # once more from a clean start, then give up with its log
+  alive /run/sshd-login.pid && kill "$(cat /run/sshd-login.pid)"; rm -f /run/sshd-login.pid
+  /usr/sbin/sshd -f "$LOGIN/sshd_config" -E /var/log/sshd-login.log
+  wait_for 50 login || { tail -20 /var/log/sshd-login.log >&2; }
+fi
+wait_for 50 login
 sinfo
