@@ -68,3 +68,43 @@ def test_a_dry_run_of_batch_shows_the_detached_job_script_and_submits_nothing(tm
     assert "exec python -m nemotron.detached nano3 eval -c local -t gsm8k --run local-slurm-ssh" in script
     assert "wandb-dryrun-0123456789" not in r.stdout and not any(tmp_path.iterdir())
 
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, 2), (503, 1)])
+def test_batch_against_a_prefect_api_that_answers_an_error_stops_and_submits_nothing(tmp_path, status, code):
+    """Issue 27: an API that answers (a refused key, a server error) is not "no server": falling back to the
+    cluster would ship this machine's secrets around the team's server. Exit 2 for a 4xx, 1 for a 5xx."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            seen.append(f"{self.command} {self.path}")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"detail": "refused"}')
+
+        do_GET = do_POST = do_PATCH = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        r = nemotron("nano3", "eval", "-c", "local", "--batch", "local-slurm-ssh", "-t", "gsm8k",
+                     f"evaluation.output_dir={tmp_path / 'out'}",
+                     env={"NEMOTRON_ENV_FILE": str(ENV_FILE), "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path),
+                          "PREFECT_CLIENT_MAX_RETRIES": "0", "WANDB_API_KEY": "wandb-refused-0123456789"})
+    finally:
+        server.shutdown()
+    assert r.returncode == code, r.stdout + r.stderr
+    reason = {403: "Forbidden", 503: "Service Unavailable"}[status]
+    assert re.search(rf"^error: the Prefect API at {re.escape(api)} answered {status} {reason} to GET /api/\S+; "
+                     r"nothing was submitted", r.stderr) and r.stderr.count("\n") == 1, r.stderr
+    assert "submitted" not in r.stdout and "cluster" not in r.stdout and seen
+    assert not (tmp_path / "out").exists()

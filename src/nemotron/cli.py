@@ -375,9 +375,21 @@ def batch_route() -> BatchRoute:
             client.read_work_pool(found.work_pool_name)
     except ObjectNotFound:
         return BatchRoute(False, api, f"no deployment {DEPLOYMENT} with its work pool on {api}")
+    except httpx.HTTPStatusError as e:  # it answered, with an error: not "no server" (nothing goes to the cluster)
+        raise answered(api, e.response) from None
     except (httpx.HTTPError, OSError, RuntimeError) as e:
         return BatchRoute(False, None, f"the Prefect server at {api} does not answer ({type(e).__name__})")
     return BatchRoute(True, api)
+
+
+def answered(api: str, response) -> NemotronError:
+    """A Prefect API that answers with an error stops `--batch`: a 4xx (a key refused, a forbidden workspace) is
+    the user's to fix (exit 2), a 5xx the server's (exit 1). Falling back to the cluster would ship this machine's
+    secrets around a server the team set up to hold them."""
+    cls = ConfigError if response.status_code < 500 else NemotronError
+    return cls(f"the Prefect API at {api} answered {response.status_code} {response.reason_phrase} to "
+               f"{response.request.method} {response.request.url.path}; nothing was submitted (check "
+               "PREFECT_API_URL and PREFECT_API_KEY)")
 
 
 def submit_batch(request: EvalRequest) -> int:
@@ -389,6 +401,8 @@ def submit_batch(request: EvalRequest) -> int:
     api = PREFECT_API_URL.value()
     try:
         run = run_deployment(DEPLOYMENT, parameters=request.model_dump(exclude_none=True), timeout=0)
+    except httpx.HTTPStatusError as e:
+        raise answered(api, e.response) from None
     except (httpx.HTTPError, OSError) as e:
         raise ConfigError(f"cannot reach the Prefect server at {api} ({e}); {START_SERVER}") from None
     ui = PREFECT_UI_URL.value() or api.removesuffix("/api")
