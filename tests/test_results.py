@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import pytest
@@ -77,6 +78,19 @@ def test_records_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
         results.write_atomic(path, '{"a": 2, "b": "half')
     assert path.read_text() == '{"a": 1}\n'  # the old record stands, and no temporary file is left
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_records_honour_the_umask_so_a_shared_results_folder_stays_the_teams(tmp_path):
+    """Issue 27: records were 0600 whatever the umask (the temporary file's mode), unreadable to the team."""
+    before = os.umask(0o002)
+    try:
+        assert results.umask() == 0o002
+        assert results.write_atomic(tmp_path / "team.json", "{}").stat().st_mode & 0o777 == 0o664
+        os.umask(0o077)
+        assert results.write_atomic(tmp_path / "mine.json", "{}").stat().st_mode & 0o777 == 0o600
+        assert results.write_atomic(tmp_path / "run.sh", "", mode=0o755).stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(before)
 
 
 def test_a_damaged_record_is_one_line_naming_it(tmp_path):

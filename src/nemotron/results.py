@@ -27,12 +27,12 @@ SCHEMA_VERSION = 1
 def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
     """Write a whole file or nothing: a temporary file in the same folder, renamed over the target,
     so a crash mid-write never leaves a truncated record for `eval status` or `eval export`.
-    `mode`: the file's permissions (else the temporary file's 0600)."""
+    `mode`: the file's permissions, else what the umask gives a new file (records are the team's data: a shared
+    results folder stays readable to the team; secrets never go through here)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
+        os.fchmod(fd, mode if mode is not None else 0o666 & ~umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -43,6 +43,16 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, for every thread, while it reads)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: Path) -> Any:
