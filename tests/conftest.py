@@ -73,6 +73,32 @@ def pytest_unconfigure(config):
         shutil.rmtree(_home, ignore_errors=True)
 
 
+def _queued_jobs() -> dict[str, str]:
+    """This project's jobs in the Slurm queue by id ({} where no Slurm runs: the unit tests need none)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {line.split()[0]: line for line in out.stdout.splitlines() if "nemotron-eval" in line} \
+        if out.returncode == 0 else {}
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left_behind():
+    """A job a test leaves in the queue fails that test, and is cancelled: left there, it failed every later test
+    that looks at the queue, and CI named five tests for one fault."""
+    before = _queued_jobs()
+    yield
+    left = {i: line for i, line in _queued_jobs().items() if i not in before}
+    if not left:
+        return
+    subprocess.run(["scancel", *left], capture_output=True)
+    deadline = time.monotonic() + 60
+    while set(left) & set(_queued_jobs()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    pytest.fail(f"the test left jobs in the Slurm queue (now cancelled): {sorted(left.values())}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _no_inherited_wandb_service():
     """An in-process W&B run (the flow tests) leaves WANDB_SERVICE in os.environ; CLI subprocesses of later tests

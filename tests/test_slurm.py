@@ -58,22 +58,34 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path):
 
 
 def _cli_until_benchmark_runs(tmp_path, *fake_args, sigint=signal.SIG_DFL):
-    """The CLI on Slurm against the fake server, once gsm8k runs; `sigint`: its SIGINT disposition
-    at start (SIG_IGN: a CLI in the background of a script, which Ctrl-C does not reach)."""
+    """The CLI on Slurm against the fake server, once gsm8k runs, and its run's record; `sigint`: its SIGINT
+    disposition at start (SIG_IGN: a CLI in the background of a script, which Ctrl-C does not reach).
+
+    The record is the one this run added to the index: the index outlives the session, and pytest numbers its
+    folders anew once /tmp is cleared, so an earlier session's run can have had this very tmp_path (CI saw two)."""
+    from nemotron import runs
+
+    earlier = {p.stem for p in runs.index_dir().glob("*.json")}
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
                              "local-slurm", "-t", "gsm8k", *fake_overrides(tmp_path, *fake_args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **ENV, "COLUMNS": "200"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     seen = []
-    deadline = time.monotonic() + 180
-    for line in proc.stdout:
-        seen.append(line)
-        if "running gsm8k" in line or time.monotonic() > deadline:
-            break
-    assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
-    threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()  # never let the pipe fill
-    return proc, seen
+    try:
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:
+            seen.append(line)
+            if "running gsm8k" in line or time.monotonic() > deadline:
+                break
+        assert any("running gsm8k" in s for s in seen), "".join(seen[-20:])
+        threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()  # never let the pipe fill
+        (record,) = [r for p in runs.index_dir().glob("*.json") if p.stem not in earlier
+                     and (r := runs.load(p.stem)) and r["run_dir"].startswith(str(tmp_path))]
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, seen, record
 
 
 def test_server_never_healthy_fails_within_startup_timeout(tmp_path):
@@ -97,15 +109,13 @@ def test_crash_hook_cancels_the_job_a_killed_flow_left_behind(tmp_path):
     from flows.eval import cancel_server_job
     from nemotron import runs
 
-    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600")
+    proc, _, record = _cli_until_benchmark_runs(tmp_path, "--delay 600")
     try:
         (job,) = squeue()
         proc.kill()
         proc.wait()
         time.sleep(3)
         assert squeue() == [job], "nothing else should have cancelled the job"
-        (record,) = [r for p in runs.index_dir().glob("*.json")
-                     if (r := runs.load(p.stem)) and r["run_dir"].startswith(str(tmp_path))]
         start = time.monotonic()
         cancel_server_job(None, SimpleNamespace(id=record["flow_run_id"]), None)
         while squeue() and time.monotonic() - start < 30:
@@ -124,13 +134,9 @@ def test_cancel_through_the_prefect_api_cancels_the_slurm_job(tmp_path):
     the background of a script, where SIGINT is ignored."""
     from prefect import get_client
 
-    from nemotron import runs
-
-    proc, _ = _cli_until_benchmark_runs(tmp_path, "--delay 600", sigint=signal.SIG_IGN)
+    proc, _, record = _cli_until_benchmark_runs(tmp_path, "--delay 600", sigint=signal.SIG_IGN)
     try:
         (job,) = squeue()
-        (record,) = [r for p in runs.index_dir().glob("*.json")
-                     if (r := runs.load(p.stem)) and r["run_dir"].startswith(str(tmp_path))]
         start = time.monotonic()
         subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", record["flow_run_id"]],
                        check=True, capture_output=True, timeout=60)
