@@ -164,6 +164,15 @@ def test_a_secret_in_the_servers_environment_never_reaches_the_serving_record():
     assert "env.VLLM_CPU_KVCACHE_SPACE" not in serving.serving_record(dep("deployment.env.VLLM_CPU_KVCACHE_SPACE='8'"))
 
 
+def test_a_running_endpoints_url_with_a_user_or_password_is_refused_without_showing_them():
+    """Issue 27: `http://user:pass@host` was logged and written to the manifest."""
+    with pytest.raises(ConfigError) as e:
+        dep("deployment.type=none", "deployment.url=http://alice:pw-url-4242@h:8000/v1")
+    assert str(e.value).startswith("deployment.url='http://***@h:8000/v1' carries a user name or password")
+    assert "pw-url-4242" not in str(e.value) and "api_key_env" in str(e.value)
+    assert secrets.mask("later pw-url-4242") == "later ***"
+
+
 def test_the_key_of_a_running_endpoint_is_read_from_its_variable_and_sent_as_a_bearer_token(monkeypatch):
     running = dep("deployment.type=none", "deployment.url=http://h:8000", "deployment.api_key_env=ENDPOINT_KEY")
     with pytest.raises(ConfigError, match="deployment.api_key_env=ENDPOINT_KEY names a variable that is not set"):

@@ -17,6 +17,7 @@ import re
 import shlex
 from urllib.parse import urlsplit
 
+from nemotron import secrets
 from nemotron.errors import ConfigError
 
 DEFAULT_COMMAND = {"vllm": "vllm serve", "sglang": "python -m sglang.launch_server"}
@@ -57,6 +58,12 @@ def check(dep) -> None:
 def external_url(url: str) -> str:
     """`http://host:8000`, `http://host:8000/v1` and `.../v1/` all mean the server's base URL."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # refused before anything logs or records it
+        userinfo = parts.netloc.rpartition("@")[0]
+        secrets.remember(userinfo, userinfo.partition(":")[2])
+        shown = url.replace(userinfo + "@", "***@", 1)
+        raise ConfigError(f"deployment.url={shown!r} carries a user name or password (user:pass@host), which would "
+                          "be logged and recorded; put the key in a variable and name it: deployment.api_key_env")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(f"deployment.url={url!r} is not a server's base URL; valid: http(s)://host[:port][/path]")
     base = url.rstrip("/")

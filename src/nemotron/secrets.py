@@ -17,8 +17,13 @@ import threading
 from typing import Any
 
 MASK = "***"
-MIN_LENGTH = 8  # shorter values are not credentials, and masking "1" or "true" everywhere would garble text
-_SECRET_WORDS = {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey"}
+MIN_LENGTH = 4  # a short secret is still one; masking "1" everywhere would garble text
+_NEVER_MASKED = {"true", "false", "none", "null", "unset", "empty"}  # switches, whatever their variable's name
+_SECRET_WORDS = {"token", "secret", "password", "passwd", "passphrase", "credential", "credentials", "apikey",
+                 "auth", "authorization", "pat"}
+# `<word>_KEY` holds a secret (OPENAI_KEY, WANDB_KEY) unless the word says it names a thing, not a credential
+_NAMING_KEY = {"sort", "primary", "foreign", "partition", "cache", "shard", "group", "routing", "index", "lookup",
+               "hash", "dict", "map", "hot", "public", "metric", "task", "answer", "label", "result", "column", "row"}
 _KEY_QUALIFIERS = {"api", "access", "private", "secret", "signing", "encryption", "master", "license", "service"}
 _REFERENCE_WORDS = {"env", "var", "variable", "file", "path"}
 # environment a child process needs that is not a secret, whatever its name says
@@ -38,7 +43,14 @@ def is_secret_name(name: str) -> bool:
         return False
     if any(w in _SECRET_WORDS for w in words):
         return True
-    return any(w == "key" and i > 0 and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words))
+    return any(w == "key" and i > 0 and (words[i - 1] in _KEY_QUALIFIERS or (i == len(words) - 1 and words[i - 1]
+                                                                          not in _NAMING_KEY))
+               for i, w in enumerate(words))
+
+
+def maskable(value: str | None) -> bool:
+    """A value long enough to be a credential and not a switch (`true`, `none`)."""
+    return bool(value) and len(value) >= MIN_LENGTH and value.lower() not in _NEVER_MASKED
 
 
 def secret_env_names() -> list[str]:
@@ -49,7 +61,7 @@ def secret_env_names() -> list[str]:
 def remember(*values: str | None) -> None:
     """Mask these values from now on (a config's secret entries, a key read from ~/.netrc)."""
     with _lock:
-        _remembered.update(v for v in values if v and len(v) >= MIN_LENGTH)
+        _remembered.update(v for v in values if maskable(v))
 
 
 def remember_config(data: Any) -> None:
@@ -67,7 +79,7 @@ def remember_config(data: Any) -> None:
 
 def values() -> list[str]:
     """Every value masked now, longest first (so a secret containing another is masked whole)."""
-    found = {v for k, v in os.environ.items() if v and len(v) >= MIN_LENGTH and is_secret_name(k)}
+    found = {v for k, v in os.environ.items() if maskable(v) and is_secret_name(k)}
     with _lock:
         found |= _remembered
     return sorted(found, key=len, reverse=True)
