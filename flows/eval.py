@@ -524,7 +524,7 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.
             sent[p.name] = p
             attempt = run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
                                                  timeout_seconds=p.timeout)
-            running[attempt.submit(p, through.route(endpoint, p.name), env, board)] = p
+            running[attempt.submit(p, through.route(endpoint, p.name), {**env, **through.harness_env()}, board)] = p
         if not running:
             break
         future = next(as_completed(list(running)))

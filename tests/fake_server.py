@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--die-after", type=int, default=0, help="exit, as if killed, on the request after the first N")
     ap.add_argument("--never-healthy-on-restart", action="store_true",
                     help="with --journal: a start after the first never becomes healthy")
-    ap.add_argument("--journal", help="append `start` when started and `request` per completion request")
+    ap.add_argument("--journal", help="append `start` when started and `request` per completion request (with its "
+                    "Authorization header, if any)")
     ap.add_argument("--reports-version", help="GET /version answers this (vLLM's route); else 404")
     ap.add_argument("--tag", help="ignored: lets a test find its own server with pgrep")
     ap.add_argument("--model", help="the checkpoint folder (vLLM's flag)")
@@ -87,7 +88,7 @@ def main() -> None:
 
         def do_POST(self) -> None:  # noqa: N802
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            journal("request")
+            journal("request" + (f" authorization={auth}" if (auth := self.headers.get("Authorization")) else ""))
             self.server.posts += 1
             if 0 < args.die_after < self.server.posts:
                 print("fake server: dying (injected fault)", flush=True)

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from nemotron import endpoints, gate
+from nemotron import endpoints, gate, secrets
 from nemotron.endpoints import free_port
 from tests.helpers import FAKE
 
@@ -54,9 +55,10 @@ def upstream(tmp_path):
         yield url
 
 
-def post(url: str) -> int:
+def post(g: gate.Gate, url: str) -> int:
+    """A harness's request through gate `g` (with its token)."""
     req = urllib.request.Request(url, data=json.dumps({"prompt": "2+2="}).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **g.headers()})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             assert json.loads(r.read())["choices"]
@@ -71,9 +73,10 @@ def test_benchmarks_share_one_budget(upstream):
         urls = [f"{g.url}/{name}/v1/completions" for name in ("mmlu", "gsm8k") for _ in range(6)]
         start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            codes = list(pool.map(post, urls))
+            codes = list(pool.map(functools.partial(post, g), urls))
         took = time.monotonic() - start
-        with urllib.request.urlopen(f"{g.url}/mmlu/v1/models", timeout=5) as r:  # GETs pass, uncounted
+        with urllib.request.urlopen(urllib.request.Request(f"{g.url}/mmlu/v1/models", headers=g.headers()),
+                                    timeout=5) as r:  # GETs pass, uncounted
             assert json.loads(r.read())["data"][0]["id"] == "fake"
         record = g.record()
     assert codes == [200] * 12
@@ -95,7 +98,7 @@ def test_the_budget_comes_from_the_config_or_the_server_or_a_fallback(upstream):
 
 def test_a_dead_server_is_a_bad_gateway_the_harness_counts_as_infrastructure(tmp_path):
     with gate.open_gate(f"http://127.0.0.1:{free_port()}", budget=2) as g:
-        assert post(f"{g.url}/gsm8k/v1/completions") == 502
+        assert post(g, f"{g.url}/gsm8k/v1/completions") == 502
         record = g.record()
     assert record["benchmarks"]["gsm8k"] == {**record["benchmarks"]["gsm8k"], "requests": 1, "failed": 1}
     path = gate.append_record(tmp_path, record)
@@ -103,9 +106,9 @@ def test_a_dead_server_is_a_bad_gateway_the_harness_counts_as_infrastructure(tmp
     assert len(json.loads(path.read_text())) == 2
 
 
-def post_until_dropped(url: str) -> None:
+def post_until_dropped(g: gate.Gate, url: str) -> None:
     with contextlib.suppress(OSError):  # the gate closes the connection
-        post(url)
+        post(g, url)
 
 
 @contextlib.contextmanager
@@ -119,7 +122,7 @@ def test_closing_the_gate_does_not_wait_for_requests_in_flight():
     """Ctrl-C or a cancel mid-suite: the server is stopped right after, so the gate must not hold it up."""
     with never_answering_upstream() as upstream:
         with gate.open_gate(upstream, budget=2) as g:
-            threading.Thread(target=post_until_dropped, args=(f"{g.url}/gsm8k/v1/completions",), daemon=True).start()
+            threading.Thread(target=post_until_dropped, args=(g, f"{g.url}/gsm8k/v1/completions"), daemon=True).start()
             while not g.in_flight:
                 time.sleep(0.1)
             start = time.monotonic()
@@ -131,7 +134,8 @@ def test_a_request_whose_client_has_gone_frees_its_slot():
     not when the server answers the request nobody waits for."""
     with never_answering_upstream() as upstream, gate.open_gate(upstream, budget=1) as g:
         client = subprocess.Popen([sys.executable, "-c", "import urllib.request as u; u.urlopen(u.Request("
-                                   f"'{g.url}/gsm8k/v1/completions', data=b'{{}}'), timeout=600)"])
+                                   f"'{g.url}/gsm8k/v1/completions', data=b'{{}}', headers={g.headers()!r}), "
+                                   "timeout=600)"])
         deadline = time.monotonic() + 20
         while not g.in_flight and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -149,7 +153,7 @@ def test_replicas_share_the_requests_by_the_fewest_in_flight():
     with fake_upstream("--delay", "0.3") as (_, a), fake_upstream("--delay", "0.3") as (_, b), \
             gate.open_gate({"server-replica-1": a, "server-replica-2": b}, budget=4) as g:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(post, [f"{g.url}/gsm8k/v1/completions"] * 16))
+            codes = list(pool.map(functools.partial(post, g), [f"{g.url}/gsm8k/v1/completions"] * 16))
         record = g.record()
     assert codes == [200] * 16
     sent = {r["url"]: r["requests"] for r in record["replicas"]}
@@ -162,7 +166,7 @@ def test_a_replica_that_dies_costs_only_its_requests_in_flight():
     with fake_upstream("--delay", "1.0") as (doomed, a), fake_upstream("--delay", "0.2") as (_, b), \
             gate.open_gate({"server-replica-1": a, "server-replica-2": b}, budget=4) as g:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(post, f"{g.url}/gsm8k/v1/completions") for _ in range(24)]
+            futures = [pool.submit(post, g, f"{g.url}/gsm8k/v1/completions") for _ in range(24)]
             while not (held := next(r for r in g.replicas if r.url == a).in_flight):
                 time.sleep(0.02)
             doomed.kill()
@@ -180,18 +184,18 @@ def test_a_relaunched_replica_joins_and_the_last_one_alive_is_never_taken_out():
     with fake_upstream() as (doomed, a), gate.open_gate(a, budget=2) as g:
         doomed.kill()
         doomed.wait()
-        assert post(f"{g.url}/gsm8k/v1/completions") == 502  # one replica: the harness sees the failure
+        assert post(g, f"{g.url}/gsm8k/v1/completions") == 502  # one replica: the harness sees the failure
         assert g.replicas[0].alive  # and the flow's health watch decides, as before replicas
         with fake_upstream() as (_, b):
             g.remove(a)
             g.add(b)
-            assert post(f"{g.url}/gsm8k/v1/completions") == 200
+            assert post(g, f"{g.url}/gsm8k/v1/completions") == 200
             assert [r.requests for r in g.replicas] == [1, 1]
 
 
 def test_requests_before_the_server_is_healthy_wait_for_it_or_fail_if_it_never_is(upstream):
     with gate.open_gate(None) as g, concurrent.futures.ThreadPoolExecutor(4) as pool:
-        early = [pool.submit(post, f"{g.url}/gsm8k/v1/completions") for _ in range(3)]
+        early = [pool.submit(post, g, f"{g.url}/gsm8k/v1/completions") for _ in range(3)]
         time.sleep(1.0)
         assert not any(f.done() for f in early) and g.held == 3  # accepted, held
         g.open({"server": upstream}, 2)
@@ -199,7 +203,25 @@ def test_requests_before_the_server_is_healthy_wait_for_it_or_fail_if_it_never_i
         record = g.record()
     assert record["held_requests"] == 3 and record["budget"] == 2 and record["benchmarks"]["gsm8k"]["requests"] == 3
     with gate.open_gate(None) as g, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        early = pool.submit(post, f"{g.url}/gsm8k/v1/completions")
+        early = pool.submit(post, g, f"{g.url}/gsm8k/v1/completions")
         time.sleep(0.5)
         g.fail("the model server was not healthy after 20 s")
-        assert early.result(timeout=10) == 502 and post(f"{g.url}/gsm8k/v1/completions") == 502
+        assert early.result(timeout=10) == 502 and post(g, f"{g.url}/gsm8k/v1/completions") == 502
+
+
+def test_a_request_without_the_runs_token_is_refused_and_the_harnesses_are_not(upstream, tmp_path):
+    """Issue 27: the gate listens on the loopback and adds the endpoint's key upstream; any local user of a shared
+    login node could have sent requests with it. Without the run's token: 401, nothing counted or sent upstream."""
+    with gate.open_gate(upstream, budget=2, headers={"Authorization": "Bearer endpoint-key-0001"}) as g:
+        url = f"{g.url}/gsm8k/v1/completions"
+        for headers in ({}, {"Authorization": "Bearer endpoint-key-0001"}, {"Authorization": "Bearer wrong"}):
+            req = urllib.request.Request(url, data=b"{}", headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=10)
+            assert e.value.code == 401
+        assert post(g, url) == 200  # the run's own harness
+        assert g.record()["benchmarks"]["gsm8k"]["requests"] == 1
+    journal = (tmp_path / "journal").read_text().splitlines()
+    assert journal == ["start", "request authorization=Bearer endpoint-key-0001"]  # the key goes, the token not
+    assert secrets.mask(f"token {g.token}") == "token ***"
+

@@ -66,14 +66,14 @@ def test_a_dead_replica_is_relaunched_while_the_other_serves_and_no_request_fail
             fleet.watch(g)
             died = fleet.died
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                futures = [pool.submit(post, f"{g.url}/gsm8k/v1/completions") for _ in range(40)]
+                futures = [pool.submit(post, g, f"{g.url}/gsm8k/v1/completions") for _ in range(40)]
                 time.sleep(0.5)
                 launch.procs["server-replica-1"][0].kill()
                 codes = [f.result() for f in futures]
             deadline = time.monotonic() + 20
             while len(fleet.serving) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            after = [post(f"{g.url}/gsm8k/v1/completions") for _ in range(8)]
+            after = [post(g, f"{g.url}/gsm8k/v1/completions") for _ in range(8)]
             record = g.record()
             assert not died.is_set()
     assert codes == [200] * 40 and after == [200] * 8

@@ -91,6 +91,8 @@ class BenchmarkPlan:
             "config": {"type": self.task_type, "output_dir": self.output_dir, "params": self.params,
                        "required_capabilities": []},
             "target": {"api_endpoint": {"url": url, "model_id": endpoint.model_id, "type": self.endpoint_type,
+                                        # the variable's name; the harness sends its value as its bearer token
+                                        **({"api_key_name": endpoint.api_key_env} if endpoint.api_key_env else {}),
                                         "adapter_config": {"max_saved_requests": SAVE_ALL_REQUESTS}}},
         }
 
@@ -235,12 +237,13 @@ def retryable(error: BaseException) -> bool:
         return True
     if getattr(error, "kind", None) != "infrastructure":
         return False
-    endpoint = getattr(error, "endpoint", None)
-    return endpoint is None or healthy(endpoint)
+    endpoint, key_env = getattr(error, "endpoint", None), getattr(error, "key_env", None)
+    key = os.environ.get(key_env) if key_env else None
+    return endpoint is None or healthy(endpoint, {"Authorization": f"Bearer {key}"} if key else None)
 
 
 # what a harness needs from the flow's environment; nothing else is inherited (no cloud, Prefect or W&B keys)
-_HARNESS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SHELL",
+_HARNESS_ENV = ("PATH", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "SHELL",
                 "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "no_proxy",
                 "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                 "OMP_NUM_THREADS", "HF_ENDPOINT",
@@ -363,7 +366,7 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
         why = "was interrupted" if interrupted else f"exited with code {rc}"
         raise BenchmarkError(f"{bench.name}: nemo-evaluator {why} after {seconds:.0f} s ({kind} failure); "
                              f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}", kind,
-                             endpoint.health_url)
+                             endpoint.health_url, endpoint.api_key_env)
     try:
         scores = parse_output_dir(bench.name, out)
     except ValueError as e:

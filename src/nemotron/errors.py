@@ -33,10 +33,12 @@ class BenchmarkError(NemotronError):
     (server unreachable or dead, timeout, 5xx: retried), "configuration" (unknown task, missing
     tokenizer or data: not retried), "model" (the run ended but its output holds no scores)."""
 
-    def __init__(self, message: str, kind: str = "configuration", endpoint: str | None = None):
+    def __init__(self, message: str, kind: str = "configuration", endpoint: str | None = None,
+                 key_env: str | None = None):
         super().__init__(message)
         self.kind = kind
         self.endpoint = endpoint  # the health URL of the server it ran against: a dead one is relaunched, not retried
+        self.key_env = key_env  # the variable holding what that URL wants as a bearer token (a name, not a value)
 
     def __reduce__(self):  # keep the fields through pickling (Prefect stores task exceptions)
-        return type(self), (str(self), self.kind, self.endpoint)
+        return type(self), (str(self), self.kind, self.endpoint, self.key_env)

@@ -6,14 +6,22 @@ HTTP proxy in the flow's process: every harness sends to `<gate>/<benchmark>/v1/
 parallelism as large as the whole budget, and the gate lets at most `budget` requests through to
 the server at a time, whichever benchmarks they come from. It also counts what it forwards —
 the figures the throughput benchmark (perf/) and `in-flight.json` report.
+
+It listens on the loopback, where any user of a shared login node or worker could reach it, and it adds the
+endpoint's key upstream: it answers only the run's own harnesses, which send its per-run token as their bearer
+token (nemo-evaluator's `api_key_name`: the value stays in their environment, never in a file); anything else gets
+a 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
+import os
 import re
+import secrets as tokens
 import threading
 import time
 import urllib.request
@@ -24,6 +32,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from nemotron import secrets
 from nemotron.endpoints import Endpoint
 from nemotron.results import write_atomic
 
@@ -33,6 +42,7 @@ MAX_PER_ENGINE = 256  # vLLM's default max_num_seqs: more waits in its queue, no
 RECORD_FILE = "in-flight.json"
 CLOSE_SECONDS = 1.0
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+TOKEN_VAR = "NEMOTRON_GATE_TOKEN"  # the harness's variable holding the gate's token (its api_key_name)
 _KV_TOKENS = re.compile(r'^vllm:cache_config_info\{[^}]*\bkv_cache_size_tokens="?(\d+)', re.M)
 _BLOCKS = re.compile(r'^vllm:cache_config_info\{[^}]*\bnum_gpu_blocks="(\d+)"', re.M)
 _BLOCK_SIZE = re.compile(r'^vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', re.M)
@@ -115,6 +125,7 @@ class Gate:
     replicas: list[Replica]
     budget: int  # 0: not open yet (the server is loading): requests wait
     upstream_headers: dict[str, str] = field(default_factory=dict, repr=False)  # the server's key: never recorded
+    token: str = field(default_factory=lambda: tokens.token_urlsafe(32), repr=False)  # the run's harnesses send it
     url: str = ""
     opened: float = field(default_factory=time.time)  # when requests began to go through
     held: int = 0  # requests that arrived before the server was healthy, and waited for it
@@ -198,8 +209,20 @@ class Gate:
         return min(live, key=lambda r: r.in_flight) if live else None
 
     def route(self, endpoint: Endpoint, benchmark: str) -> Endpoint:
-        """Where one benchmark sends: the gate, under its name (which the gate counts it by)."""
-        return replace(endpoint, base_url=f"{self.url}/{benchmark}")
+        """Where one benchmark sends: the gate, under its name (which the gate counts it by), with the gate's token
+        (in the harness's `TOKEN_VAR`, see `harness_env`)."""
+        return replace(endpoint, base_url=f"{self.url}/{benchmark}", api_key_env=TOKEN_VAR)
+
+    def harness_env(self) -> dict[str, str]:
+        """What a harness needs in its environment to be let through."""
+        return {TOKEN_VAR: self.token}
+
+    def headers(self) -> dict[str, str]:
+        """What a client of this process sends to be let through (the throughput benchmark, tests)."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _admits(self, request: web.Request) -> bool:
+        return hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.token}")
 
     def record(self) -> dict:
         """The figures of this gate: budget, peak and mean requests in flight, per-benchmark traffic."""
@@ -211,10 +234,13 @@ class Gate:
                 "benchmarks": {name: asdict(t) for name, t in self.traffic.items()}}
 
     async def _forward(self, request: web.Request, session: aiohttp.ClientSession) -> web.StreamResponse:
+        if not self._admits(request):  # not one of this run's harnesses: nothing waits, counts or goes upstream
+            return web.Response(status=401, text="Unauthorized: this gate serves one evaluation run's harnesses")
         if (refused := await self._wait_open()) is not None:
             return refused
         name, rest = request.match_info["benchmark"], request.match_info["rest"]
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        # the gate's token stays here; the endpoint's key, if any, goes upstream instead
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS | {"authorization"}}
         headers.update(self.upstream_headers)
         body = await request.read()
         path = f"/{rest}" + (f"?{request.query_string}" if request.query_string else "")
@@ -308,6 +334,9 @@ def open_gate(upstreams: str | dict[str, str] | None, budget: int = 0,
     it). Without upstreams it holds what arrives until `Gate.open()` (the server is healthy) or `Gate.fail()`."""
     named = {"server": upstreams} if isinstance(upstreams, str) else upstreams or {}
     gate = Gate([], budget, dict(headers or {}))
+    secrets.remember(gate.token)
+    earlier = os.environ.get(TOKEN_VAR)
+    os.environ[TOKEN_VAR] = gate.token  # this process asks through it too (is the server behind it alive?)
     for name, url in named.items():
         gate.add(url, name)
     loop = asyncio.new_event_loop()
@@ -334,6 +363,10 @@ def open_gate(upstreams: str | dict[str, str] | None, budget: int = 0,
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(CLOSE_SECONDS + 5)
+        if earlier is None:
+            os.environ.pop(TOKEN_VAR, None)
+        else:
+            os.environ[TOKEN_VAR] = earlier
 
 
 def append_record(run_dir: Path, record: dict) -> Path:
