@@ -186,6 +186,23 @@ def test_harness_env_is_built_from_what_it_needs_not_inherited(tmp_path, monkeyp
     assert env["PATH"].split(os.pathsep)[:2] == [str(harness.harness_bin()), str(Path(sys.executable).parent)]
 
 
+def test_a_harness_has_a_home_of_its_own_and_the_users_hf_cache_by_path(tmp_path, monkeypatch):
+    """Issue 27: with the user's HOME, the harness and the dataset code it runs could read ~/.netrc (the W&B key),
+    which `requests` sends to a matching host by itself, and the user's cloud credentials."""
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "nemotron"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    env = benchmarks.harness_env(None, offline=False)
+    assert env["HOME"] == str(tmp_path / "nemotron" / "harness-home") != os.environ["HOME"]
+    assert (Path(env["HOME"]).stat().st_mode & 0o777) == 0o700
+    assert env["HF_HOME"] == str(tmp_path / "user" / ".cache" / "huggingface")  # where the user's cache is
+    assert env["NEMOTRON_HOME"] == str(tmp_path / "nemotron")  # lm-eval's task index, kept where it was
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert benchmarks.harness_env(None, offline=False)["HF_HOME"] == str(tmp_path / "xdg" / "huggingface")
+    assert benchmarks.harness_env(tmp_path / "given", offline=False)["HF_HOME"] == str(tmp_path / "given")
+
+
 def test_a_second_claim_on_the_same_benchmark_waits_for_the_first(tmp_path, monkeypatch):
     """Two runs of one evaluation: the second waits (before serving), then goes on; it never fails."""
     monkeypatch.setattr(benchmarks, "CLAIM_POLL_SECONDS", 0.1)

@@ -37,7 +37,7 @@ import anyio
 import httpx
 import yaml
 
-from nemotron import engines, harness, registry, results, secrets
+from nemotron import engines, harness, registry, results, runtime, secrets
 from nemotron.config import EvalConfig, TaskSpec
 from nemotron.endpoints import Endpoint, free_port, healthy
 from nemotron.errors import BenchmarkError, ConfigError
@@ -251,22 +251,38 @@ _HARNESS_ENV = ("PATH", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "
 _HARNESS_ENV_PREFIXES = ("LC_", "XDG_")
 
 
+def harness_home() -> Path:
+    """The harnesses' HOME: a folder of their own, not the user's, so that neither they nor the dataset code they run
+    find ~/.netrc (the W&B key, which `requests` sends to a matching host by itself), cloud credentials or keys."""
+    home = runtime.home() / "harness-home"
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return home
+
+
 def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
     """Environment for run_eval, built from what it needs: `lm-eval` on PATH (nemotron.harness's, then the
-    venv's), telemetry off, the HF cache and offline switches, and `HF_TOKEN` (gated datasets) when set."""
+    venv's), telemetry off, a private HOME, the HF cache (the user's, by path) and offline switches, this
+    project's folder (lm-eval's task index), and `HF_TOKEN` (gated datasets) when set."""
     env = {k: v for k, v in os.environ.items() if k in _HARNESS_ENV or k.startswith(_HARNESS_ENV_PREFIXES)}
+    env["HOME"], env["NEMOTRON_HOME"] = str(harness_home()), str(runtime.home())
     launcher = harness.harness_bin()
     env["PATH"] = os.pathsep.join([*([str(launcher)] if launcher else []), str(Path(sys.executable).parent),
                                    env.get("PATH", os.defpath)])
     env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] = "0"
     if os.environ.get("HF_TOKEN"):
         env["HF_TOKEN"] = os.environ["HF_TOKEN"]
-    hf_home = hf_home or (Path(os.environ["HF_HOME"]) if os.environ.get("HF_HOME") else None)
-    if hf_home is not None:
-        env["HF_HOME"] = str(hf_home)
+    env["HF_HOME"] = str(hf_home or _users_hf_home())
     if offline:
         env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
+
+
+def _users_hf_home() -> Path:
+    """Where the Hugging Face libraries look here: $HF_HOME, else $XDG_CACHE_HOME/huggingface, else
+    ~/.cache/huggingface (the harness's HOME is another folder, so it is given this one by path)."""
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface"
 
 
 async def _stop_group(proc: asyncio.subprocess.Process) -> None:
