@@ -75,8 +75,9 @@ async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str,
     log = get_run_logger()
     log.info("running %s (%s) into %s", bench.name, bench.task_type, bench.output_dir)
     board.start(bench.name)
-    result = await benchmarks.run_benchmark(bench, endpoint, env, on_line=log.warning,
-                                            on_output=functools.partial(board.read, bench.name))
+    with secrets.scrubbed():  # a failure's text becomes the task's state message: no secret in it
+        result = await benchmarks.run_benchmark(bench, endpoint, env, on_line=log.warning,
+                                                on_output=functools.partial(board.read, bench.name))
     for s in result.scores:
         log.info("%s %s = %.4f ± %s (n=%s)", s.benchmark, s.metric, s.value, s.stderr, s.samples)
     return result
@@ -97,7 +98,8 @@ def squash_image(image: str, profile: Profile, force: bool) -> str:
     path, command = cluster.squash_step(profile, image, force)
     get_run_logger().info("[squash] %s to %s%s", image, path, " (--force-squash)" if force else ", unless it is there")
     unset = secrets.secret_env_names()  # `srun --export=ALL` would hand them to the import job
-    ShellOperation(commands=[*([f"unset {' '.join(unset)}"] if unset else []), command]).run()
+    with secrets.scrubbed():
+        ShellOperation(commands=[*([f"unset {' '.join(unset)}"] if unset else []), command]).run()
     return path
 
 
@@ -111,7 +113,8 @@ def export_to_wandb(suite: SuiteResult, manifest: dict) -> dict | None:
     if where is None:
         log.info(skipped)
         return None
-    return wandb_export.export(suite, manifest, config, where, say=log.info)
+    with secrets.scrubbed():
+        return wandb_export.export(suite, manifest, config, where, say=log.info)
 
 
 CANCEL_POLL_SECONDS = 3.0
@@ -188,6 +191,13 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     `profile` names an env.toml profile: the server runs there (Slurm), the benchmarks run here.
     """
     secrets.mask_logging()  # console and Prefect's API: no secret value leaves in a log line
+    with secrets.scrubbed():  # an exception's text becomes the run's state message, its traceback a log line
+        return evaluate(model, tasks, config, profile, overrides, force_squash)
+
+
+def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: str | None,
+             overrides: list[str] | None, force_squash: bool) -> SuiteResult:
+    """The steps of `nano3_eval`, in its flow run."""
     log = get_run_logger()
     say = log.info
     request = EvalRequest(model=model, tasks=tasks, config=config, profile=profile, overrides=overrides or [],

@@ -70,3 +70,72 @@ def test_log_records_are_masked_by_the_handler_filter(monkeypatch, caplog):
     logger.warning("model %s failed", "wandb-key-abcdef123")
     logger.removeHandler(handler)
     assert seen == ["model *** failed"]
+
+
+def _failing(secret: str) -> None:
+    try:
+        raise OSError(f"the tunnel said {secret}")
+    except OSError as e:
+        raise ValueError(f"serving failed: {secret}") from e
+
+
+def test_a_traceback_is_masked_before_any_handler_formats_it(monkeypatch):
+    """Issue 27: Prefect logs every failed run with exc_info, formatted after the filters ran."""
+    monkeypatch.setenv("MY_SERVICE_AUTH", "tb-secret-5150")
+    logger = logging.getLogger("nemotron-test-traceback")
+    handler = logging.Handler()
+    seen = []
+    handler.emit = lambda record: seen.append(handler.format(record))
+    logger.addHandler(handler)
+    secrets.mask_logging()
+    try:
+        _failing("tb-secret-5150")
+    except ValueError:
+        logger.exception("the run failed")
+    logger.removeHandler(handler)
+    (text,) = seen
+    assert "tb-secret-5150" not in text
+    assert "Traceback (most recent call last)" in text and "ValueError: serving failed: ***" in text
+    assert "OSError: the tunnel said ***" in text  # the cause, too
+
+
+def test_an_exception_leaves_a_scrubbed_block_masked_and_of_its_own_type(monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("GITHUB_PAT", "pat-7781")
+    with pytest.raises(ValueError) as e, secrets.scrubbed():  # the type stays: retries classify by it
+        _failing("pat-7781")
+    assert str(e.value) == "serving failed: ***" and str(e.value.__cause__) == "the tunnel said ***"
+    with pytest.raises(RuntimeError) as e, secrets.scrubbed():  # a text built from the exception's fields
+        raise subprocess.CalledProcessError(1, ["curl", "-H", "Authorization: pat-7781"])
+    assert "pat-7781" not in str(e.value) and str(e.value).startswith("CalledProcessError: Command ")
+
+
+def test_a_flow_that_fails_with_a_secret_leaves_none_in_its_state_or_its_logs(monkeypatch):
+    """Issue 27: the state message (format_exception) and the traceback Prefect logs, read back from the API."""
+    from prefect import flow, get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    monkeypatch.setenv("OPENAI_KEY", "sk-flow-31337")
+
+    @flow(name="secret-failure")
+    def failing(n: int = 1):
+        secrets.mask_logging()
+        with secrets.scrubbed():
+            _failing("sk-flow-31337")
+
+    state = failing(return_state=True)
+    assert state.is_failed()
+    assert "sk-flow-31337" not in state.message and "***" in state.message, state.message
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        for _ in range(30):  # the API handler sends in batches
+            logs = "\n".join(e.message for e in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))))
+            if "Traceback" in logs:
+                break
+            import time
+            time.sleep(0.5)
+        flow_state = client.read_flow_run(run_id).state
+    assert "Traceback" in logs and "ValueError: serving failed: ***" in logs, logs
+    assert "sk-flow-31337" not in logs and "sk-flow-31337" not in (flow_state.message or "")

@@ -80,6 +80,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    secrets.mask_uncaught()
     words = sys.argv[1:] if argv is None else list(argv)
     try:
         if words[:3] == ["nano3", "eval", "compare"]:  # its own options (--rule), not the evaluation's
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return setup()
         return evaluate(args)
     except NemotronError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(secrets.mask(f"error: {e}"), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -281,11 +282,13 @@ def monitor(command: str, rest: list[str]) -> int:
     from nemotron import detached
 
     if rest and (job := detached.load(rest[0])) is not None:  # a Slurm job id that `--batch` submitted itself
-        print(detached.report(job, logs=command == "logs"))
+        print(secrets.mask(detached.report(job, logs=command == "logs")))
         return 0
     from flows import status
 
-    print(status.report(rest[0] if rest else None, logs=command == "logs"))
+    # what the run logged went through the redactor; a server log read over the tunnel and this machine's
+    # secrets that run never knew have not
+    print(secrets.mask(status.report(rest[0] if rest else None, logs=command == "logs")))
     return 0
 
 

@@ -9,11 +9,15 @@ is masked there too, which a redactor that only looks at key names cannot do.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
+import sys
 import threading
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 MASK = "***"
@@ -110,18 +114,71 @@ def contains_secret(text: str) -> bool:
 
 
 class MaskingFilter(logging.Filter):
-    """Masks secret values in every record a handler emits (console, Prefect's API, files)."""
+    """Masks secret values in every record a handler emits (console, Prefect's API, files): its message, and the
+    traceback Prefect attaches to every failed run, which a handler formats only after the filters ran."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         hidden = mask(message)
         if hidden != message:
             record.msg, record.args = hidden, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            if contains_secret(text):  # handlers use exc_text once exc_info is gone
+                record.exc_info, record.exc_text = None, mask(text)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info)
         return True
+
+
+def scrub(error: BaseException) -> BaseException:
+    """The exception with the secrets in its text masked, for what leaves the process with it (Prefect's state
+    message, the traceback it logs): its arguments and its causes' are masked in place, so its type stays for
+    whoever classifies it (retries); one whose text is built from other fields (a command it ran) and still shows
+    a secret becomes a RuntimeError with the masked text."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current.args = tuple(mask(a) if isinstance(a, str) else a for a in current.args)
+        current = current.__cause__ or current.__context__
+    if not any(contains_secret("".join(traceback.format_exception_only(e))) for e in chain):
+        return error
+    hidden = RuntimeError(f"{type(error).__name__}: {mask(str(error))}")
+    hidden.__suppress_context__ = True
+    return hidden
+
+
+@contextlib.contextmanager
+def scrubbed() -> Iterator[None]:
+    """An exception leaves the block with its secrets masked (`scrub`): around a flow's or a task's body."""
+    try:
+        yield
+    except Exception as e:
+        hidden = scrub(e)
+        if hidden is e:
+            raise
+        raise hidden from None
+
+
+def mask_uncaught() -> None:
+    """An exception nobody catches is printed with its secrets masked (this process's main and other threads)."""
+    def show(kind, error, tb, header: str = "") -> None:
+        sys.stderr.write(mask(header + "".join(traceback.format_exception(kind, error, tb))))
+
+    def show_thread(a) -> None:
+        if a.exc_type is not SystemExit:
+            show(a.exc_type, a.exc_value, a.exc_traceback,
+                 f"Exception in thread {a.thread.name if a.thread else '?'}:\n")
+
+    sys.excepthook, threading.excepthook = show, show_thread
 
 
 def mask_logging() -> None:
     """Put a MaskingFilter on every handler this process logs through (idempotent)."""
+    mask_uncaught()
     loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
                                       if isinstance(lg, logging.Logger))]
     for handler in {h for lg in loggers for h in lg.handlers}:
