@@ -31,14 +31,15 @@ def test_the_job_script_holds_no_secret_and_runs_the_flow_with_the_profile_insid
     for value in ("wandb-detached-0123456789", "hf_detachedToken42", "pw-detached-literal"):
         assert value not in script
     unset, sourced = script.index("unset HF_TOKEN NEMOTRON_SECRET_OVERRIDE_0 WANDB_API_KEY\n"), \
-        script.index(". /cluster/.secrets/x.env; set +a; rm -f /cluster/.secrets/x.env")
+        script.index(". /cluster/.secrets/x.env; set +a;")
     assert unset < sourced  # inherited values go, the job's own come from the private file
+    assert "rm -f" not in script  # kept for a requeue: a job that waits for this one's end removes it
     assert script.splitlines()[-1] == (
         "exec python -m nemotron.detached nano3 eval -c local -t gsm8k --run local-slurm-ssh "
         "'deployment.env.SERVICE_PASSWORD=${oc.env:NEMOTRON_SECRET_OVERRIDE_0}' run.model=/ckpt/a")
     assert "cd /var/tmp/nemotron-login/jobs" in script  # a relative output_dir lands on the cluster's disk
     # the values travel in the private file instead
-    text = detached.secrets_text({"NEMOTRON_SECRET_OVERRIDE_0": "pw-detached-literal"})
+    text = detached.secrets_text(detached.secrets_for(request, ssh_profile, None))
     assert "WANDB_API_KEY=wandb-detached-0123456789\n" in text
     assert "NEMOTRON_SECRET_OVERRIDE_0=pw-detached-literal\n" in text
 
@@ -108,3 +109,48 @@ def test_batch_against_a_prefect_api_that_answers_an_error_stops_and_submits_not
                      r"nothing was submitted", r.stderr) and r.stderr.count("\n") == 1, r.stderr
     assert "submitted" not in r.stdout and "cluster" not in r.stdout and seen
     assert not (tmp_path / "out").exists()
+
+
+def test_the_job_gets_the_secrets_it_needs_and_no_other_secret_of_this_machine(ssh_profile, monkeypatch, tmp_path):
+    """Issue 27: every secret-named variable of the laptop (AWS, GitHub, ...) went to the cluster."""
+    for name, value in {"WANDB_API_KEY": "wandb-need-0123", "HF_TOKEN": "hf_need_0123", "ENDPOINT_KEY": "ep-need-01",
+                        "CFG_TOKEN": "cfg-need-0123", "AWS_SECRET_ACCESS_KEY": "aws-other-0123",
+                        "GITHUB_PAT": "gh-other-0123", "OPENAI_KEY": "oa-other-0123"}.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"extends: {REPO}/config/local.yaml\n"
+                      "deployment:\n  env:\n    SERVER_TOKEN: ${oc.env:CFG_TOKEN}\n")
+    profile = ssh_profile.model_copy(update={"env_vars": {"SITE_TOKEN": "site-need-0123", "OMP_NUM_THREADS": "4"}})
+    request = EvalRequest.checked(tasks=["gsm8k"], config=str(config), profile="local-slurm-ssh", overrides=[])
+    given = detached.secrets_for(request, profile, "ENDPOINT_KEY")
+    assert given == {"HF_TOKEN": "hf_need_0123", "CFG_TOKEN": "cfg-need-0123", "ENDPOINT_KEY": "ep-need-01",
+                     "WANDB_API_KEY": "wandb-need-0123", "SITE_TOKEN": "site-need-0123"}
+
+
+def test_a_profiles_secret_env_vars_are_named_in_the_job_and_read_from_its_private_file(ssh_profile, tmp_path):
+    """Issue 27: NeMo-Run writes env_vars as `export K=V` into the sbatch script; the detached job wrote the
+    whole profile into its own. Secret ones now travel by name; the others are quoted for the shell."""
+    profile = ssh_profile.model_copy(update={"env_vars": {"SITE_TOKEN": "site-secret-0123", "NOTE": "a b;c"}})
+    assert profile.job_env() == {"NOTE": "'a b;c'"} and profile.secret_env() == {"SITE_TOKEN": "site-secret-0123"}
+    request = EvalRequest.checked(tasks=["gsm8k"], config="local", profile="local-slurm-ssh", overrides=[])
+    script = detached.job_script(request, profile, "/cluster/envs/abc", "/cluster/.secrets/x.env", None, None)
+    assert "site-secret-0123" not in script
+    toml = re.search(r"<<'(NEMOTRON_ENV_\w+)'\n(.*)\n\1\n", script, re.S).group(2)
+    (tmp_path / "env.toml").write_text(toml)
+    with pytest.raises(profiles.ConfigError, match=r"env_vars.SITE_TOKEN of profile 'local-slurm-ssh' = "
+                                                   r"'\$\{SITE_TOKEN\}' names a variable that is not set here"):
+        profiles.load_profile("local-slurm-ssh", tmp_path / "env.toml")
+    import os
+    os.environ["SITE_TOKEN"] = "site-secret-0123"  # what the job's private file gives it
+    try:
+        inside = profiles.load_profile("local-slurm-ssh", tmp_path / "env.toml")
+    finally:
+        del os.environ["SITE_TOKEN"]
+    assert inside.env_vars == {"SITE_TOKEN": "site-secret-0123", "NOTE": "a b;c"}
+
+
+def test_the_cleanup_job_waits_for_the_flow_jobs_end_and_removes_its_private_files(ssh_profile):
+    command = detached.cleanup_command(ssh_profile, "1234", ["/c/.secrets/a.env", "/c/.secrets/b.yaml"])
+    assert command.startswith("sbatch --parsable --dependency=afterany:1234 --job-name=nemotron-eval.cleanup ")
+    assert command.endswith("--wrap 'rm -f /c/.secrets/a.env /c/.secrets/b.yaml'")
+

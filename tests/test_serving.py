@@ -9,6 +9,7 @@ import pytest
 from nemotron import endpoints, serving
 from nemotron.config import load_config
 from nemotron.errors import ServeError
+from tests.helpers import nemotron
 
 
 def test_gpu_command_from_default_config():
@@ -182,9 +183,43 @@ def test_the_job_script_holds_no_secret_and_the_server_no_inherited_one(tmp_path
     assert f"unset {' '.join(spec.unset)}" in script and "export PLAIN=plain-v" in script
     probe = serving.ServerSpec("env > \"$JOB_DIR/server-env\"; sleep 1", spec.env, "127.0.0.1", 0, "m", 60,
                                secret_env=spec.secret_env, unset=spec.unset)
-    job = run_script(tmp_path, probe, script=serving.job_script(probe, str(private)))
+    for _ in range(2):  # the second: Slurm runs a requeued job's script again, which must find its secrets
+        (tmp_path / "server-env").unlink(missing_ok=True)
+        job = run_script(tmp_path, probe, script=serving.job_script(probe, str(private)))
+        job.wait(timeout=30)
+        env = (tmp_path / "server-env").read_text()
+        assert "SERVER_TOKEN=server-secret-333" in env and "PLAIN=plain-v" in env
+        assert "wandb-secret-value-1" not in env and "aws-secret-value-22" not in env
+    assert private.exists()  # the submitter removes it once the job has ended for good
+
+    # a job whose submitter is gone stops itself, for good: it removes the file
+    orphan = serving.ServerSpec("sleep 60", spec.env, "127.0.0.1", 0, "m", 60, heartbeat_timeout=1,
+                                secret_env=spec.secret_env, unset=spec.unset)
+    job = run_script(tmp_path, orphan, script=serving.job_script(orphan, str(private)))
     job.wait(timeout=30)
-    env = (tmp_path / "server-env").read_text()
-    assert "SERVER_TOKEN=server-secret-333" in env and "PLAIN=plain-v" in env
-    assert "wandb-secret-value-1" not in env and "aws-secret-value-22" not in env
-    assert not private.exists()  # read once, then deleted
+    assert not private.exists()
+
+
+def test_a_profiles_env_vars_reach_the_sbatch_script_quoted_and_its_secrets_do_not(tmp_path):
+    """Issue 27: NeMo-Run writes env_vars as `export K=V`, unquoted, into the sbatch script on the cluster's
+    disk, and the dry run masked the values, so the preview hid what went to disk. A secret may come from a
+    variable (`"${NAME}"`) instead of being written into env.toml."""
+    from nemotron import profiles
+
+    (tmp_path / "env.toml").write_text(
+        '[site]\nexecutor = "slurm"\naccount = "root"\npartition = "batch"\ntunnel = "local"\n'
+        'env_vars = { SITE_TOKEN = "${SITE_SECRET}", NOTE = "a b;c" }\n')
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--run", "site", f"evaluation.output_dir={tmp_path}",
+                 env={"NEMOTRON_ENV_FILE": str(tmp_path / "env.toml"), "SITE_SECRET": "site-secret-0456"})
+    assert r.returncode == 0, r.stderr
+    sbatch = r.stdout[r.stdout.index("# sbatch script NeMo-Run would submit"):]
+    assert "export NOTE='a b;c'" in sbatch
+    assert "site-secret-0456" not in r.stdout + r.stderr and "SITE_TOKEN" not in sbatch
+    missing = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--run", "site",
+                       env={"NEMOTRON_ENV_FILE": str(tmp_path / "env.toml")})
+    assert missing.returncode == 2 and missing.stderr == (
+        "error: env_vars.SITE_TOKEN of profile 'site' = '${SITE_SECRET}' names a variable that is not set here; "
+        "set SITE_SECRET or write the value\n"), missing.stderr
+    secret = profiles.Profile(name="p", env_vars={"SITE_TOKEN": "site-secret-0456", "NOTE": "x"})
+    spec = serving.server_spec(load_config("local").deployment, "/ckpt", profile=secret)
+    assert spec.secret_env == {"SITE_TOKEN": "site-secret-0456"} and "SITE_TOKEN" not in spec.env

@@ -135,16 +135,23 @@ def test_batch_without_prefect_runs_the_whole_evaluation_in_the_cluster(tmp_path
 
     args = ["-c", "local", "--batch", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k",
             *limited(checkpoint.parent / "results", checkpoint)]
+    private = Path(LOGIN_JOBS) / ".secrets"
+    earlier = set(private.iterdir()) if private.is_dir() else set()
     start = time.monotonic()
-    r = cli(*args, env=no_prefect(tmp_path))
+    # issue 27: the job gets the hub token it may need, not the laptop's other secrets
+    r = cli(*args, env={**no_prefect(tmp_path), "HF_TOKEN": "hf_batch_needed_1234", "GITHUB_PAT": "gh-batch-other"})
     submitted_in = time.monotonic() - start
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert submitted_in < 30, submitted_in
     assert r.stdout.startswith("no Prefect server is configured (PREFECT_API_URL is unset): the evaluation goes to "
                                "the cluster itself"), r.stdout
+    assert "secrets it gets, through a private file: HF_TOKEN\n" in r.stdout, r.stdout
     job = re.search(r"submitted Slurm job (\d+) on local-slurm-ssh", r.stdout).group(1)
     assert f"results: under {checkpoint.parent}/results on the cluster" in r.stdout
-    wait_until_the_queue_is_empty()
+    (given,) = set(private.iterdir()) - earlier  # while the job may run (again), its private file is there
+    assert "hf_batch_needed_1234" in given.read_text() and "gh-batch-other" not in given.read_text()
+    wait_until_the_queue_is_empty()  # the flow job, its server job, and the job that removes the private file
+    assert not given.exists(), "the private file outlived the job"
 
     status = cli("status", job, env=no_prefect(tmp_path))
     assert status.returncode == 0, status.stderr

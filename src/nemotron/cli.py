@@ -139,16 +139,18 @@ def evaluate(args: argparse.Namespace) -> int:
             from nemotron import detached
 
             request = _request(args, name, secrets.hidden_overrides(args.overrides))
+            given = detached.secrets_for(request, profile, cfg.deployment.api_key_env)
             text += ("\n# detached flow job script (--batch when no Prefect deployment takes the run; secrets come "
                      "from a private file)\n" + detached.job_script(request, profile, detached.environment_dir(profile),
-                                                                   "<private file>", None, None) + "\n")
+                                                                   "<private file>", None, None) + "\n"
+                     + f"# secrets the job gets through that file: {', '.join(sorted(given)) or 'none'}\n")
         print(secrets.mask(text))
         return 0
     if to_prefect:
         return submit_batch(_request(args, name, args.overrides))
     if args.batch:
         return submit_detached(_request(args, name, secrets.hidden_overrides(args.overrides)), profile, route,
-                               cfg.evaluation.output_dir)
+                               cfg.evaluation.output_dir, cfg.deployment.api_key_env)
     wandb_export.detect_login()
     # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values,
     # and what reads this process's command line (W&B records it as run metadata) sees them masked
@@ -417,12 +419,15 @@ def submit_batch(request: EvalRequest) -> int:
     return 0
 
 
-def submit_detached(request: EvalRequest, profile: profiles.Profile, route: BatchRoute, output_dir: str) -> int:
+def submit_detached(request: EvalRequest, profile: profiles.Profile, route: BatchRoute, output_dir: str,
+                    api_key_env: str | None) -> int:
     """`--batch` without a Prefect deployment: the evaluation itself as a Slurm job in the cluster; returns at once."""
     from nemotron import detached
 
     print(f"{route.reason}: the evaluation goes to the cluster itself, as a Slurm job")
-    job = detached.submit(request, profile, route.api, output_dir)
+    given = detached.secrets_for(request, profile, api_key_env)
+    print(f"secrets it gets, through a private file: {', '.join(sorted(given)) or 'none'}")
+    job = detached.submit(request, profile, route.api, output_dir, given)
     print(f"submitted Slurm job {job.job_id} on {profile.name}: the flow runs there, serves through the profile "
           f"(its own server job) and runs the benchmarks next to the checkpoint\n"
           f"environment: {job.environment} ({'built now' if job.built else 'reused'})\n"

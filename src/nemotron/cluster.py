@@ -178,7 +178,7 @@ def _slurm_target(run, profile: Profile, home: str, **resources) -> Target:
         tunnel = _ssh_tunnel(run, profile)
     else:
         tunnel = run.LocalTunnel(job_dir=os.path.join(home, "experiments"))  # must be <NEMORUN_HOME>/experiments
-    executor = run.SlurmExecutor(account=profile.account or "", time=profile.time, env_vars=dict(profile.env_vars),
+    executor = run.SlurmExecutor(account=profile.account or "", time=profile.time, env_vars=profile.job_env(),
                                  job_name_prefix=JOB_NAME_PREFIX, tunnel=tunnel, poll_estimated_start_time=False,
                                  **resources)
     return Target(executor, tunnel, home, slurm=True, ssh=profile.tunnel == "ssh")
@@ -194,7 +194,7 @@ def put(target: Target, local: str, remote: str) -> None:
 
 def write_private(target: Target, profile: Profile | None, text: str, suffix: str = ".env") -> str:
     """A file only the job's user can read, beside the job folders but not in them (they are kept and
-    copied; this is deleted by the job once read); returns its path where the job runs."""
+    copied; this is removed once the job has ended for good); returns its path where the job runs."""
     base = profile.remote_job_dir if target.ssh else target.home
     folder = f"{base.rstrip('/')}/.secrets"
     name = f"{folder}/{uuid.uuid4().hex}{suffix}"

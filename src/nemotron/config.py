@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,6 +256,16 @@ def load_config(name: str = "default", overrides: list[str] | None = None) -> Ev
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve config {name!r}: {str(e).splitlines()[0]}") from None
     return validate(data)
+
+
+ENV_REFERENCE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def env_references(name: str = "default", overrides: list[str] | None = None) -> set[str]:
+    """The environment variables config `name` with `overrides` reads (`${oc.env:NAME...}`): what a job that loads
+    it elsewhere must be given."""
+    found = set(ENV_REFERENCE.findall(OmegaConf.to_yaml(_load_file(config_path(name)))))
+    return found.union(*(ENV_REFERENCE.findall(o) for o in overrides or []))  # applied, an override is resolved
 
 
 def _default_wandb_site(node: Any) -> None:

@@ -90,6 +90,8 @@ def env_toml(profile: Profile, wandb: profiles.WandbSettings) -> str:
         return json.dumps(v)  # strings, numbers, booleans and lists of strings are the same in TOML
 
     inside = cluster_profile(profile).model_dump(exclude={"name"}, exclude_none=True, by_alias=False)
+    if inside.get("env_vars"):  # a secret's value comes from the job's private file, by its name
+        inside["env_vars"] = {k: f"${{{k}}}" if k in profile.secret_env() else v for k, v in inside["env_vars"].items()}
     lines = [f"[{json.dumps(profile.name)}]", *(f"{k} = {value(v)}" for k, v in inside.items())]
     if wandb.entity or wandb.project:
         lines += ["", "[wandb]", *(f"{k} = {json.dumps(v)}" for k, v in wandb.model_dump(exclude_none=True).items())]
@@ -98,8 +100,9 @@ def env_toml(profile: Profile, wandb: profiles.WandbSettings) -> str:
 
 def job_script(request: EvalRequest, profile: Profile, environment: str, secrets_file: str | None,
                prefect_api: str | None, config_file: str | None) -> str:
-    """The flow job: no secret in it (they come from a private file, deleted once read), the code shipped beside it,
-    the evaluation as `eval --run PROFILE` from the cluster's job folder (a relative output_dir lands there)."""
+    """The flow job: no secret in it (they come from a private file, kept while Slurm may run the job again and
+    removed by a job that waits for its end), the code shipped beside it, the evaluation as `eval --run PROFILE`
+    from the cluster's job folder (a relative output_dir lands there)."""
     args = ["nano3", "eval", "-c", config_file or request.config, *(a for t in request.tasks or () for a in ("-t", t)),
             "--run", profile.name, *(["--force-squash"] if request.force_squash else []), *request.overrides]
     marker = f"NEMOTRON_ENV_{uuid.uuid4().hex[:8]}"
@@ -109,7 +112,7 @@ def job_script(request: EvalRequest, profile: Profile, environment: str, secrets
              "unset PREFECT_API_KEY PREFECT_API_URL"]
     if secrets_file:
         f = shlex.quote(secrets_file)
-        lines.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; rm -f {f}; else echo missing {f} >&2; fi")
+        lines.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; else echo missing {f} >&2; fi")
     wandb = profiles.wandb_settings()
     lines += [
         f"cat > \"$JOB_DIR/env.toml\" <<'{marker}'", env_toml(profile, wandb).rstrip("\n"), marker,
@@ -121,27 +124,58 @@ def job_script(request: EvalRequest, profile: Profile, environment: str, secrets
         *([f"export PREFECT_API_URL={shlex.quote(prefect_api)}"] if prefect_api else []),
         f"cd {shlex.quote(profile.remote_job_dir)}",
         # exec: the flow is the step's process, which Slurm signals and, after KillWait, kills with all it started
-        "exec python -m nemotron.detached " + " ".join(map(shlex.quote, [
-            *(["--remove", config_file] if config_file else []), *args])),
+        "exec python -m nemotron.detached " + " ".join(map(shlex.quote, args)),
     ]
     return "\n".join(lines)
 
 
-def secrets_text(request_env: dict[str, str]) -> str:
-    """What the job must have that may not be in a script: the submitter's secret variables (W&B, HF), the W&B key
-    from ~/.netrc, and the values of secret overrides (`${oc.env:NEMOTRON_SECRET_OVERRIDE_n}`)."""
-    env = {k: os.environ[k] for k in secrets.secret_env_names()}
-    key = wandb_export.api_key()
-    if key and "WANDB_API_KEY" not in env:
+HUB_TOKENS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def secrets_for(request: EvalRequest, profile: Profile, api_key_env: str | None) -> dict[str, str]:
+    """`job_secrets` for this request: the secret variables its config and overrides read."""
+    from nemotron.config import env_references
+
+    read = env_references(request.config, request.overrides)
+    return job_secrets(profile, {n for n in read if secrets.is_secret_name(n) or n.startswith(SECRET_OVERRIDE)},
+                       api_key_env)
+
+
+SECRET_OVERRIDE = "NEMOTRON_SECRET_OVERRIDE_"  # cli.hidden_overrides
+
+
+def job_secrets(profile: Profile, referenced: set[str], api_key_env: str | None) -> dict[str, str]:
+    """What the job needs that may not be in a script, and nothing else of this machine's: the W&B key (its
+    variable, else ~/.netrc), the hub token, the running endpoint's key (deployment.api_key_env), the variables
+    the config reads (`${oc.env:NAME}`, a secret override's `NEMOTRON_SECRET_OVERRIDE_n` among them) and the
+    profile's secret env_vars. An AWS or GitHub key that happens to be set here stays here."""
+    env = {k: os.environ[k] for k in (*HUB_TOKENS, *sorted(referenced), *([api_key_env] if api_key_env else []))
+           if os.environ.get(k)}
+    if key := os.environ.get("WANDB_API_KEY") or wandb_export.api_key():
         env["WANDB_API_KEY"] = key
-    env.update(request_env)
+    return {**env, **profile.secret_env()}
+
+
+def secrets_text(env: dict[str, str]) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
+def cleanup_command(profile: Profile, job_id: str, files: list[str]) -> str:
+    """A job that removes the private files once the flow job has ended for good (completed, failed, cancelled,
+    never started): Slurm starts it after the job's end, not after a requeue."""
+    options = ["--parsable", f"--dependency=afterany:{job_id}", f"--job-name={cluster.JOB_NAME_PREFIX}cleanup",
+               "--time=00:05:00", "--output=/dev/null", "--ntasks=1",
+               *([f"--account={profile.account}"] if profile.account else []),
+               *([f"--partition={p}"] if (p := profile.partition_for(True)) else [])]
+    remove = "rm -f " + " ".join(map(shlex.quote, files))
+    return f"sbatch {' '.join(map(shlex.quote, options))} --wrap {shlex.quote(remove)}"
+
+
 def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, output_dir: str,
-           say: Callable[[str], None] = print) -> Submitted:
+           given: dict[str, str], say: Callable[[str], None] = print) -> Submitted:
     """Ship, build (once), submit; returns at once with the job id. `output_dir`: the config's
-    evaluation.output_dir (relative: under remote_job_dir, where the job runs)."""
+    evaluation.output_dir (relative: under remote_job_dir, where the job runs); `given`: the secrets the job gets
+    (`job_secrets`), through a private file that a second job removes once the flow job has ended for good."""
     if not cluster.is_slurm(profile) or not profile.remote_job_dir:
         raise ConfigError(f"--batch {profile.name} without a Prefect deployment runs the evaluation as a Slurm job: "
                           "the profile needs executor = \"slurm\" and a remote_job_dir (the cluster's shared folder)")
@@ -151,23 +185,35 @@ def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, outp
         include_pattern=[str(PROJECT / f) for f in SHIPPED], relative_path=[str(PROJECT)] * len(SHIPPED)))
     cluster.connect(target, profile)
     environment, built = build_environment(target, profile, say)
-    config_file = None
-    if request.config.endswith((".yaml", ".yml")):  # a file of this machine: its text goes as a private file
-        config_file = cluster.write_private(target, profile, Path(request.config).expanduser().read_text(),
-                                            suffix=".yaml")
-    hidden = {k: v for k, v in os.environ.items() if k.startswith("NEMOTRON_SECRET_OVERRIDE_")}  # cli.hidden_overrides
-    secrets_file = cluster.write_private(target, profile, secrets_text(hidden))
-    script = job_script(request, profile, environment, secrets_file, prefect_api, config_file)
-    with cluster.logging_kept():
-        exp = run.Experiment("nano3-eval", executor=target.executor, log_level="WARN", clean_mode=True,
-                             enable_goodbye_message=False, skip_status_at_exit=True)
-        with exp:
-            exp.add(run.Script(inline=script), name=JOB_NAME)
-            with contextlib.redirect_stdout(io.StringIO()):  # its console: "Connecting to ...", the sbatch line
-                exp.run(detach=True)
-            job = exp.jobs[0]
-            job_id = str(job.handle).rsplit("/", 1)[-1]
-            job_dir = os.path.join(job.executor.tunnel.job_dir, Path(job.executor.job_dir).name)  # on the cluster
+    private: list[str] = []
+    try:
+        config_file = None
+        if request.config.endswith((".yaml", ".yml")):  # a file of this machine: its text goes as a private file
+            config_file = cluster.write_private(target, profile, Path(request.config).expanduser().read_text(),
+                                                suffix=".yaml")
+            private.append(config_file)
+        secrets_file = cluster.write_private(target, profile, secrets_text(given))
+        private.append(secrets_file)
+        script = job_script(request, profile, environment, secrets_file, prefect_api, config_file)
+        with cluster.logging_kept():
+            exp = run.Experiment("nano3-eval", executor=target.executor, log_level="WARN", clean_mode=True,
+                                 enable_goodbye_message=False, skip_status_at_exit=True)
+            with exp:
+                exp.add(run.Script(inline=script), name=JOB_NAME)
+                with contextlib.redirect_stdout(io.StringIO()):  # its console: "Connecting to ...", the sbatch line
+                    exp.run(detach=True)
+                job = exp.jobs[0]
+                job_id = str(job.handle).rsplit("/", 1)[-1]
+                job_dir = os.path.join(job.executor.tunnel.job_dir, Path(job.executor.job_dir).name)  # on the cluster
+    except BaseException:  # nothing was submitted: nothing will read them
+        with contextlib.suppress(Exception, SystemExit):
+            target.sh("rm -f " + " ".join(map(shlex.quote, private)), check=False)
+        raise
+    cleanup = cluster.shell(target.tunnel, cleanup_command(profile, job_id, private))
+    if not cleanup.ok:  # the job runs all the same; say where its secrets wait
+        say(f"warning: the job that removes the private files after job {job_id} could not be submitted "
+            f"({' '.join((cleanup.stderr or cleanup.stdout).split())[-200:]}); remove {' '.join(private)} once it "
+            "has ended")
     given = os.path.expanduser(output_dir)
     output_dir = given if given.startswith("/") else f"{profile.remote_job_dir.rstrip('/')}/{given}"
     save(job_id, profile=profile.name, experiment_id=exp._id, job_dir=job_dir, nemorun_home=home,
@@ -233,16 +279,11 @@ def _read_json(sh: cluster.Target, path: str) -> dict[str, Any] | None:
 
 def main(argv: list[str]) -> int:
     """The job's entry point: the CLI, with Slurm's SIGTERM (scancel, time limit) acting as Ctrl-C, so the flow
-    tears its server job down as it does when interrupted. `--remove FILE`: a private file to delete at the end."""
+    tears its server job down as it does when interrupted."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     from nemotron.cli import main as cli
 
-    remove = argv[1] if argv[:1] == ["--remove"] else None
-    try:
-        return cli(argv[2:] if remove else argv)
-    finally:
-        if remove:
-            Path(remove).unlink(missing_ok=True)
+    return cli(argv)
 
 
 if __name__ == "__main__":

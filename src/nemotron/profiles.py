@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nemotron import secrets
 from nemotron.errors import ConfigError
 
 ENV_FILE_VAR = "NEMOTRON_ENV_FILE"
@@ -77,6 +80,15 @@ class Profile(BaseModel):
     def partition_for(self, detached: bool) -> str | None:
         return (self.batch_partition if detached else self.run_partition) or self.partition
 
+    def job_env(self) -> dict[str, str]:
+        """`env_vars` as NeMo-Run may write them into the sbatch script (`export K=V`, unquoted): the ones that
+        hold no secret, each value quoted for the shell."""
+        return {k: shlex.quote(v) for k, v in self.env_vars.items() if not secrets.is_secret_name(k)}
+
+    def secret_env(self) -> dict[str, str]:
+        """The secret-named `env_vars`: they reach a job through its private file, never its script."""
+        return {k: v for k, v in self.env_vars.items() if secrets.is_secret_name(k)}
+
 
 def env_file(start: Path | None = None) -> Path | None:
     """`$NEMOTRON_ENV_FILE`, else the nearest env.toml from `start` (default: cwd) upwards."""
@@ -125,6 +137,9 @@ def load_profile(name: str, path: Path | None = None) -> Profile:
         chain.append(parent)
     for table in reversed(chain):
         merged.update({k: v for k, v in data[table].items() if k != "extends"})
+    if isinstance(merged.get("env_vars"), dict):
+        merged["env_vars"] = {k: _from_environment(v, f"env_vars.{k} of profile {name!r}")
+                              for k, v in merged["env_vars"].items()}
     try:
         return Profile(name=name, **merged).check()
     except ValidationError as e:
@@ -135,6 +150,19 @@ def load_profile(name: str, path: Path | None = None) -> Profile:
                               + ", ".join(f.alias or n for n, f in Profile.model_fields.items() if n != "name")
                               + _suggest(key)) from None
         raise ConfigError(f"invalid {key} in profile {name!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _from_environment(value: Any, where: str) -> Any:
+    """`"${NAME}"` is the value of the variable NAME here (a secret need not be written into env.toml)."""
+    if not isinstance(value, str) or not (m := REFERENCE.fullmatch(value)):
+        return value
+    if m.group(1) not in os.environ:
+        raise ConfigError(f"{where} = {value!r} names a variable that is not set here; set {m.group(1)} or write "
+                          "the value")
+    return os.environ[m.group(1)]
 
 
 def _suggest(key: str) -> str:

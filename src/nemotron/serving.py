@@ -133,13 +133,15 @@ def image_pinned(image: str) -> bool:
 
 
 def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] = (), container: bool = False,
-                revision: str | None = None, offline: bool = True) -> ServerSpec:
+                revision: str | None = None, offline: bool = True, profile: Profile | None = None) -> ServerSpec:
     """The server command line (the engine's) and environment; the port is `$PORT`, fixed or picked by the job.
-    `offline`: the server may not reach the hub (a checkpoint on disk; a hub model read from the cache)."""
+    `offline`: the server may not reach the hub (a checkpoint on disk; a hub model read from the cache). The
+    secret entries of deployment.env and of the profile's env_vars go to the job's private file."""
     command = engines.command(dep, model_path, revision)
     env = {**({"HF_HUB_OFFLINE": "1"} if offline else {}), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
            **{k: v for k, v in dep.env.items() if not secrets.is_secret_name(k)}}
-    secret_env = {k: v for k, v in dep.env.items() if secrets.is_secret_name(k)}
+    secret_env = {**(profile.secret_env() if profile else {}),
+                  **{k: v for k, v in dep.env.items() if secrets.is_secret_name(k)}}
     venv = None if container else venv_dir(dep)  # a container brings its own server
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
@@ -164,8 +166,11 @@ PICK_PORT = (
 def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     """The shell the NeMo-Run job runs (locally, or on a Slurm node, maybe in a container).
 
-    It holds no secret: it unsets the secret variables it would inherit, and reads the secret entries
-    of deployment.env from `secrets_file` (private, outside the job directory), deleting it at once.
+    It holds no secret: it unsets the secret variables it would inherit, and reads the secret entries of
+    deployment.env and the profile's env_vars from `secrets_file` (private, outside the job directory). The file
+    stays while the job may run again (Slurm requeues it after a preemption or a node failure: it must find its
+    secrets again); the submitter removes it when the job ends, and the job itself when it stops for want of a
+    heartbeat (the submitter is gone, so nothing runs it again).
 
     It finds its job directory from its own path (NeMo-Run runs `bash <job_dir>/scripts/server.sh`,
     or `/nemo_run/scripts/server.sh` in a container), starts the server there, writes `endpoint`
@@ -176,8 +181,8 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     exports += [f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()]
     if spec.secret_env:
         f = shlex.quote(secrets_file or "<a private file written at submission>")
-        exports.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; rm -f {f}; "
-                       f"else echo missing {f}: the secret entries of deployment.env >&2; fi")
+        exports.append(f"if [ -f {f} ]; then set -a; . {f}; set +a; "
+                       f"else echo missing {f}: the secret entries of deployment.env and env_vars >&2; fi")
     if "VIRTUAL_ENV" in spec.env:
         exports.append('export PATH="$VIRTUAL_ENV/bin:$PATH"')
     host = "$(hostname)" if spec.host in WILDCARD_HOSTS else shlex.quote(spec.host)
@@ -186,6 +191,7 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     else:  # any free port on this node
         port = [PICK_PORT]
     stop = 'kill -TERM "$server" 2>/dev/null; wait "$server"; exit 143'
+    forget = [f"    rm -f {shlex.quote(secrets_file)}"] if spec.secret_env and secrets_file else []
     return "\n".join([
         'JOB_DIR="$(cd "$(dirname "$0")/.." && pwd)"',
         *exports,
@@ -203,6 +209,7 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
         f'  if [ $((now - beat_seen)) -gt {int(spec.heartbeat_timeout)} ]; then',
         f'    echo "no heartbeat from the submitter for {int(spec.heartbeat_timeout)} s: stopping the server"'
         ' >> "$JOB_DIR/server.log"',
+        *forget,
         f"    {stop}",
         "  fi",
         "  sleep 2 & wait $!",
@@ -212,8 +219,9 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
+    """The log's last lines, secrets masked: they go into errors, state messages and `eval logs`."""
     try:
-        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+        return secrets.mask("".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:]))
     except OSError:
         return f"(no log at {path})"
 
@@ -221,8 +229,8 @@ def log_tail(path: Path, lines: int = 25) -> str:
 class ServerJob:
     """A submitted server job: its state (NeMo-Run), and its files in the job directory."""
 
-    def __init__(self, exp, target: Target, spec: ServerSpec):
-        self.exp, self.target, self.spec = exp, target, spec
+    def __init__(self, exp, target: Target, spec: ServerSpec, secrets_file: str | None = None):
+        self.exp, self.target, self.spec, self.secrets_file = exp, target, spec, secrets_file
         job = exp.jobs[0]
         tunnel = getattr(job.executor, "tunnel", None)  # Slurm: the folder on the cluster, as NeMo-Run names it
         self.job_dir: str = os.path.join(tunnel.job_dir, Path(job.executor.job_dir).name) if tunnel \
@@ -263,7 +271,7 @@ class ServerJob:
         q = shlex.quote(self.job_dir)
         out = self.target.sh(f"tail -n {lines} {q}/server.log 2>/dev/null || tail -n {lines} {q}/log-*.out "
                              f"{q}/sbatch_*.out 2>/dev/null", check=False)
-        return out or f"(no log yet in {self.job_dir})"
+        return secrets.mask(out) if out else f"(no log yet in {self.job_dir})"
 
     def beat(self) -> None:
         self._beats += 1
@@ -276,9 +284,11 @@ class ServerJob:
             write_atomic(dest, secrets.mask(dest.read_text(errors="replace")))
 
     def describe(self) -> dict[str, str]:
-        """What another process needs to find and cancel this job (`status`, cancellation hooks)."""
+        """What another process needs to find and cancel this job (`status`, cancellation hooks), and the private
+        file to remove then."""
         return {"executor": "slurm" if self.target.slurm else "local", "experiment_id": self.experiment_id,
-                "job_id": self.job_id, "job_dir": self.job_dir, "nemorun_home": self.target.home}
+                "job_id": self.job_id, "job_dir": self.job_dir, "nemorun_home": self.target.home,
+                **({"secrets_file": self.secrets_file} if self.secrets_file else {})}
 
 
 @dataclass(frozen=True)
@@ -409,7 +419,7 @@ def serve(
     target = cluster.target_for(run, profile, dep, image, detached, home)
     cluster.connect(target, profile)
     spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image),
-                       revision=revision, offline=offline)
+                       revision=revision, offline=offline, profile=profile if cluster.is_slurm(profile) else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = _experiment(run, dep, target)
     say(f"[serve] submitting {spec.command}" + (f" on {profile.name} (Slurm)" if target.slurm else " locally"))
@@ -420,10 +430,11 @@ def serve(
             if spec.secret_env:
                 secrets_file = cluster.write_private(target, profile, "".join(
                     f"{k}={shlex.quote(v)}\n" for k, v in spec.secret_env.items()))
-                stack.callback(target.sh, f"rm -f {shlex.quote(secrets_file)}", False)  # if the job never read it
+                # once the job has ended for good (it keeps the file while Slurm may run it again)
+                stack.callback(target.sh, f"rm -f {shlex.quote(secrets_file)}", False)
             exp.add(run.Script(inline=job_script(spec, secrets_file)), name="server")
             exp.run(detach=True)  # local jobs cannot detach: run() returns after launch, __exit__ waits
-            job = ServerJob(exp, target, spec)
+            job = ServerJob(exp, target, spec, secrets_file)
             say(f"[serve] NeMo-Run experiment {job.experiment_id}, job {job.job_id}, job dir {job.job_dir}")
             _record({"name": name, **job.describe()}, run_dir, on_record)
             stack.enter_context(_heartbeat(job, max(2.0, spec.heartbeat_timeout / 5)))
@@ -445,7 +456,8 @@ def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, fo
         path = cluster.squash_path(profile, image)
         out["squash"] = cluster.squash_command(profile, image, path, force_squash)
         image = path
-    spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image))
+    spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image),
+                       profile=profile if cluster.is_slurm(profile) else None)
     if not cluster.is_slurm(profile):
         out["job_script"] = job_script(spec)
         return out
@@ -529,13 +541,21 @@ def server_logs(run_dir: Path, name: str = "server") -> list[Path]:
 
 
 def cancel_recorded(record: dict[str, str]) -> None:
-    """Cancel a job described by `ServerJob.describe()` from another process (cancel/crash hooks)."""
+    """Cancel a job described by `ServerJob.describe()` from another process (cancel/crash hooks), and remove its
+    private file: the job ends for good."""
     run = cluster.nemo_run(record["nemorun_home"])
+    exp = None
     with contextlib.suppress(Exception):
-        run.Experiment.from_id(record["experiment_id"]).cancel("server")
+        exp = run.Experiment.from_id(record["experiment_id"])
+        exp.cancel("server")
     if record.get("executor") == "slurm":
         with contextlib.suppress(Exception):
             subprocess.run(["scancel", record["job_id"]], capture_output=True, timeout=30)
+    if record.get("secrets_file"):
+        with contextlib.suppress(Exception, SystemExit):
+            tunnel = exp.jobs[0].executor.tunnel if exp is not None and record.get("executor") == "slurm" \
+                else run.LocalTunnel(job_dir="")
+            cluster.shell(tunnel, f"rm -f {shlex.quote(record['secrets_file'])}")
 
 
 def _recorded_experiment(record: dict[str, str]):
@@ -561,7 +581,7 @@ def recorded_log_tail(record: dict[str, str], lines: int = 25) -> str:
         run, exp = _recorded_experiment(record)
         tunnel = exp.jobs[0].executor.tunnel if record["executor"] == "slurm" else run.LocalTunnel(job_dir="")
         result = cluster.shell(tunnel, f"tail -n {lines} {shlex.quote(record['job_dir'])}/server.log")
-        return result.stdout
+        return secrets.mask(result.stdout)
     except Exception:  # noqa: BLE001
         return ""
 
