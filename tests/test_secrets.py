@@ -1,5 +1,6 @@
 """The one redactor (issue 14): secrets are masked by value wherever they were copied, not only by key name."""
 
+import contextlib
 import logging
 import os
 
@@ -59,16 +60,25 @@ def test_cli_overrides_keep_references_to_secret_values(monkeypatch):
     assert os.environ["NEMOTRON_SECRET_OVERRIDE_0"] == "literal-secret-1"
 
 
-def test_log_records_are_masked_by_the_handler_filter(monkeypatch, caplog):
-    monkeypatch.setenv("WANDB_API_KEY", "wandb-key-abcdef123")
-    logger = logging.getLogger("nemotron-test-masking")
+@contextlib.contextmanager
+def _handled(name: str):
+    """A logger with a handler of its own, masked as the flow masks its handlers; yields it and what it emitted."""
+    logger = logging.getLogger(name)
     handler = logging.Handler()
-    seen = []
+    seen: list[str] = []
     handler.emit = lambda record: seen.append(handler.format(record))
     logger.addHandler(handler)
     secrets.mask_logging()
-    logger.warning("model %s failed", "wandb-key-abcdef123")
-    logger.removeHandler(handler)
+    try:
+        yield logger, seen
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_log_records_are_masked_by_the_handler_filter(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-key-abcdef123")
+    with _handled("nemotron-test-masking") as (logger, seen):
+        logger.warning("model %s failed", "wandb-key-abcdef123")
     assert seen == ["model *** failed"]
 
 
@@ -82,17 +92,11 @@ def _failing(secret: str) -> None:
 def test_a_traceback_is_masked_before_any_handler_formats_it(monkeypatch):
     """Issue 27: Prefect logs every failed run with exc_info, formatted after the filters ran."""
     monkeypatch.setenv("MY_SERVICE_AUTH", "tb-secret-5150")
-    logger = logging.getLogger("nemotron-test-traceback")
-    handler = logging.Handler()
-    seen = []
-    handler.emit = lambda record: seen.append(handler.format(record))
-    logger.addHandler(handler)
-    secrets.mask_logging()
-    try:
-        _failing("tb-secret-5150")
-    except ValueError:
-        logger.exception("the run failed")
-    logger.removeHandler(handler)
+    with _handled("nemotron-test-traceback") as (logger, seen):
+        try:
+            _failing("tb-secret-5150")
+        except ValueError:
+            logger.exception("the run failed")
     (text,) = seen
     assert "tb-secret-5150" not in text
     assert "Traceback (most recent call last)" in text and "ValueError: serving failed: ***" in text
