@@ -71,6 +71,41 @@ def test_port_forward_survives_connections_refused_while_the_server_starts():
         ssh.close()
 
 
+def test_port_forward_carries_a_connection_whose_descriptors_are_past_1023():
+    """Issue 28: the forward watched its sockets with select(), which raises for a descriptor >= 1024
+    (`filedescriptor out of range in select()`) whatever the open-file limit: with many connections open (a
+    production in-flight budget over SSH) the forward carried nothing. Through the project's sshd login node."""
+    import http.server
+    import os
+    import resource
+    import threading
+
+    import httpx
+    import paramiko
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # what the forward opens next is past 1023
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ssh.connect("127.0.0.1", port=2222, username="root", key_filename="/etc/slurm/login/id_ed25519")
+        forward = cluster.PortForward(ssh.get_transport(), "127.0.0.1", server.server_address[1])
+        try:
+            for _ in range(3):
+                assert httpx.get(f"http://127.0.0.1:{forward.local_port}/", timeout=10).status_code == 200
+        finally:
+            forward.close()
+    finally:
+        server.shutdown()
+        ssh.close()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_a_collected_experiment_leaves_the_callers_console_handler(tmp_path):
     """NeMo-Run's Experiment.__del__ removes the root logger's first handler: once the garbage collector took a
     finished server's Experiment, Prefect's console printed nothing more (test_e2e's W&B line, 1 run in 3)."""

@@ -15,7 +15,7 @@ import io
 import logging
 import os
 import re
-import select
+import selectors
 import shlex
 import shutil
 import socket
@@ -359,15 +359,17 @@ class PortForward:
             threading.Thread(target=self._pump, args=(client, channel), daemon=True).start()
 
     def _pump(self, client: socket.socket, channel) -> None:
-        with client, channel:
+        """Both ways until either side closes. A selector (epoll), not select(): select() cannot watch a descriptor
+        past 1023 (FD_SETSIZE) whatever the open-file limit, and a flow with many connections open gets there."""
+        with client, channel, selectors.DefaultSelector() as ready:
+            ready.register(client, selectors.EVENT_READ, channel)
+            ready.register(channel, selectors.EVENT_READ, client)
             while not self.closed.is_set():
-                ready, _, _ = select.select([client, channel], [], [], 0.5)
-                for src, dst in ((client, channel), (channel, client)):
-                    if src in ready:
-                        data = src.recv(65536)
-                        if not data:
-                            return
-                        dst.sendall(data)
+                for key, _ in ready.select(0.5):
+                    data = key.fileobj.recv(65536)
+                    if not data:
+                        return
+                    key.data.sendall(data)
 
     def close(self) -> None:
         self.closed.set()
