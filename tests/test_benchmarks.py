@@ -158,6 +158,8 @@ def test_a_folder_counts_as_finished_only_with_a_result_under_the_same_key(tmp_p
     ("aiohttp.client_exceptions.ServerDisconnectedError: Server disconnected", "infrastructure"),
     ("Cannot connect to host 127.0.0.1:8000 ssl:default [Connect call failed]", "infrastructure"),
     ("asyncio.exceptions.TimeoutError", "infrastructure"),
+    # issue 28: a rate limit is the endpoint's state, not the benchmark's: tried again
+    ("aiohttp.client_exceptions.ClientResponseError: 429, message='Too Many Requests'", "infrastructure"),
     ("OSError: Can't load tokenizer for '/models/m'.", "configuration"),
     ("KeyError: 'no_such_task'", "configuration"),
 ])
@@ -251,3 +253,20 @@ def test_an_upgraded_harness_is_a_new_key(monkeypatch):
     before = keyed().key
     monkeypatch.setattr(benchmarks, "harness_versions", lambda: {"nvidia-lm-eval": "99.0"})
     assert keyed().key != before
+
+
+def test_a_harness_line_longer_than_64_kib_is_read_not_fatal():
+    """Issue 28: the harness's output was read with the StreamReader's own lines, which raise past 64 KiB (a
+    response printed on one line ended the run); now lines come whole, a giant one in pieces."""
+    import asyncio
+
+    async def read(data: bytes, longest: int) -> list[bytes]:
+        stream = asyncio.StreamReader()
+        stream.feed_data(data)
+        stream.feed_eof()
+        return [line async for line in benchmarks.lines(stream, longest)]
+
+    long = b"x" * 200_000
+    assert asyncio.run(read(b"start\n" + long + b"\nend", 1 << 20)) == [b"start\n", long + b"\n", b"end"]
+    assert asyncio.run(read(long + b"\n", 150_000)) == [long[:150_000], long[150_000:] + b"\n"]
+

@@ -27,7 +27,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata as pkg_metadata
 from pathlib import Path
@@ -55,8 +55,8 @@ SAVE_ALL_REQUESTS = 1_000_000_000
 # what an infrastructure failure leaves in the harness log: the endpoint unreachable, gone, too slow, or 5xx
 _INFRASTRUCTURE = re.compile(
     r"ClientConnectorError|ServerDisconnectedError|Cannot connect to host|Connection refused|ConnectionResetError"
-    r"|ConnectError|RemoteProtocolError|ReadTimeout|TimeoutError|timed out|ClientResponseError: 5\d\d"
-    r"|status_code=5\d\d|Internal Server Error|Bad Gateway|Service Unavailable")
+    r"|ConnectError|RemoteProtocolError|ReadTimeout|TimeoutError|timed out|ClientResponseError: (5\d\d|429)"
+    r"|status_code=(5\d\d|429)|Internal Server Error|Bad Gateway|Service Unavailable|Too Many Requests")
 # harness lines worth surfacing in the run log (the full output is in <output_dir>/run_eval.log)
 _NOTABLE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback \(most recent|^\s*\w*(Error|Exception):")
 
@@ -339,6 +339,25 @@ def claimed(plans: list[BenchmarkPlan], say: Callable[[str], None]) -> Iterator[
         yield
 
 
+LONGEST_LINE = 1 << 20
+
+
+async def lines(stream: asyncio.StreamReader, longest: int = LONGEST_LINE) -> AsyncIterator[bytes]:
+    """The stream's lines, a line longer than `longest` bytes in pieces of that size: a harness may print a whole
+    response on one line, and the StreamReader's own line reading raises past 64 KiB (which ended the harness)."""
+    pending = b""
+    while chunk := await stream.read(1 << 16):
+        pending += chunk
+        *done, pending = pending.split(b"\n")
+        for line in done:
+            yield line + b"\n"
+        while len(pending) >= longest:
+            yield pending[:longest]
+            pending = pending[longest:]
+    if pending:
+        yield pending
+
+
 async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on_line: Callable[[str], None],
                on_output: Callable[[str], None], out: Path) -> BenchmarkResult:
     (out / INTERRUPTED_MARKER).unlink(missing_ok=True)
@@ -360,7 +379,7 @@ async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on
         )
         try:
             assert proc.stdout is not None
-            async for raw in proc.stdout:
+            async for raw in lines(proc.stdout):
                 raw = secrets.mask(raw.decode(errors="replace")).encode()
                 log.write(raw)
                 line = raw.decode(errors="replace").rstrip()
