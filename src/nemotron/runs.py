@@ -24,22 +24,23 @@ def index_dir() -> Path:
 MIRROR = "NEMOTRON_RUN_RECORD"  # a detached job's folder keeps a copy, which `eval status JOB` reads from afar
 
 
+_lock = threading.RLock()  # a read-modify-write: the flow, its replicas' threads and the cancel watch all save
+
+
 def save(run_id: str, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into the run's record."""
-    record = load(run_id) or {"flow_run_id": run_id}
-    record.update(fields)
-    for path in (index_dir() / f"{run_id}.json", *([Path(os.environ[MIRROR])] if os.environ.get(MIRROR) else [])):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(record, indent=2))
-    return record
-
-
-_servers_lock = threading.Lock()
+    with _lock:
+        record = load(run_id) or {"flow_run_id": run_id}
+        record.update(fields)
+        for path in (index_dir() / f"{run_id}.json", *([Path(os.environ[MIRROR])] if os.environ.get(MIRROR) else [])):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(record, indent=2))
+        return record
 
 
 def save_server(run_id: str, job: dict[str, str]) -> dict[str, Any]:
     """Record one server job of the run (replicas report from their own threads; a relaunch is another job)."""
-    with _servers_lock:
+    with _lock:
         servers = (load(run_id) or {}).get("servers", {})
         return save(run_id, servers={**servers, job["job_id"]: job})
 
