@@ -1,5 +1,6 @@
 import gc
 import logging
+import os
 
 from nemotron import cluster
 from nemotron.config import load_config
@@ -22,7 +23,35 @@ def test_squash_is_cached_by_image_name_and_built_on_a_compute_node():
     cached = cluster.squash_command(p, "nvcr.io/nvidia/vllm:25.11", path, force=False)
     assert f"test -f {path} || salloc --account=a --partition=cpu --nodes=1 --ntasks-per-node=1 " \
            "--time=00:30:00 srun --export=ALL bash -c" in cached
-    assert "rm -f" not in cached and "rm -f " + path in cluster.squash_command(p, "x/y", path, force=True)
+    assert f"rm -f {path} &&" not in cached and f"rm -f {path} &&" in cluster.squash_command(p, "x/y", path, True)
+
+
+def test_an_interrupted_squash_leaves_no_image_and_the_next_one_imports_it(tmp_path, monkeypatch):
+    """Issue 28: `enroot import` wrote the `.sqsh` in place, so an import that died midway left a file the next
+    run took for the image. It now writes a partial file, renamed once complete, under a lock. Run with
+    stand-ins for salloc, srun and enroot (the real ones need a cluster with enroot)."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {
+        "salloc": 'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"',  # drop its options
+        "srun": 'shift; exec "$@"',  # --export=ALL
+        # writes half an image, then fails if told to (an import killed midway)
+        "enroot": 'echo half > "$3"; [ -e "$FAIL" ] && exit 1; echo whole > "$3"'}.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAIL": str(tmp_path / "fail")}
+    p = Profile(name="c", remote_job_dir=str(tmp_path / "cluster"))
+    path = cluster.squash_path(p, "nvcr.io/nvidia/vllm:25.11")
+    command = cluster.squash_command(p, "nvcr.io/nvidia/vllm:25.11", path, force=False)
+    (tmp_path / "fail").touch()
+    assert subprocess.run(["bash", "-c", command], env=env).returncode != 0
+    assert not os.path.exists(path)  # no image for the next run to take
+    (tmp_path / "fail").unlink()
+    assert subprocess.run(["bash", "-c", command], env=env).returncode == 0
+    assert open(path).read() == "whole\n"  # the partial file became the image
+    assert sorted(os.listdir(os.path.dirname(path))) == [os.path.basename(path), os.path.basename(path) + ".lock"]
 
 
 def test_image_comes_from_config_else_profile_and_only_on_slurm():

@@ -399,11 +399,15 @@ def enroot_uri(image: str) -> str:
 
 
 def squash_command(profile: Profile, image: str, path: str, force: bool) -> str:
-    """`enroot import` on a compute node (login nodes lack the memory), through salloc + srun."""
+    """`enroot import` on a compute node (login nodes lack the memory), through salloc + srun. It writes a partial
+    file and renames it once complete, under a lock beside it: an import that was interrupted leaves no `.sqsh`
+    that a later run would take for the image, and two runs never import the same image at once."""
     folder = os.path.dirname(path)
+    partial = f"{path.removesuffix('.sqsh')}.partial.sqsh"
     enroot = (f"export ENROOT_RUNTIME_PATH={folder}/.enroot/runtime ENROOT_CACHE_PATH={folder}/.enroot/cache "
-              f"ENROOT_DATA_PATH={folder}/.enroot/data; "
-              f"enroot import --output {shlex.quote(path)} {shlex.quote(enroot_uri(image))}")
+              f"ENROOT_DATA_PATH={folder}/.enroot/data; rm -f {shlex.quote(partial)}; "
+              f"enroot import --output {shlex.quote(partial)} {shlex.quote(enroot_uri(image))} && "
+              f"mv -f {shlex.quote(partial)} {shlex.quote(path)}")
     alloc = ["salloc"]
     if profile.account:
         alloc.append(f"--account={profile.account}")
@@ -414,8 +418,8 @@ def squash_command(profile: Profile, image: str, path: str, force: bool) -> str:
     if profile.build_include_gpus and (profile.build_gpus_per_node or profile.gpus_per_node):
         alloc.append(f"--gpus-per-node={profile.build_gpus_per_node or profile.gpus_per_node}")
     remove = f"rm -f {shlex.quote(path)} && " if force else f"test -f {shlex.quote(path)} || "
-    return (f"mkdir -p {shlex.quote(folder)} && {remove}"
-            f"{' '.join(alloc)} srun --export=ALL bash -c {shlex.quote(enroot)}")
+    locked = f"{remove}{' '.join(alloc)} srun --export=ALL bash -c {shlex.quote(enroot)}"
+    return f"mkdir -p {shlex.quote(folder)} && flock {shlex.quote(path + '.lock')} bash -c {shlex.quote(locked)}"
 
 
 def squash_step(profile: Profile, image: str, force: bool) -> tuple[str, str]:
