@@ -113,9 +113,10 @@ def test_dry_run_on_a_gpu_cluster_shows_container_job_and_squash():
     assert r.returncode == 0, r.stderr
     sqsh = "/lustre/fsw/users/myuser/.nemotron/containers/vllm_vllm_openai_latest.sqsh"
     squash = r.stdout[r.stdout.index("# container squash (on the cluster, always: --force-squash)"):].splitlines()[1]
-    assert squash.startswith(f"mkdir -p /lustre/fsw/users/myuser/.nemotron/containers && rm -f {sqsh} && salloc "
-                             "--account=YOUR-ACCOUNT --partition=batch --nodes=1")
-    assert f"enroot import --output {sqsh} docker://vllm/vllm-openai:latest" in squash
+    assert squash.startswith(f"mkdir -p /lustre/fsw/users/myuser/.nemotron/containers && flock {sqsh}.lock bash -c ")
+    assert f"rm -f {sqsh} && salloc --account=YOUR-ACCOUNT --partition=batch --nodes=1" in squash
+    partial = sqsh.removesuffix(".sqsh") + ".partial.sqsh"  # renamed to the image once complete
+    assert f"enroot import --output {partial} docker://vllm/vllm-openai:latest && mv -f {partial} {sqsh}" in squash
     sbatch = r.stdout[r.stdout.index("# sbatch script NeMo-Run would submit"):]
     assert "#SBATCH --gpus-per-node=8" in sbatch and "#SBATCH --time=04:00:00" in sbatch
     assert f"--container-image {sqsh} --container-mounts /lustre:/lustre," in sbatch
