@@ -238,8 +238,7 @@ def retryable(error: BaseException) -> bool:
     if getattr(error, "kind", None) != "infrastructure":
         return False
     endpoint, key_env = getattr(error, "endpoint", None), getattr(error, "key_env", None)
-    key = os.environ.get(key_env) if key_env else None
-    return endpoint is None or healthy(endpoint, {"Authorization": f"Bearer {key}"} if key else None)
+    return endpoint is None or healthy(endpoint, Endpoint("", "", api_key_env=key_env).headers())
 
 
 # what a harness needs from the flow's environment; nothing else is inherited (no cloud, Prefect or W&B keys)

@@ -284,7 +284,7 @@ def monitor(command: str, rest: list[str]) -> int:
     from nemotron import detached
 
     if rest and (job := detached.load(rest[0])) is not None:  # a Slurm job id that `--batch` submitted itself
-        print(secrets.mask(detached.report(job, logs=command == "logs")))
+        print(detached.report(job, logs=command == "logs"))  # masked there
         return 0
     from flows import status
 

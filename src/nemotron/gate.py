@@ -218,11 +218,11 @@ class Gate:
         return {TOKEN_VAR: self.token}
 
     def headers(self) -> dict[str, str]:
-        """What a client of this process sends to be let through (the throughput benchmark, tests)."""
+        """What a client sends to be let through (the flow's own look through it, tests)."""
         return {"Authorization": f"Bearer {self.token}"}
 
     def _admits(self, request: web.Request) -> bool:
-        return hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {self.token}")
+        return hmac.compare_digest(request.headers.get("Authorization", ""), self.headers()["Authorization"])
 
     def record(self) -> dict:
         """The figures of this gate: budget, peak and mean requests in flight, per-benchmark traffic."""

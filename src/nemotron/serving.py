@@ -140,7 +140,7 @@ def server_spec(dep: DeploymentSection, model_path: str, setup: tuple[str, ...] 
     command = engines.command(dep, model_path, revision)
     env = {**({"HF_HUB_OFFLINE": "1"} if offline else {}), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
            **{k: v for k, v in dep.env.items() if not secrets.is_secret_name(k)}}
-    secret_env = {**(profile.secret_env() if profile else {}),
+    secret_env = {**(profile.secret_env() if cluster.is_slurm(profile) else {}),  # a Slurm job's env_vars
                   **{k: v for k, v in dep.env.items() if secrets.is_secret_name(k)}}
     venv = None if container else venv_dir(dep)  # a container brings its own server
     if venv is not None:
@@ -419,7 +419,7 @@ def serve(
     target = cluster.target_for(run, profile, dep, image, detached, home)
     cluster.connect(target, profile)
     spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image),
-                       revision=revision, offline=offline, profile=profile if cluster.is_slurm(profile) else None)
+                       revision=revision, offline=offline, profile=profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = _experiment(run, dep, target)
     say(f"[serve] submitting {spec.command}" + (f" on {profile.name} (Slurm)" if target.slurm else " locally"))
@@ -457,7 +457,7 @@ def preview(dep: DeploymentSection, model_path: str, profile: Profile | None, fo
         out["squash"] = cluster.squash_command(profile, image, path, force_squash)
         image = path
     spec = server_spec(dep, model_path, tuple(profile.startup_commands) if profile else (), container=bool(image),
-                       profile=profile if cluster.is_slurm(profile) else None)
+                       profile=profile)
     if not cluster.is_slurm(profile):
         out["job_script"] = job_script(spec)
         return out
