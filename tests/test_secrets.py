@@ -143,3 +143,20 @@ def test_a_flow_that_fails_with_a_secret_leaves_none_in_its_state_or_its_logs(mo
         flow_state = client.read_flow_run(run_id).state
     assert "Traceback" in logs and "ValueError: serving failed: ***" in logs, logs
     assert "sk-flow-31337" not in logs and "sk-flow-31337" not in (flow_state.message or "")
+
+
+def test_an_uncaught_error_and_a_server_log_tail_are_printed_masked(tmp_path):
+    """README: what Python prints for an uncaught error, and the server log tail (errors, `eval logs`), masked."""
+    import subprocess
+    import sys
+
+    from nemotron import serving
+
+    r = subprocess.run([sys.executable, "-c", "from nemotron import secrets; secrets.mask_uncaught(); "
+                        "raise ValueError('key uncaught-secret-77')"], capture_output=True, text=True,
+                       env={**os.environ, "MY_SERVICE_AUTH": "uncaught-secret-77"})
+    assert r.returncode == 1 and "ValueError: key ***" in r.stderr and "uncaught-secret-77" not in r.stderr
+    log = tmp_path / "server.log"
+    log.write_text("loading\nusing token tail-secret-88\n")
+    secrets.remember("tail-secret-88")
+    assert serving.log_tail(log) == "loading\nusing token ***\n"
