@@ -177,13 +177,15 @@ def test_only_infrastructure_failures_are_retried():
 
 
 def test_harness_env_is_built_from_what_it_needs_not_inherited(tmp_path, monkeypatch):
-    """Issue 14: cloud, Prefect and W&B credentials never reach a harness; HF_TOKEN does, when set."""
+    """Issue 14: cloud, Prefect and W&B credentials never reach a harness; HF_TOKEN does when set and the hub is
+    reachable (issue 27: offline, it is a credential the harness does not need)."""
     for name, value in {"WANDB_API_KEY": "w" * 20, "PREFECT_API_KEY": "p" * 20, "AWS_SECRET_ACCESS_KEY": "a" * 20,
                         "SOME_RANDOM_VAR": "x", "HF_TOKEN": "hf_" + "t" * 20}.items():
         monkeypatch.setenv(name, value)
     env = benchmarks.harness_env(tmp_path, offline=True)
     assert not {"WANDB_API_KEY", "PREFECT_API_KEY", "AWS_SECRET_ACCESS_KEY", "SOME_RANDOM_VAR"} & set(env)
-    assert env["HF_TOKEN"] == "hf_" + "t" * 20
+    assert "HF_TOKEN" not in env
+    assert benchmarks.harness_env(tmp_path, offline=False)["HF_TOKEN"] == "hf_" + "t" * 20
     # lm-eval with its task index cached (nemotron.harness), then the venv's programs
     assert env["PATH"].split(os.pathsep)[:2] == [str(harness.harness_bin()), str(Path(sys.executable).parent)]
 

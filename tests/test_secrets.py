@@ -160,3 +160,31 @@ def test_an_uncaught_error_and_a_server_log_tail_are_printed_masked(tmp_path):
     log.write_text("loading\nusing token tail-secret-88\n")
     secrets.remember("tail-secret-88")
     assert serving.log_tail(log) == "loading\nusing token ***\n"
+
+
+def test_what_a_harness_copied_of_a_secret_parameter_is_masked_and_its_databases_are_left_whole(tmp_path,
+                                                                                                monkeypatch):
+    """Issue 27: a harness parameter read from a secret (`${oc.env:...}`) reaches the harness through a private
+    config file; nemo-evaluator and lm-eval copy it into their records (run_config.yml, results json), which are
+    masked once the harness exits. A database (the response cache) is left: a shorter value would break it."""
+    monkeypatch.setenv("JUDGE_API_KEY", "judge-key-0a9c61")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "run_config.yml").write_text("params:\n  extra:\n    judge: judge-key-0a9c61\n")
+    (tmp_path / "sub" / "results_1.json").write_text('{"model_args": "key=judge-key-0a9c61,x=1"}')
+    (tmp_path / "cache.db").write_bytes(b"SQLite\0judge-key-0a9c61\0")
+    (tmp_path / "plain.log").write_text("nothing secret\n")
+    assert secrets.scrub_tree(tmp_path) == [tmp_path / "run_config.yml", tmp_path / "sub" / "results_1.json"]
+    assert (tmp_path / "run_config.yml").read_text() == "params:\n  extra:\n    judge: ***\n"
+    assert (tmp_path / "sub" / "results_1.json").read_text() == '{"model_args": "key=***,x=1"}'
+    assert (tmp_path / "cache.db").read_bytes() == b"SQLite\0judge-key-0a9c61\0"
+    assert not list(tmp_path.rglob("*.masking"))
+
+
+def test_the_manifest_masks_a_secret_copied_into_a_task_parameter(tmp_path, monkeypatch):
+    from nemotron import results
+
+    monkeypatch.setenv("OPENAI_KEY", "sk-manifest-77aa")
+    copied = {"hellaswag": {"tokenizer": "/x/sk-manifest-77aa"}}
+    doc = results.write_manifest(tmp_path, {"server": {"run_configs": copied}})
+    assert "sk-manifest-77aa" not in (tmp_path / "manifest.json").read_text() and "sk-manifest-77aa" not in str(doc)
+    assert doc["server"]["run_configs"]["hellaswag"]["tokenizer"] == "/x/***"

@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -261,14 +262,15 @@ def harness_home() -> Path:
 def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
     """Environment for run_eval, built from what it needs: `lm-eval` on PATH (nemotron.harness's, then the
     venv's), telemetry off, a private HOME, the HF cache (the user's, by path) and offline switches, this
-    project's folder (lm-eval's task index), and `HF_TOKEN` (gated datasets) when set."""
+    project's folder (lm-eval's task index), and `HF_TOKEN` (gated datasets) when set and the hub is reachable:
+    offline, the cache holds everything and the token would be a credential it does not need."""
     env = {k: v for k, v in os.environ.items() if k in _HARNESS_ENV or k.startswith(_HARNESS_ENV_PREFIXES)}
     env["HOME"], env["NEMOTRON_HOME"] = str(harness_home()), str(runtime.home())
     launcher = harness.harness_bin()
     env["PATH"] = os.pathsep.join([*([str(launcher)] if launcher else []), str(Path(sys.executable).parent),
                                    env.get("PATH", os.defpath)])
     env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] = "0"
-    if os.environ.get("HF_TOKEN"):
+    if os.environ.get("HF_TOKEN") and not offline:
         env["HF_TOKEN"] = os.environ["HF_TOKEN"]
     env["HF_HOME"] = str(hf_home or _users_hf_home())
     if offline:
@@ -360,8 +362,35 @@ async def lines(stream: asyncio.StreamReader, longest: int = LONGEST_LINE) -> As
 async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on_line: Callable[[str], None],
                on_output: Callable[[str], None], out: Path) -> BenchmarkResult:
     (out / INTERRUPTED_MARKER).unlink(missing_ok=True)
-    cfg_path = out / "nemotron_run_config.yml"
-    results.write_atomic(cfg_path, yaml.safe_dump(bench.run_config(endpoint), sort_keys=False))
+    cfg_text = yaml.safe_dump(bench.run_config(endpoint), sort_keys=False)
+    results.write_atomic(out / "nemotron_run_config.yml", secrets.mask(cfg_text))
+    with _config_for_the_harness(cfg_text, out) as cfg_path:
+        return await _run_harness(bench, endpoint, env, on_line, on_output, out, cfg_path)
+
+
+@contextlib.contextmanager
+def _config_for_the_harness(text: str, out: Path) -> Iterator[Path]:
+    """The harness's config file. One whose values hold a secret (a parameter read from `${oc.env:...}`) is a private
+    file outside the results, removed after the run, and what the harness copied of it into its output is masked;
+    the results keep the masked copy (nemotron_run_config.yml)."""
+    if not secrets.contains_secret(text):
+        yield out / "nemotron_run_config.yml"
+        return
+    private = runtime.home() / "private"
+    private.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, path = tempfile.mkstemp(dir=private, suffix=".yml")  # mode 600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        yield Path(path)
+    finally:
+        Path(path).unlink(missing_ok=True)
+        secrets.scrub_tree(out)
+
+
+async def _run_harness(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str],
+                       on_line: Callable[[str], None], on_output: Callable[[str], None], out: Path,
+                       cfg_path: Path) -> BenchmarkResult:
     log_path = out / "run_eval.log"
     env = {**env, "ADAPTER_PORT": str(free_port())}  # fresh per attempt: a used port stays busy ~60 s
     start = time.monotonic()

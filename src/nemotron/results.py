@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from nemotron import secrets
 from nemotron.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -292,6 +293,6 @@ def write_manifest(run_dir: Path, doc: dict[str, Any]) -> dict[str, Any]:
     """manifest.json: what was evaluated and how (model ref and digest, harness versions, task configs,
     server args); exported with the results and read back by `eval export`."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"schema_version": SCHEMA_VERSION, **doc}
+    doc = secrets.masked({"schema_version": SCHEMA_VERSION, **doc})  # a task's parameter may hold a secret's value
     write_atomic(run_dir / "manifest.json", json.dumps(doc, indent=2, default=str) + "\n")
     return doc

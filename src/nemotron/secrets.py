@@ -18,6 +18,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 MASK = "***"
@@ -111,6 +112,25 @@ def masked(data: Any) -> Any:
 
 def contains_secret(text: str) -> bool:
     return mask(text) != text
+
+
+TEXT_SUFFIXES = (".yml", ".yaml", ".json", ".jsonl", ".log", ".txt", ".md", ".csv", ".html")
+
+
+def scrub_tree(root: Path) -> list[Path]:
+    """Mask the secrets in the text files under `root` (a harness's output: it copies its config, with a value that
+    needed the secret, into its own records), each rewritten whole; binary files (a cache's database) are left,
+    since a shorter value would break them. Returns the files rewritten."""
+    rewritten = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix in TEXT_SUFFIXES and path.is_file() and not path.is_symlink():
+            text = path.read_text(errors="surrogateescape")
+            if contains_secret(text):
+                tmp = path.with_name(path.name + ".masking")
+                tmp.write_text(mask(text), errors="surrogateescape")
+                os.replace(tmp, path)
+                rewritten.append(path)
+    return rewritten
 
 
 class MaskingFilter(logging.Filter):
