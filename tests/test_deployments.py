@@ -20,6 +20,7 @@ from nemotron import artifact_events, runtime
 from nemotron.endpoints import free_port
 from tests import fake_wandb_api, wandb_offline
 from tests.helpers import REPO, hf_home, nemotron, sacct_state, squeue
+from tests.sentinels import Sentinels, watch_harnesses
 
 POOL = "nemotron-eval"
 DEPLOYMENT = "nano3-eval/nano3-eval"
@@ -49,13 +50,19 @@ def deployment():
 
 
 @pytest.fixture(scope="module")
-def worker(deployment, tmp_path_factory):
+def worker_secrets() -> Sentinels:
+    """The credentials the team's worker holds (issue 27): its variables, netrc and env.toml."""
+    return Sentinels("worker")
+
+
+@pytest.fixture(scope="module")
+def worker(deployment, tmp_path_factory, worker_secrets):
     """A process worker whose flow runs see the fake `wandb.Api` (artifact look-ups only)."""
     tmp = tmp_path_factory.mktemp("worker")
     artifacts = {"YOUR-TEAM/nemotron/nano3-sft-model:latest": SFT}
     # where results go is the worker's setting (runs started through Prefect may not redirect writes)
-    env = {**os.environ, **ENV, **fake_wandb_api.subprocess_env(tmp, artifacts), "HF_HOME": str(hf_home()),
-           "WANDB_MODE": "offline", "NEMOTRON_OUTPUT_DIR": str(tmp / "results"),
+    env = {**os.environ, **ENV, **worker_secrets.env, **fake_wandb_api.subprocess_env(tmp, artifacts),
+           "HF_HOME": str(hf_home()), "WANDB_MODE": "offline", "NEMOTRON_OUTPUT_DIR": str(tmp / "results"),
            "NEMOTRON_PROFILE": "local-slurm-ssh"}  # runs that name no profile serve on the cluster (issue 15)
     with open(tmp / "worker.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--limit", "2"],
@@ -119,19 +126,23 @@ def run_dir_of(root, run_id: str):
 
 
 @pytest.mark.e2e
-def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker, tmp_path):
+def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker, worker_secrets, tmp_path):
     """`prefect deployment run --param model=sft:latest ...` → the worker runs the flow: the fake
     `wandb.Api` resolves the artifact to the built-in model's folder (a file:// reference), real vLLM
     serves it in a Slurm job reached through NeMo-Run's SSH tunnel (slurm.sh's login node) and our
     port forward, the harness runs here, and the export is real W&B, offline.
     The same evaluation is started twice at once (issue 14: a trigger and a user, say): one server
-    launch, and both runs Completed with the same scores."""
+    launch, and both runs Completed with the same scores.
+    Issue 27: the worker's secrets (its variables, netrc, a profile's env_vars) reach no file of the worker or the
+    cluster, no harness, not the Prefect database."""
     out = worker / "results"
     params = ("model=sft:latest", 'tasks=["hellaswag", "gsm8k"]', "config=local",  # no profile: the worker's
               "overrides=" + json.dumps(["evaluation.nemo_evaluator_config.config.params.limit_samples=1",
                                          "evaluation.nemo_evaluator_config.config.params.max_new_tokens=32"]))
-    ids = [start_run(*params), start_run(*params)]
-    finished = [wait_for_run(i) for i in ids]
+    started = time.time() - 1
+    with watch_harnesses(worker_secrets.values()) as harnesses:
+        ids = [start_run(*params), start_run(*params)]
+        finished = [wait_for_run(i) for i in ids]
     for run in finished:
         assert run.state.is_completed(), (run.state, (worker / "worker.log").read_text()[-3000:])
         assert run.name == "eval-sft:latest" and run.parameters["tasks"] == ["hellaswag", "gsm8k"]
@@ -178,6 +189,12 @@ def test_deployment_run_serves_the_artifact_on_slurm_over_ssh_and_exports(worker
     assert {"hellaswag/results.yml", "gsm8k/results.yml", "manifest.json", "server.log"} <= \
         {c.path for c in results.manifest.contents}
     assert json.loads(results.metadata)["inputs"] == ["YOUR-TEAM/nemotron/nano3-sft-model:v2"]
+
+    # the worker's secrets stayed with it
+    assert worker_secrets.found_in(worker) == []  # results, W&B offline files, the worker's log
+    assert worker_secrets.found_in("/var/tmp/nemotron-login/jobs", runtime.home(), since=started) == []
+    assert worker_secrets.found_in_prefect() == []
+    assert len(harnesses.seen) >= 2 and harnesses.found == [], harnesses.found
 
 
 def test_batch_submits_a_run_and_returns_at_once(worker, deployment, tmp_path):

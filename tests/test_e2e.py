@@ -7,9 +7,10 @@ benchmarks run. The flow must notice, relaunch it once, finish every benchmark w
 and not recompute what the first server answered (the response cache replays it). Then the same
 evaluation again must reuse everything: no server, no request.
 
-The same run carries distinctive secrets (issue 14) — in WANDB_API_KEY, HF_TOKEN, a literal
-deployment.env entry and a `${oc.env:...}` override — and exports to W&B (offline): none of them
-may appear in anything it leaves, on disk or in the Prefect server.
+The same run carries distinctive secrets (issues 14, 27: tests/sentinels.py) — in WANDB_API_KEY, HF_TOKEN,
+OPENAI_KEY, GITHUB_PAT, MY_SERVICE_AUTH, a 5-character DB_PASSWORD, a netrc, a literal deployment.env entry and a
+`${oc.env:...}` override — and exports to W&B (offline): none of them may appear in anything it leaves (its
+folders, ~/.cache/nemotron, the Prefect database) or in the environment of a harness while it runs.
 """
 
 import json
@@ -25,7 +26,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+from nemotron import runtime
 from tests.helpers import answered, hf_home, kill_server_once_it_answered, nemotron
+from tests.sentinels import Sentinels, watch_harnesses
 
 SUITE = ["adlr_mmlu", "hellaswag", "arc_challenge", "adlr_arc_challenge_llama_25_shot",
          "adlr_winogrande_5_shot", "truthfulqa", "gsm8k"]
@@ -55,21 +58,7 @@ def cached_responses(benchmark_dir: Path) -> int:
         return db.execute("select count(*) from Cache").fetchone()[0]
 
 
-SECRETS = {"WANDB_API_KEY": "wandb-e2e-0c7f3a9d41", "HF_TOKEN": "hf_e2eToken5b21d8",
-           "E2E_SERVER_TOKEN": "srv-e2e-e94d02"}
-LITERAL = "pw-e2e-literal-7a1c55"  # deployment.env.SERVICE_PASSWORD, written on the command line
-
-
-def leaked(root: Path, values: list[str]) -> list[str]:
-    """Files under `root` (links not followed) that hold any of the values."""
-    found = []
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = Path(folder) / name
-            if path.is_file() and not path.is_symlink():
-                data = path.read_bytes()
-                found += [f"{path}: {v}" for v in values if v.encode() in data]
-    return found
+SERVER_TOKEN = "srv-e2e-e94d02"  # read by a `${oc.env:E2E_SERVER_TOKEN}` override
 
 
 def leaked_to_prefect(since: float, values: list[str]) -> list[str]:
@@ -107,14 +96,18 @@ def export_seen(since: float) -> str:
 def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_path):
     assert not vllm_processes(), "a vLLM server is already running"
     started = time.time() - 1
+    sentinels = Sentinels("local")
+    values = [*sentinels.values(), SERVER_TOKEN]
     proc = subprocess.Popen(
         [sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}",
-         "deployment.health_interval=1", *SMALL, f"deployment.env.SERVICE_PASSWORD={LITERAL}",
+         "deployment.health_interval=1", *SMALL, sentinels.deployment_env_override(),
          "deployment.env.SERVER_TOKEN=${oc.env:E2E_SERVER_TOKEN}", "export.wandb.project=e2e"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "HF_HOME": str(hf_home()), "WANDB_MODE": "offline", **SECRETS})
-    killed_after = kill_server_once_it_answered(tmp_path / "smollm2-135m-instruct", proc, KILL_AFTER)
-    out, _ = proc.communicate(timeout=1800)
+        env={**os.environ, "HF_HOME": str(hf_home()), "WANDB_MODE": "offline", **sentinels.env,
+             "E2E_SERVER_TOKEN": SERVER_TOKEN})
+    with watch_harnesses(values) as harnesses:
+        killed_after = kill_server_once_it_answered(tmp_path / "smollm2-135m-instruct", proc, KILL_AFTER)
+        out, _ = proc.communicate(timeout=1800)
     assert killed_after, "the server was never killed: " + out[-3000:]
     assert proc.returncode == 0, out[-5000:]
     assert "the server died under" in out and "relaunching it (1/2)" in out
@@ -176,16 +169,17 @@ def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_
     assert not vllm_processes(), "a server outlived the run"
 
     # secrets stayed home: not in the run folder (with the offline W&B run), the benchmark folders, the
-    # NeMo-Run job folders, or what the Prefect server stored of the run
-    values = [*SECRETS.values(), LITERAL]
+    # NeMo-Run job folders, ~/.cache/nemotron, what the Prefect server stored of the run, or a harness's environment
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["deployment"]["env"]["SERVICE_PASSWORD"] == "***"
     assert list(run.glob("wandb/offline-run-*/run-*.wandb"))
-    assert leaked(tmp_path, values) == []
+    assert sentinels.found_in(tmp_path) == []
     for record in run.glob("server.json"):
         job_dir = Path(json.loads(record.read_text())["job_dir"])
-        assert (job_dir / "scripts" / "server.sh").is_file() and leaked(job_dir.parent, values) == []
-    assert leaked_to_prefect(started, values) == []
+        assert (job_dir / "scripts" / "server.sh").is_file() and sentinels.found_in(job_dir.parent) == []
+    assert sentinels.found_in(runtime.home(), Path.home() / ".cache" / "wandb", since=started) == []
+    assert leaked_to_prefect(started, values) == [] and sentinels.found_in_prefect() == []
+    assert len(harnesses.seen) >= len(SUITE) and harnesses.found == [], harnesses.found
 
     # the same evaluation again: every benchmark is complete under its key, so no server starts
     again = nemotron("nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}", *SMALL,

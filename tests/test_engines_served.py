@@ -13,6 +13,7 @@ import pytest
 
 from nemotron import endpoints, runtime
 from tests.helpers import REPO, hf_home, nemotron, scores, squeue
+from tests.sentinels import Sentinels, watch_harnesses
 
 pytestmark = pytest.mark.e2e
 MODEL = str(runtime.builtin_model_dir("smollm2-135m-instruct"))
@@ -84,6 +85,39 @@ def test_none_evaluates_a_running_endpoint_with_its_key_and_leaves_it_running(tm
     assert not [p for p in run_dir.rglob("*") if p.is_file() and key in p.read_text(errors="replace")]
     gate = json.loads((run_dir / "in-flight.json").read_text())[0]
     assert gate["upstream"] == url and gate["benchmarks"]["gsm8k"]["requests"] >= 1
+
+
+def test_a_run_with_the_endpoints_key_and_a_failing_benchmark_leaves_no_secret_anywhere(tmp_path, running_vllm):
+    """Issue 27, the `-c local` path against a running endpoint: the machine's secrets (tests/sentinels.py), the
+    endpoint's key (deployment.api_key_env) and a benchmark that fails with a secret inside its error (its
+    tokenizer read from OPENAI_KEY: lm-eval prints it, and cannot load it). The failure is reported, masked; no
+    secret is in the run's files, ~/.cache/nemotron, the Prefect database or a harness's environment."""
+    url, key = running_vllm
+    started = time.time() - 1
+    sentinels = Sentinels("none")
+    hellaswag = "evaluation.tasks.1"  # in local.yaml
+    with watch_harnesses([*sentinels.values(), key]) as harnesses:
+        r = nemotron("nano3", "eval", "-c", "local", "-t", "hellaswag", "-t", "gsm8k", "deployment.type=none",
+                     f"deployment.url={url}/v1", "deployment.served_model_name=smollm2",
+                     "deployment.api_key_env=ENDPOINT_API_KEY", "run.model=builtin:smollm2-135m-instruct",
+                     *limited(tmp_path), f"{hellaswag}.retries=0",
+                     f"{hellaswag}.nemo_evaluator_config.config.params.extra.tokenizer=/absent/${{oc.env:OPENAI_KEY}}",
+                     f"{hellaswag}.nemo_evaluator_config.config.params.extra.tokenizer_backend=huggingface",
+                     "export.wandb.project=sentinels", env={**sentinels.env, "ENDPOINT_API_KEY": key,
+                                                            "WANDB_MODE": "offline"}, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-4000:]
+    assert {b for b, _ in scores(out)} == {"gsm8k"}, out[-3000:]
+    (run_dir,) = {m.parent for m in tmp_path.glob("*/*/manifest.json")}
+    (failed,) = [x for x in json.loads((run_dir / "results.json").read_text())["results"] if x["status"] != "completed"]
+    assert failed["benchmark"] == "hellaswag" and "***" in failed["error"], failed
+    assert "***" in (run_dir / "hellaswag" / "run_eval.log").read_text()  # the harness printed the secret: masked
+    values = [*sentinels.values(), key]
+    assert [v for v in values if v in out] == []
+    assert sentinels.found_in(tmp_path) == [] and not [p for p in tmp_path.rglob("*") if p.is_file()
+                                                       and key.encode() in p.read_bytes()]
+    assert sentinels.found_in(runtime.home(), since=started) == [] and sentinels.found_in_prefect() == []
+    assert len(harnesses.seen) >= 2 and harnesses.found == [], harnesses.found
 
 
 def test_a_hugging_face_model_id_is_served_from_the_hub_cache_offline(tmp_path):

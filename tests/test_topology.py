@@ -22,7 +22,9 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
+from nemotron import runtime
 from tests.helpers import REPO, hf_home, scores, squeue
+from tests.sentinels import Sentinels, watch_harnesses
 
 PROFILES = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}
 LOGIN_JOBS = "/var/tmp/nemotron-login/jobs"  # local-slurm-ssh's remote_job_dir
@@ -91,10 +93,21 @@ def test_the_identity_of_a_cluster_checkpoint_is_measured_on_the_cluster(checkpo
 def test_attached_over_ssh_reads_nothing_of_the_clusters_disk(tmp_path, checkpoint):
     """`--run local-slurm-ssh` from the laptop: hellaswag (log-likelihood: the tokenizer) and gsm8k both score;
     the tokenizer comes through the tunnel. A file written deep in the checkpoint makes it a new model: the next
-    run evaluates it again instead of reusing the first run's result."""
-    r = cli("-c", "local", "--run", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k", *limited(tmp_path, checkpoint))
+    run evaluates it again instead of reusing the first run's result.
+    Issue 27: the laptop's secrets (tests/sentinels.py), a secret of the profile's env_vars and of deployment.env
+    reach no file on either side, no harness, not the Prefect database."""
+    import time
+
+    started, sentinels = time.time() - 1, Sentinels("attached")
+    with watch_harnesses(sentinels.values()) as harnesses:
+        r = cli("-c", "local", "--run", "local-slurm-ssh", "-t", "hellaswag", "-t", "gsm8k",
+                *limited(tmp_path, checkpoint), sentinels.deployment_env_override(), env=sentinels.env)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
+    assert [v for v in sentinels.values() if v in out] == []
+    assert sentinels.found_in(tmp_path) == [] and sentinels.found_in(LOGIN_JOBS, runtime.home(), since=started) == []
+    assert sentinels.found_in_prefect() == []
+    assert len(harnesses.seen) >= 2 and harnesses.found == [], harnesses.found
     got = scores(out)
     assert {("hellaswag", "acc"), ("gsm8k", "exact_match__strict-match")} <= set(got), out[-2000:]
     assert f"copied the tokenizer of {checkpoint}" in out
@@ -138,20 +151,28 @@ def test_batch_without_prefect_runs_the_whole_evaluation_in_the_cluster(tmp_path
     private = Path(LOGIN_JOBS) / ".secrets"
     earlier = set(private.iterdir()) if private.is_dir() else set()
     start = time.monotonic()
-    # issue 27: the job gets the hub token it may need, not the laptop's other secrets
-    r = cli(*args, env={**no_prefect(tmp_path), "HF_TOKEN": "hf_batch_needed_1234", "GITHUB_PAT": "gh-batch-other"})
-    submitted_in = time.monotonic() - start
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert submitted_in < 30, submitted_in
-    assert r.stdout.startswith("no Prefect server is configured (PREFECT_API_URL is unset): the evaluation goes to "
-                               "the cluster itself"), r.stdout
-    assert "secrets it gets, through a private file: HF_TOKEN\n" in r.stdout, r.stdout
-    job = re.search(r"submitted Slurm job (\d+) on local-slurm-ssh", r.stdout).group(1)
-    assert f"results: under {checkpoint.parent}/results on the cluster" in r.stdout
-    (given,) = set(private.iterdir()) - earlier  # while the job may run (again), its private file is there
-    assert "hf_batch_needed_1234" in given.read_text() and "gh-batch-other" not in given.read_text()
-    wait_until_the_queue_is_empty()  # the flow job, its server job, and the job that removes the private file
+    # issue 27: the job gets the secrets it needs (W&B, the hub, the profile's), not the laptop's others; none of
+    # them reaches a file, a harness or the Prefect database
+    started, sentinels = time.time() - 1, Sentinels("batch")
+    with watch_harnesses(sentinels.values()) as harnesses:
+        r = cli(*args, env={**no_prefect(tmp_path), **sentinels.env})
+        submitted_in = time.monotonic() - start
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        assert submitted_in < 30, submitted_in
+        assert r.stdout.startswith("no Prefect server is configured (PREFECT_API_URL is unset): the evaluation goes "
+                                   "to the cluster itself"), r.stdout
+        assert "secrets it gets, through a private file: HF_TOKEN, SITE_TOKEN, WANDB_API_KEY\n" in r.stdout, r.stdout
+        job = re.search(r"submitted Slurm job (\d+) on local-slurm-ssh", r.stdout).group(1)
+        assert f"results: under {checkpoint.parent}/results on the cluster" in r.stdout
+        (given,) = set(private.iterdir()) - earlier  # while the job may run (again), its private file is there
+        assert {sentinels.env["HF_TOKEN"], sentinels.profile_secret} <= set(re.findall(r"=(\S+)", given.read_text()))
+        assert sentinels.env["GITHUB_PAT"] not in given.read_text() and sentinels.netrc not in given.read_text()
+        wait_until_the_queue_is_empty()  # the flow job, its server job, and the job that removes the private file
     assert not given.exists(), "the private file outlived the job"
+    assert [v for v in sentinels.values() if v in r.stdout + r.stderr] == []
+    assert sentinels.found_in(LOGIN_JOBS, checkpoint.parent, runtime.home(), since=started) == []
+    assert sentinels.found_in_prefect() == []
+    assert len(harnesses.seen) >= 2 and harnesses.found == [], harnesses.found
 
     status = cli("status", job, env=no_prefect(tmp_path))
     assert status.returncode == 0, status.stderr
