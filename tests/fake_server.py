@@ -5,6 +5,7 @@ It accepts vLLM's command line (so `deployment.command` can point at it) and can
 --fail-logprobs (500 on echo/logprobs requests),
 --delay S (every completion takes S seconds), --fail-first N (503 for the first N requests);
 --journal FILE records each start and request, so a test can count what reached a server;
+--require-env NAME exits at once when the variable NAME (a secret it needs) is not set;
 --die-after N exits on the request after the first N, and --never-healthy-on-restart (with --journal) never
 becomes healthy once started again, so a test can lose a server and its relaunch;
 --answers FILE (JSON: question → answer) answers those questions (the last "Question: ...\nAnswer:" of a prompt,
@@ -44,7 +45,10 @@ def main() -> None:
     ap.add_argument("--model", help="the checkpoint folder (vLLM's flag)")
     ap.add_argument("--answers-in-model", action="store_true", help="--answers is answers.json in --model")
     ap.add_argument("--answers", help="JSON file: question → the answer to give to a prompt asking it")
+    ap.add_argument("--require-env", help="a variable the server needs (a secret): without it, it exits at once")
     args, _ = ap.parse_known_args()
+    if args.require_env and not os.environ.get(args.require_env):
+        sys.exit(f"fake server: {args.require_env} is not set")
 
     def journal(what: str) -> None:
         if args.journal:

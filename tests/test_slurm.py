@@ -251,3 +251,43 @@ def test_a_tunnel_broken_mid_wait_fails_within_state_timeout_and_the_job_stops_i
     while squeue() and time.monotonic() < deadline:
         time.sleep(1)
     assert not squeue(), "the job did not stop itself once its heartbeat stopped"
+
+
+def test_a_requeued_server_job_starts_again_with_its_secrets_and_leaves_no_private_file(tmp_path, monkeypatch):
+    """Issue 27: Slurm requeues a job after a preemption or a node failure (here `scontrol requeue`); its script
+    runs again from the top and must find its secrets. The server here exits at once without its secret, so a
+    second start that answers its health path had it. Once the job ends for good, the private file is gone."""
+    from pathlib import Path
+
+    from nemotron import endpoints, profiles, serving
+    from nemotron.config import load_config
+
+    monkeypatch.setenv("NEMOTRON_ENV_FILE", ENV["NEMOTRON_ENV_FILE"])
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))  # NeMo-Run's local tunnel (invoke) reads it
+    journal = tmp_path / "journal"
+    cfg = load_config("local", [*fake_overrides(tmp_path, "--journal", str(journal), "--require-env", "SERVER_TOKEN"),
+                                "deployment.env.SERVER_TOKEN=requeue-secret-7f3e"])
+    with serving.serve(cfg.deployment, str(tmp_path), tmp_path / "run",
+                       profile=profiles.load_profile("local-slurm")) as server:
+        job, private = server.job, Path(server.job.secrets_file)
+        assert private.is_file() and "requeue-secret-7f3e" not in Path(job.job_dir, "scripts", "server.sh").read_text()
+        first = job.read("endpoint").strip()
+        subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+        for _ in range(120):  # Slurm holds a requeued job back for two minutes (BeginTime): not what is tested here
+            held = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T %r"], capture_output=True, text=True)
+            if held.stdout.split() == ["PENDING", "BeginTime"]:
+                subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
+                break
+            time.sleep(0.5)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # the same job, started again: a new endpoint that answers
+            again = (job.read("endpoint") or "").strip()
+            if journal.read_text().count("start") >= 2 and again and again != first and \
+                    endpoints.healthy(f"{again}/health"):
+                break
+            time.sleep(2)
+        else:
+            shown = subprocess.run(["scontrol", "show", "job", job.job_id], capture_output=True, text=True).stdout
+            raise AssertionError(f"the requeued job did not serve again: {journal.read_text()!r}, {shown}")
+        assert private.is_file()  # kept: Slurm may requeue it again
+    assert not private.exists(), "the private file outlived the job"
