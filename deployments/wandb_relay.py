@@ -6,7 +6,8 @@ signature check), so this small service verifies the webhook and emits the event
 
 In W&B: Automations → webhook to https://<this host>/wandb with the secret, events "new version"
 / "alias added" on the model artifacts, payload deployments/wandb-webhook-payload.json.
-A missing or wrong X-Wandb-Signature is refused with 401 and emits nothing.
+A missing or wrong X-Wandb-Signature is refused with 401 and emits nothing; a body over 64 KiB (a webhook is about
+1 KB) is refused with 413 before it is read.
 """
 
 from __future__ import annotations
@@ -22,12 +23,29 @@ from fastapi import FastAPI, HTTPException, Request
 
 from nemotron import artifact_events
 
+MAX_BODY = 64 * 1024
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused (413) once it is known to exceed MAX_BODY: by its Content-Length, before anything is read,
+    else as it arrives. Anyone can post here; only a signed body is worth parsing."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        raise HTTPException(413, f"a webhook body is at most {MAX_BODY} bytes (Content-Length: {declared[:20]})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise HTTPException(413, f"a webhook body is at most {MAX_BODY} bytes")
+    return bytes(body)
+
 
 def create_app(secret: str, api_url: str, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="nemotron W&B relay")
+
     @app.post("/wandb")
     async def wandb_webhook(request: Request) -> dict[str, str]:
-        body = await request.body()
+        body = await read_body(request)
         if not artifact_events.signed(body, request.headers.get(artifact_events.SIGNATURE_HEADER), secret):
             raise HTTPException(401, f"missing or invalid {artifact_events.SIGNATURE_HEADER}")
         try:

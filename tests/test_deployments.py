@@ -99,6 +99,9 @@ def test_deployment_has_the_typed_parameter_schema(deployment):
     text = json.dumps(schema)
     assert '"hellaswag"' in text and '"adlr_mmlu"' in text  # task names are an enum
     assert '"local"' in text and '"default"' in text  # so are config names
+    # issue 28: evaluations at once are bounded; more wait their turn (prefect.yaml)
+    assert deployment.global_concurrency_limit.limit == 4
+    assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
 
 
 @pytest.mark.parametrize("param, value", [("tasks", '["nope"]'), ("model", "not a reference!"),
@@ -320,6 +323,32 @@ def test_a_deployment_run_that_would_run_a_command_is_refused_before_serving(wor
     assert "flow      Failed: override 'deployment.command' is not allowed" in status.stdout
 
 
+def test_a_huge_body_is_refused_before_it_is_read(relay):
+    """Issue 28: anyone can post to the relay; a 50 MB body without a signature is refused by its Content-Length at
+    once (413), not read into memory first. One without a Content-Length (chunked) is cut off at the limit."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(relay)
+    start = time.monotonic()
+    with socket.create_connection((where.hostname, where.port), timeout=5) as conn:
+        conn.sendall(b"POST /wandb HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 52428800\r\n\r\n" + b"{" * 65536)  # 64 KiB of the 50 MB sent
+        answer = b""
+        while b"at most" not in answer and (chunk := conn.recv(4096)):  # the headers, then the body
+            answer += chunk
+        answer = answer.decode(errors="replace")
+    assert time.monotonic() - start < 1.0
+    assert answer.startswith("HTTP/1.1 413") and "at most 65536 bytes" in answer, answer
+
+    def chunks():
+        for _ in range(50):
+            yield b"{" * 1_048_576
+
+    r = httpx.post(f"{relay}/wandb", content=chunks(), timeout=30)
+    assert r.status_code == 413 and "at most 65536 bytes" in r.text
+
+
 @pytest.mark.parametrize("signature", [None, "", "bm90IHRoZSBzaWduYXR1cmU="])
 def test_bad_or_missing_signature_is_refused_and_emits_nothing(deployment, relay, signature):
     version = "YOUR-TEAM/nemotron/nano3-rl-model:v6"
@@ -351,7 +380,8 @@ def test_watcher_announces_each_new_version_once(deployment, monkeypatch):
     assert not runs_for_model(deployment, f"{path}:v1")
 
 
-def test_batch_profile_is_resolved_on_the_worker_and_status_and_logs_come_from_the_api(worker, deployment, tmp_path):
+def test_batch_profile_is_resolved_on_the_worker_and_status_and_logs_come_from_the_api(worker, worker_secrets,
+                                                                                   deployment, tmp_path):
     """Issue 19: the CLI knows a profile the worker does not. The run is submitted, fails on the worker
     before it records anything on a machine, and `eval status|logs ID` — asked from a machine that has
     no record of it (an empty NEMOTRON_HOME) — show the failure and its logs from the Prefect API."""
@@ -369,7 +399,7 @@ def test_batch_profile_is_resolved_on_the_worker_and_status_and_logs_come_from_t
     status = nemotron("nano3", "eval", "status", run_id[:8], env=elsewhere)
     assert status.returncode == 0, status.stderr
     assert f"({run_id})" in status.stdout
-    assert re.search(r"flow +Failed: unknown profile 'cli-only' in \S+env.example.toml; valid profiles: ",
+    assert re.search(rf"flow +Failed: unknown profile 'cli-only' in {worker_secrets.env_file}; valid profiles: ",
                      status.stdout), status.stdout
     assert "results   not on this machine" in status.stdout
     logs = nemotron("nano3", "eval", "logs", run_id, env=elsewhere)

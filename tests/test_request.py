@@ -47,6 +47,36 @@ def test_untrusted_request_is_checked_before_the_config_is_loaded(monkeypatch):
                        overrides=["evaluation.retries=0"]).load(trusted=False).run.model == "rl:v3"
 
 
+@pytest.mark.parametrize(("override", "says"), [
+    ("deployment.replicas=50", "deployment.replicas=50 is over limits.max_replicas=4"),
+    ("deployment.tensor_parallel_size=128", "deployment.tensor_parallel_size × data_parallel_size=128 is over "
+                                            "limits.max_gpus=64"),
+    ("deployment.max_restarts=1000", "deployment.max_restarts=1000 is over limits.max_restarts=5"),
+    ("deployment.queue_timeout=1e9", "deployment.queue_timeout=1e+09 is over limits.max_timeout=86400"),
+    ("evaluation.tasks.0.timeout=999999", "evaluation.tasks.0.timeout=999999 is over limits.max_timeout=86400"),
+    ("evaluation.nemo_evaluator_config.config.params.request_timeout=100000",
+     "evaluation.nemo_evaluator_config.config.params.request_timeout=100000 is over limits.max_timeout=86400"),
+    ("evaluation.tasks.1.retries=99", "evaluation.tasks.1.retries=99 is over limits.max_retries=5"),
+    ("evaluation.in_flight=100000", "evaluation.in_flight=100000 is over limits.max_in_flight=8192"),
+    ("evaluation.max_parallel=500", "evaluation.max_parallel=500 is over limits.max_parallel=16"),
+])
+def test_a_run_started_through_prefect_cannot_go_past_the_workers_limits(override, says):
+    """Issue 28: deployment parameters are other people's data; a replica count, a restart budget or a timeout
+    they set holds the team's GPUs. The worker's config bounds them (limits.*), which they cannot override."""
+    request = EvalRequest(config="local", overrides=[override])
+    with pytest.raises(ConfigError) as e:
+        request.load(trusted=False)
+    assert str(e.value) == f"{says}: a run started through Prefect cannot go past the limits of the worker's " \
+                           "config (limits.*); lower the value, or run it from the CLI"
+    request.load(trusted=True)  # the CLI user's own run on their own machine
+
+
+def test_the_limits_themselves_cannot_be_overridden_through_prefect():
+    with pytest.raises(ConfigError, match="override 'limits.max_replicas' is not allowed"):
+        check_prefect_override("limits.max_replicas=100")
+    assert EvalRequest(config="local", overrides=["deployment.replicas=4"]).load(trusted=False).deployment.replicas == 4
+
+
 @pytest.mark.parametrize("model", ['/ckpt"; id; "', "/ckpt/a b", "~/$(id)", "/a,tokenizer=x"])
 def test_a_model_path_that_would_reach_the_harness_shell_line_is_refused(model):
     with pytest.raises(ConfigError, match="invalid model"):

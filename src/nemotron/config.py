@@ -191,6 +191,21 @@ class ExportSection(Strict):
     wandb: WandbRef = Field(default_factory=WandbRef, description="Where results are exported.")
 
 
+class LimitsSection(Strict):
+    """Bounds a run started through Prefect (a deployment run, a trigger: other people's parameters) cannot exceed:
+    the worker's config sets them, and no such run can override them. The CLI user's own runs are not bound."""
+
+    max_replicas: int = Field(4, ge=1, description="deployment.replicas: servers (GPU jobs) one run may hold.")
+    max_gpus: int = Field(64, ge=1, description="GPUs one server may ask for: tensor × data parallel size.")
+    max_restarts: int = Field(5, ge=0, description="deployment.max_restarts.")
+    max_retries: int = Field(5, ge=0, description="evaluation.retries and each task's retries.")
+    max_timeout: float = Field(
+        86400, gt=0, description="Seconds: every timeout (evaluation and task timeouts, the server's startup, queue, "
+        "state and heartbeat timeouts, the harness's request_timeout).")
+    max_in_flight: int = Field(8192, ge=1, description="evaluation.in_flight.")
+    max_parallel: int = Field(16, ge=1, description="evaluation.max_parallel: harnesses at once.")
+
+
 class EvalConfig(Strict):
     """The whole evaluation config; also the flow's parameter, so the Prefect UI shows its form."""
 
@@ -198,6 +213,7 @@ class EvalConfig(Strict):
     deployment: DeploymentSection = Field(default_factory=DeploymentSection)
     evaluation: EvaluationSection
     export: ExportSection = Field(default_factory=ExportSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
 
     @property
     def offline(self) -> bool:

@@ -63,6 +63,32 @@ def check_prefect_override(item: str) -> None:
                           "digits and . _ - + ~ @ / :), no ${...} interpolation, quotes, spaces, lists or maps")
 
 
+def over_limits(cfg: EvalConfig) -> list[str]:
+    """Each value of `cfg` past its bound in `cfg.limits`, as `key=value is over limits.name=bound`."""
+    lim, dep, ev = cfg.limits, cfg.deployment, cfg.evaluation
+    checks: list[tuple[str, float | None, str, float]] = [
+        ("deployment.replicas", dep.replicas, "max_replicas", lim.max_replicas),
+        ("deployment.tensor_parallel_size × data_parallel_size", dep.tensor_parallel_size * dep.data_parallel_size,
+         "max_gpus", lim.max_gpus),
+        ("deployment.max_restarts", dep.max_restarts, "max_restarts", lim.max_restarts),
+        ("evaluation.retries", ev.retries, "max_retries", lim.max_retries),
+        ("evaluation.max_parallel", ev.max_parallel, "max_parallel", lim.max_parallel),
+        ("evaluation.in_flight", ev.in_flight, "max_in_flight", lim.max_in_flight),
+        *((f"deployment.{k}", getattr(dep, k), "max_timeout", lim.max_timeout)
+          for k in ("startup_timeout", "queue_timeout", "state_timeout", "heartbeat_timeout")),
+        ("evaluation.timeout", ev.timeout, "max_timeout", lim.max_timeout),
+        ("evaluation.nemo_evaluator_config.config.params.request_timeout",
+         ev.nemo_evaluator_config.config.params.request_timeout, "max_timeout", lim.max_timeout),
+    ]
+    for i, task in enumerate(ev.tasks):
+        checks += [(f"evaluation.tasks.{i}.timeout", task.timeout, "max_timeout", lim.max_timeout),
+                   (f"evaluation.tasks.{i}.retries", task.retries, "max_retries", lim.max_retries),
+                   (f"evaluation.tasks.{i}.nemo_evaluator_config.config.params.request_timeout",
+                    task.nemo_evaluator_config.config.params.request_timeout, "max_timeout", lim.max_timeout)]
+    return [f"{key}={value:g} is over limits.{name}={bound:g}" for key, value, name, bound in checks
+            if value is not None and value > bound]
+
+
 class EvalRequest(BaseModel):
     """One evaluation, as the flow's parameters."""
 
@@ -95,7 +121,11 @@ class EvalRequest(BaseModel):
                                   f"worker's config/ folder by name ({', '.join(ConfigName.__args__)})")
             for item in self.overrides:
                 check_prefect_override(item)
-        return load_config(self.config, self.config_overrides())
+        cfg = load_config(self.config, self.config_overrides())
+        if not trusted and (over := over_limits(cfg)):
+            raise ConfigError(f"{over[0]}: a run started through Prefect cannot go past the limits of the worker's "
+                              "config (limits.*); lower the value, or run it from the CLI")
+        return cfg
 
     def config_overrides(self) -> list[str]:
         """The overrides, with `model` applied last (it wins, like a trailing `run.model=...`)."""
