@@ -101,13 +101,17 @@ class HarnessWatch:
                         continue
                     environ = Path(f"/proc/{pid}/environ").read_bytes()
                     self.seen.add(pid)
-                    self.found += [f"pid {pid} {cmdline[:200]!r}: {v.decode()}" for v in self.values
-                                   if v in environ or v in cmdline]
+                    program = " ".join(Path(a.decode(errors="replace")).name for a in cmdline.split(b"\0")[:2])
+                    for value in self.values:
+                        for where, data in (("environ", environ), ("cmdline", cmdline)):
+                            if value in data and (found := (where, program, value.decode())) not in self.found:
+                                self.found.append(found)
 
 
 @contextlib.contextmanager
 def watch_harnesses(values: list[str]) -> Iterator[HarnessWatch]:
-    """`with watch_harnesses(s.values()) as w: <run>` then `w.seen` (harness processes sampled), `w.found`."""
+    """`with watch_harnesses(s.values()) as w: <run>` then `w.seen` (harness processes sampled) and `w.found`:
+    (environ or cmdline, the program, the value) for each value seen in a harness process."""
     watch = HarnessWatch(values)
     watch._thread.start()
     try:

@@ -117,7 +117,13 @@ def test_a_run_with_the_endpoints_key_and_a_failing_benchmark_leaves_no_secret_a
     assert sentinels.found_in(tmp_path) == [] and not [p for p in tmp_path.rglob("*") if p.is_file()
                                                        and key.encode() in p.read_bytes()]
     assert sentinels.found_in(runtime.home(), since=started) == [] and sentinels.found_in_prefect() == []
-    assert len(harnesses.seen) >= 2 and harnesses.found == [], harnesses.found
+    # the tokenizer is a harness parameter: nemo-evaluator renders it into lm-eval's command line (README), the one
+    # place it shows; no harness's environment holds a secret
+    assert len(harnesses.seen) >= 2
+    assert {f for f in harnesses.found if f[0] == "environ" or f[2] != sentinels.env["OPENAI_KEY"]} == set(), \
+        harnesses.found
+    assert all("lm-eval" in program or program.split()[0] in ("bash", "sh") for _, program, _ in harnesses.found), \
+        harnesses.found  # lm-eval, and the shell nemo-evaluator starts it with
 
 
 def test_a_hugging_face_model_id_is_served_from_the_hub_cache_offline(tmp_path):
