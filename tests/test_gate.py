@@ -184,13 +184,46 @@ def test_a_relaunched_replica_joins_and_the_last_one_alive_is_never_taken_out():
     with fake_upstream() as (doomed, a), gate.open_gate(a, budget=2) as g:
         doomed.kill()
         doomed.wait()
+        g.decide_seconds = 1.0
+        start = time.monotonic()
         assert post(g, f"{g.url}/gsm8k/v1/completions") == 502  # one replica: the harness sees the failure
+        assert time.monotonic() - start >= 1.0  # once the watch had its time to judge the replica
         assert g.replicas[0].alive  # and the flow's health watch decides, as before replicas
         with fake_upstream() as (_, b):
             g.remove(a)
             g.add(b)
             assert post(g, f"{g.url}/gsm8k/v1/completions") == 200
             assert [r.requests for r in g.replicas] == [1, 1]
+
+
+@contextlib.contextmanager
+def last_replica_dropped():
+    """A gate whose one replica died, with a request it dropped waiting for the watch's judgment of the replica."""
+    with fake_upstream() as (doomed, url), gate.open_gate(url, budget=2) as g, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        g.decide_seconds = 60.0
+        doomed.kill()
+        doomed.wait()
+        waiting = pool.submit(post, g, f"{g.url}/gsm8k/v1/completions")
+        time.sleep(1.0)
+        yield g, url, waiting
+
+
+def test_a_requeued_replica_is_waited_for_and_a_dead_one_answered_at_once(upstream):
+    """Issue 28: the last replica drops a request; the watch finds its job requeued (`hold`): the request waits,
+    and goes to the job's new address once it serves again (`rejoin`). One the watch finds dead (`drop`) is
+    answered 502 at once, not after `decide_seconds`."""
+    with last_replica_dropped() as (g, url, waiting):
+        g.hold(url)
+        time.sleep(1.0)
+        assert not waiting.done() and g.returning == 1
+        g.rejoin(upstream, "server")
+        assert waiting.result(timeout=30) == 200 and g.returning == 0
+        assert [(r.url, r.alive, r.requests) for r in g.replicas] == [(url, False, 1), (upstream, True, 1)]
+    with last_replica_dropped() as (g, url, waiting):
+        start = time.monotonic()
+        g.drop(url)
+        assert waiting.result(timeout=30) == 502 and time.monotonic() - start < 5
 
 
 def test_requests_before_the_server_is_healthy_wait_for_it_or_fail_if_it_never_is(upstream):

@@ -5,6 +5,7 @@ runs it); here the attached CLI's faults use the fake server only to make a benc
 server never become healthy.
 """
 
+import json
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import FAKE, FAKE_VENV, REPO, hf_home, nemotron, sacct_state, squeue
+from tests.helpers import FAKE, FAKE_VENV, REPO, hf_home, nemotron, sacct_state, scores, squeue
 
 ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # local-slurm and local-slurm-ssh
 
@@ -273,12 +274,7 @@ def test_a_requeued_server_job_starts_again_with_its_secrets_and_leaves_no_priva
         assert private.is_file() and "requeue-secret-7f3e" not in Path(job.job_dir, "scripts", "server.sh").read_text()
         first = job.read("endpoint").strip()
         subprocess.run(["scontrol", "requeue", job.job_id], check=True)
-        for _ in range(120):  # Slurm holds a requeued job back for two minutes (BeginTime): not what is tested here
-            held = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T %r"], capture_output=True, text=True)
-            if held.stdout.split() == ["PENDING", "BeginTime"]:
-                subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
-                break
-            time.sleep(0.5)
+        lift_requeue_hold(job.job_id)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # the same job, started again: a new endpoint that answers
             again = (job.read("endpoint") or "").strip()
@@ -291,3 +287,56 @@ def test_a_requeued_server_job_starts_again_with_its_secrets_and_leaves_no_priva
             raise AssertionError(f"the requeued job did not serve again: {journal.read_text()!r}, {shown}")
         assert private.is_file()  # kept: Slurm may requeue it again
     assert not private.exists(), "the private file outlived the job"
+
+
+def lift_requeue_hold(job_id: str) -> None:
+    """Slurm holds a requeued job back for two minutes (BeginTime) while the node cleans up its last run; start it
+    as soon as that run's steps are gone (started before, it fails at once: seen here), not after the hold."""
+    for _ in range(240):
+        held = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True)
+        steps = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True, text=True)
+        if held.stdout.split() == ["PENDING", "BeginTime"] and not steps.stdout.strip():
+            time.sleep(1.0)
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} was not held after its requeue, or its steps never ended: {held.stdout!r}")
+
+
+def test_a_server_job_requeued_mid_suite_is_waited_for_not_relaunched(tmp_path):
+    """Issue 28: Slurm requeues the server job mid-suite (a preemption, a node failure; here `scontrol requeue`).
+    The same job runs its script again and serves on a new port: the flow waits for it (requests wait in the gate)
+    and goes on there through a new port forward over SSH, without a relaunch counted against
+    deployment.max_restarts; the suite completes."""
+    journal = tmp_path / "journal"
+    proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
+                             "local-slurm-ssh", "-t", "gsm8k",
+                             *fake_overrides(tmp_path, "--journal", str(journal), "--delay", "0.3"),
+                             "evaluation.nemo_evaluator_config.config.params.limit_samples=40",
+                             "evaluation.in_flight=2", "deployment.health_interval=1", "deployment.max_restarts=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 300
+        while (not journal.exists() or journal.read_text().count("request") < 6) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        (job,) = squeue()
+        job_id = job.split()[0]
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        lift_requeue_hold(job_id)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    assert f"[serve] job {job_id} was requeued by Slurm" in out, out[-4000:]
+    assert f"serves again (job {job_id}, requeued: not a relaunch)" in out, out[-4000:]
+    assert "relaunching" not in out and "died" not in out, out[-4000:]
+    assert len(re.findall(r"\[serve\] server at http://\S+, reached as http://127\.0\.0\.1:\d+", out)) == 2, out[-4000:]
+    assert journal.read_text().count("start") == 2
+    got = scores(out)
+    assert ("gsm8k", "exact_match__strict-match") in got, out[-3000:]
+    (run_dir,) = {p.parent for p in tmp_path.glob("*/*/results.json")}
+    gate_record = json.loads((run_dir / "in-flight.json").read_text())
+    assert [x["launch"] for x in gate_record] == [1]  # one launch: the requeue was not a relaunch
+    assert len({r["url"] for r in gate_record[0]["replicas"]}) == 2  # the same job, served at a new address

@@ -130,6 +130,10 @@ class Gate:
     opened: float = field(default_factory=time.time)  # when requests began to go through
     held: int = 0  # requests that arrived before the server was healthy, and waited for it
     failure: str = ""  # the server never became healthy: what waits is answered 502 with this
+    returning: int = 0  # replicas whose job Slurm requeued: while one is on its way back, requests wait for it
+    decide_seconds: float = 0.0  # how long a request the last replica dropped waits for the watch to judge it (set
+    # by the watch: with no watch nobody judges)
+    _changed: asyncio.Event | None = None  # set (and replaced) when a replica joins, returns or is given up on
     _ready: asyncio.Event | None = None
     _limit: asyncio.Semaphore | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -173,6 +177,46 @@ class Gate:
             return
         done.wait(10)
 
+    def hold(self, url: str) -> None:
+        """The replica at `url` stopped answering and its job may come back (Slurm requeued it, or is asked): no
+        request goes there, and requests with no live replica wait for it (from any thread)."""
+        self._call(self._hold, url)
+
+    def rejoin(self, url: str, name: str) -> None:
+        """A held replica serves again, at `url` (a requeued job starts anew: a new port, maybe a new node)."""
+        self._call(self._rejoin, url, name)
+
+    def release(self) -> None:
+        """A held replica will not come back: what waits for it is answered (by another replica, or 502)."""
+        self._call(self._release)
+
+    def _hold(self, url: str) -> None:
+        self.remove(url)
+        self.returning += 1
+        self._notify()
+
+    def _rejoin(self, url: str, name: str) -> None:
+        self.add(url, name)
+        self.returning = max(0, self.returning - 1)
+        self._notify()
+
+    def _release(self) -> None:
+        self.returning = max(0, self.returning - 1)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _change(self, timeout: float | None = None) -> bool:
+        """Until a replica joins, returns or is given up on (True), or `timeout` passes (False)."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)  # type: ignore[union-attr]
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     def _open(self, upstreams: dict[str, str], budget: int) -> None:
         for name, url in upstreams.items():
             self.add(url, name)
@@ -199,6 +243,15 @@ class Gate:
         for r in self.replicas:
             if r.url == url.rstrip("/"):
                 r.alive = False
+
+    def drop(self, url: str) -> None:
+        """The watch found the replica at `url` dead for good: what waits to judge it is answered (from any
+        thread)."""
+        self._call(self._drop, url)
+
+    def _drop(self, url: str) -> None:
+        self.remove(url)
+        self._notify()
 
     def answers(self, url: str) -> bool:
         """False once a request found the replica at `url` dead."""
@@ -266,9 +319,18 @@ class Gate:
 
     async def _spread(self, session: aiohttp.ClientSession, path: str, headers: dict, body: bytes) -> web.Response:
         """To the live replica with the fewest in flight; if it gives no answer and another lives, it is taken out
-        and the request goes there instead."""
+        and the request goes there instead. With none live while a requeued one is on its way back, the request
+        waits for it; one the last replica dropped waits (`decide_seconds`) for the watch to judge that replica."""
         tried: list[Replica] = []
-        while (replica := self._pick(tried)) is not None:
+        judged = False
+        while True:
+            replica = self._pick(tried)
+            if replica is None:
+                if self.returning:
+                    await self._change()
+                    tried = []
+                    continue
+                return web.Response(status=502, text="Bad Gateway: no replica of the server is alive")
             tried.append(replica)
             replica.requests += 1
             replica.in_flight += 1
@@ -276,12 +338,17 @@ class Gate:
                 return await self._send(session, "POST", replica.url + path, headers, body)
             except _Unreachable as e:
                 replica.failed += 1
-                if self._pick(tried) is None:  # the last one alive: the harness sees the failure (infrastructure)
-                    return web.Response(status=502, text=f"Bad Gateway: {e}")
-                replica.alive, replica.redone = False, replica.redone + 1
+                if self._pick(tried) is not None:  # another lives: this one is out, the request goes there
+                    replica.alive, replica.redone = False, replica.redone + 1
+                    continue
+                # the last one alive: held (requeued) or given up on by the watch, or answering again
+                if not judged and self.decide_seconds and await self._change(self.decide_seconds):
+                    judged, tried = True, []
+                    replica.redone += 1
+                    continue
+                return web.Response(status=502, text=f"Bad Gateway: {e}")  # the harness sees an infrastructure failure
             finally:
                 replica.in_flight -= 1
-        return web.Response(status=502, text="Bad Gateway: no replica of the server is alive")
 
     @staticmethod
     async def _send(session: aiohttp.ClientSession, method: str, target: str, headers: dict,
@@ -297,7 +364,7 @@ class Gate:
 
 
     async def _serve(self, started: threading.Event, stop: asyncio.Event) -> None:
-        self._loop, self._ready = asyncio.get_running_loop(), asyncio.Event()
+        self._loop, self._ready, self._changed = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
         if self.budget:
             self._open({}, self.budget)
         connector = aiohttp.TCPConnector(limit=0)  # the semaphore is the limit

@@ -2,9 +2,11 @@
 
 Each replica is one `serving.serve()` held open by a thread of its own, so the N jobs load at once and one of them
 can be stopped and relaunched while the others keep serving. The watch polls each replica's health path; a replica
-that dies (`misses` failed checks in a row, or a request the gate found it dead on) leaves the gate, and, while
-another replica serves, is relaunched in place and joins the gate again once healthy: no benchmark notices but by
-the requests the gate sends again. Only when no replica serves is the suite told (`died`): the flow then relaunches
+that stops answering (`misses` failed checks in a row, or a request the gate found it dead on) leaves the gate. If
+Slurm requeued its job (a preemption, a node failure), the job is waited for and joins the gate again where it
+serves anew, while requests wait in the gate: not a death, no relaunch. A replica that died is, while another
+replica serves, relaunched in place and joins the gate again once healthy: no benchmark notices but by the requests
+the gate sends again. Only when no replica serves or returns is the suite told (`died`): the flow then relaunches
 the whole set, as it does a single server (`replicas: 1` takes that path alone).
 """
 
@@ -15,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 
 from nemotron.endpoints import Endpoint, healthy, reported_version
 from nemotron.errors import ServeError
 from nemotron.gate import Gate
-from nemotron.serving import ServerHandle
+from nemotron.serving import REQUEUE_GRACE_SECONDS, ServerHandle
 
 STOP_SECONDS = 60.0  # each replica's job is cancelled and its log fetched (serving.STOP_GRACE_SECONDS and more)
 
@@ -72,6 +75,25 @@ class Replica:
     def healthy(self) -> bool:
         return self.endpoint is not None and healthy(self.endpoint.health_url, self.endpoint.headers())
 
+    def follow(self) -> None:
+        """In a thread of its own: whether its job was requeued, and then until it serves again (`returned`: its new
+        endpoint, or None when it did not come back; `back` is set either way)."""
+        self.returned: Endpoint | None = None
+        self.back = threading.Event()
+
+        def run() -> None:
+            try:
+                endpoint = self.handle.follow() if self.handle else None
+                if endpoint is not None:
+                    self.handle = replace(self.handle, endpoint=endpoint)
+                    self.returned = endpoint
+            except BaseException as e:  # noqa: BLE001 - it did not come back: a death, reported by the watch
+                self.error = e
+            finally:
+                self.back.set()
+
+        threading.Thread(target=run, name=f"follow-{self.name}", daemon=True).start()
+
     def stop(self, wait: bool = True) -> None:
         """Cancel the job (while it starts, too); `wait`: until it is gone and its log fetched."""
         self._stop.set()
@@ -89,6 +111,7 @@ class Fleet:
         self.relaunched = 0
         self.serving: list[Replica] = []  # launched, and (once ready) healthy and in the gate
         self._starting: list[Replica] = []  # relaunched, not yet healthy
+        self._returning: list[Replica] = []  # stopped answering: is its job requeued, and when does it serve again?
         self._gone: list[Replica] = []  # dead: being stopped
         self.loading = threading.Event()  # a server process runs: its model loads
         self.died = threading.Event()  # no replica serves any more (set by the watch)
@@ -151,12 +174,14 @@ class Fleet:
         return {r.name: r.endpoint.base_url for r in self.serving if r.endpoint}
 
     def alive(self) -> bool:
-        """Some replica answers its health path (the flow asks after an infrastructure failure)."""
-        return any(r.healthy() for r in self.serving)
+        """Some replica answers its health path, or is on its way back (the flow asks after an infrastructure
+        failure)."""
+        return bool(self._returning) or any(r.healthy() for r in self.serving)
 
     def watch(self, gate: Gate) -> None:
-        """Watch the healthy replicas until `stop()`; `died` is set once none serves."""
+        """Watch the healthy replicas until `stop()`; `died` is set once none serves or returns."""
         failed: dict[str, int] = {}
+        gate.decide_seconds = self.interval * self.misses + REQUEUE_GRACE_SECONDS + 5
 
         def loop() -> None:
             while not self._done.wait(self.interval):
@@ -165,21 +190,46 @@ class Fleet:
                     failed[replica.name] = 0 if answers and replica.healthy() else failed.get(replica.name, 0) + 1
                     if failed[replica.name] >= self.misses or not answers:
                         failed[replica.name] = 0
-                        self._lost(replica, gate)
+                        self._stopped_answering(replica, gate)
+                for replica in [r for r in self._returning if r.back.is_set()]:
+                    self._returning.remove(replica)
+                    self._returned(replica, gate)
                 for replica in [r for r in self._starting if r.ready.is_set()]:
                     self._starting.remove(replica)
                     self._joined(replica, gate)
-                if not self.serving:
+                if not self.serving and not self._returning:
                     self.died.set()
                     return
 
         self._watch = threading.Thread(target=loop, name="replica-watch", daemon=True)
         self._watch.start()
 
-    def _lost(self, replica: Replica, gate: Gate) -> None:
-        """A replica died: out of the gate; relaunched in place while another serves and restarts remain."""
+    def _stopped_answering(self, replica: Replica, gate: Gate) -> None:
+        """Out of the gate; its job is asked whether Slurm requeued it (requests wait for it meanwhile)."""
         self.serving.remove(replica)
-        gate.remove(replica.endpoint.base_url)
+        if replica.handle is None or replica.handle.job is None or not replica.handle.job.target.slurm:
+            gate.drop(replica.endpoint.base_url)
+            self._lost(replica, gate)
+            return
+        gate.hold(replica.endpoint.base_url)
+        self._returning.append(replica)
+        replica.follow()
+
+    def _returned(self, replica: Replica, gate: Gate) -> None:
+        if replica.returned is None:  # not requeued, or never healthy again: it died
+            gate.release()
+            if replica.error is not None:
+                self.say(f"[serve] {replica.name} (job {replica.job_id}) did not serve again: "
+                         f"{str(replica.error).splitlines()[0]}")
+            self._lost(replica, gate)
+            return
+        gate.rejoin(replica.returned.base_url, replica.name)
+        self.serving.append(replica)
+        self.say(f"[serve] {replica.name} serves again (job {replica.job_id}, requeued: not a relaunch) at "
+                 f"{replica.returned.base_url}")
+
+    def _lost(self, replica: Replica, gate: Gate) -> None:
+        """A replica died: relaunched in place while another serves and restarts remain."""
         replica.stop(wait=False)  # its job is cancelled and its log fetched in its own thread
         self._gone.append(replica)
         others = ", ".join(r.name for r in self.serving) + (" serves" if len(self.serving) == 1 else " serve")
@@ -213,7 +263,7 @@ class Fleet:
         self._done.set()
         if self._watch is not None:
             self._watch.join(self.interval + 10)
-        everyone = [*self.serving, *self._starting, *self._gone]
+        everyone = [*self.serving, *self._starting, *self._returning, *self._gone]
         for replica in everyone:
             replica.stop(wait=False)
         deadline = time.monotonic() + STOP_SECONDS

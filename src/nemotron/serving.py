@@ -37,6 +37,10 @@ QUEUE_REPORT_SECONDS = 60.0  # while the job waits in the queue, say why this of
 STOP_GRACE_SECONDS = 20.0
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
+# squeue's states of a job Slurm has put back in its queue (it runs its script again); a job still COMPLETING is
+# asked again, within the grace
+REQUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING")
+REQUEUE_GRACE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     heartbeat (the submitter is gone, so nothing runs it again).
 
     It finds its job directory from its own path (NeMo-Run runs `bash <job_dir>/scripts/server.sh`,
-    or `/nemo_run/scripts/server.sh` in a container), starts the server there, writes `endpoint`
+    or `/nemo_run/scripts/server.sh` in a container), writes `restarts` (Slurm's count of its requeues), starts the
+    server there, writes `endpoint`
     (http://node:port) for the submitter, and stops the server if the submitter's `heartbeat`
     file stops changing for `heartbeat_timeout` seconds (its own clock: no skew between hosts).
     """
@@ -194,6 +199,8 @@ def job_script(spec: ServerSpec, secrets_file: str | None = None) -> str:
     forget = [f"    rm -f {shlex.quote(secrets_file)}"] if spec.secret_env and secrets_file else []
     return "\n".join([
         'JOB_DIR="$(cd "$(dirname "$0")/.." && pwd)"',
+        # a requeued job runs this again: the last start's endpoint is not this one's; `restarts` tells them apart
+        'rm -f "$JOB_DIR/endpoint"; echo "${SLURM_RESTART_COUNT:-0}" > "$JOB_DIR/restarts"',
         *exports,
         *spec.setup,
         *port,
@@ -266,6 +273,29 @@ class ServerJob:
             return None
         return result.stdout if result.ok else None
 
+    def restarts(self) -> int | None:
+        """How many times Slurm requeued the job before its current start (None: unreadable, or not started)."""
+        text = (self.read("restarts") or "").strip()
+        return int(text) if text.isdigit() else None
+
+    def requeued(self, seen: int | None) -> bool:
+        """Whether Slurm put the job back in its queue (a preemption, a node failure, `scontrol requeue`) since the
+        start that was `seen` restarts in: it then runs its script again and serves anew. Asked when the server
+        stopped answering; a job that ended, or runs on as it was (a crashed or hung server), was not."""
+        if not self.target.slurm:
+            return False
+        deadline = time.monotonic() + REQUEUE_GRACE_SECONDS
+        while True:
+            state = (self._ask(f"squeue -h -j {shlex.quote(self.job_id)} -o %T") or "").strip()
+            if state in REQUEUED_STATES:
+                return True
+            now = self.restarts()
+            if state == "RUNNING" and now is not None and seen is not None and now > seen:
+                return True
+            if not state or time.monotonic() > deadline:  # out of the queue: it ended
+                return False
+            time.sleep(1.0)
+
     def tail(self, lines: int = 25) -> str:
         """The server's log; if it never started, NeMo-Run's job log (srun/pyxis/script errors)."""
         q = shlex.quote(self.job_dir)
@@ -297,17 +327,22 @@ class ServerHandle:
 
     endpoint: Endpoint
     job: ServerJob | None  # None: a server that already ran (deployment.type none)
+    # once it stops answering: its endpoint when Slurm requeued the job and it serves again, None if the job was
+    # not requeued (it died); ServeError if it came back but never became healthy
+    follow: Callable[[], Endpoint | None] = field(default=lambda: None, compare=False, repr=False)
 
 
 def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str], str] = lambda u: u,
-               stop: threading.Event | None = None, on_running: Callable[[], None] = lambda: None) -> str:
+               stop: threading.Event | None = None, on_running: Callable[[], None] = lambda: None,
+               after: int | None = None) -> str:
     """Wait for the job to run and /health to answer; returns the base URL to use.
 
     Queue time does not count against `startup_timeout`; the clock starts when the job runs. While the job
     waits, the log says why (Slurm's reason) every minute; `queue_timeout` bounds the wait if set. A state
     that cannot be read (a broken tunnel, accounting down) fails the run after `state_timeout`.
     `opened` maps the node URL to a reachable one (an SSH port forward); `stop` gives up waiting (the suite ended);
-    `on_running` is told once the server process runs (its model loads: the harnesses may start).
+    `on_running` is told once the server process runs (its model loads: the harnesses may start); `after`: a
+    requeued job's restart count when it stopped serving: only a later start's endpoint is its new one.
     """
     spec = job.spec
     submitted = time.monotonic()
@@ -343,7 +378,8 @@ def wait_ready(job: ServerJob, say: Callable[[str], None], opened: Callable[[str
         if state in FINISHED:
             raise ServeError(f"the model server job {job.job_id} ended ({state}) before it became healthy.\n"
                              f"command: {spec.command}\nlog ({job.job_dir}), last lines:\n{job.tail()}")
-        if url is None and (found := (job.read("endpoint") or "").strip()):
+        if url is None and (after is None or (job.restarts() or 0) > after) and \
+                (found := (job.read("endpoint") or "").strip()):
             url = opened(found)
             say(f"[serve] server at {found}" + (f", reached as {url}" if url != found else ""))
             on_running()
@@ -440,7 +476,18 @@ def serve(
             stack.enter_context(_heartbeat(job, max(2.0, spec.heartbeat_timeout / 5)))
             opened = (lambda url: _forward(stack, target, url)) if target.ssh else (lambda url: url)
             url = wait_ready(job, say, opened, stop, on_running)
-            yield ServerHandle(Endpoint(url, spec.model_id, spec.health_path), job)
+            started = [job.restarts()]
+
+            def follow() -> Endpoint | None:
+                if not job.requeued(started[0]):
+                    return None
+                say(f"[serve] job {job.job_id} was requeued by Slurm (a preemption, a node failure): waiting for it "
+                    "to serve again; requests wait in the gate")
+                again = wait_ready(job, say, opened, stop, on_running, after=started[0])
+                started[0] = job.restarts()
+                return Endpoint(again, spec.model_id, spec.health_path)
+
+            yield ServerHandle(Endpoint(url, spec.model_id, spec.health_path), job, follow)
         finally:
             _stop(exp, job, run_dir, name, say, on_record)
 
