@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -38,18 +39,36 @@ FLOW = "nano3-eval"
 def report(ref: str | None, logs: bool = False) -> str:
     with get_client(sync_client=True) as client:
         record = locate(client, ref)
-        run_id = UUID(record["flow_run_id"])
-        flow_run = client.read_flow_run(run_id)
-        if logs:
-            entries, page = [], None
-            while page is None or len(page) == LOG_PAGE:  # the API serves at most 200 per request
-                page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
-                                        sort=LogSort.TIMESTAMP_ASC, limit=LOG_PAGE, offset=len(entries))
-                entries += page
-            return _logs(record, entries)
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
-        shown = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["progress"])))
+        try:
+            return _report(client, record, logs)
+        except (ObjectNotFound, httpx.HTTPError, OSError, RuntimeError) as e:
+            if not record.get("run_dir") and not runs.servers(record):
+                raise ConfigError(f"run {ref or record['flow_run_id']}: {_unknown(e)}, and this machine has no "
+                                  "files of it") from None
+            # a run this machine recorded, reported to an API that is gone (a detached job's temporary one)
+            # or that never knew it: what this machine has of it
+            return _logs(record, [], _unknown(e)) if logs else _status(record, None, [], {}, _unknown(e))
+
+
+def _unknown(error: BaseException) -> str:
+    if isinstance(error, ObjectNotFound):
+        return f"the Prefect API at {PREFECT_API_URL.value()} does not know this flow run"
+    return f"the Prefect API at {PREFECT_API_URL.value()} does not answer ({type(error).__name__})"
+
+
+def _report(client, record: dict, logs: bool) -> str:
+    run_id = UUID(record["flow_run_id"])
+    flow_run = client.read_flow_run(run_id)
+    if logs:
+        entries, page = [], None
+        while page is None or len(page) == LOG_PAGE:  # the API serves at most 200 per request
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                                    sort=LogSort.TIMESTAMP_ASC, limit=LOG_PAGE, offset=len(entries))
+            entries += page
+        return _logs(record, entries)
+    task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
+    shown = client.read_artifacts(artifact_filter=ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["progress"])))
     figures = {a.key: a.description for a in shown if a.key and a.description}
     return _status(record, flow_run, task_runs, figures)
 
@@ -62,7 +81,10 @@ def locate(client, ref: str | None) -> dict:
     except ConfigError:
         if ref is None:
             raise
-    found = _from_api(client, ref)
+    try:
+        found = _from_api(client, ref)
+    except (httpx.HTTPError, OSError, RuntimeError) as e:
+        raise ConfigError(f"no run {ref!r} in this machine's runs, and {_unknown(e)}") from None
     if found is None:
         raise ConfigError(f"no run {ref!r}: no flow run with that id, id prefix or name on the Prefect server at "
                           f"{PREFECT_API_URL.value()}, nor in this machine's runs; list them with "
@@ -90,15 +112,17 @@ def _from_api(client, ref: str):
     return matches[0] if matches else None
 
 
-def _status(record: dict, flow_run, task_runs, figures: dict[str, str]) -> str:
-    """`figures`: the run's progress artifacts by key (what the board last showed: answered/total, rate, ETA)."""
+def _status(record: dict, flow_run, task_runs, figures: dict[str, str], unknown: str = "") -> str:
+    """`figures`: the run's progress artifacts by key (what the board last showed: answered/total, rate, ETA).
+    `flow_run` None: the API has none (`unknown` says why); what this machine recorded is shown."""
     run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
-    state = flow_run.state
-    model = record.get("model") or flow_run.parameters.get("model") or "(the config's run.model)"
-    lines = [f"run       {flow_run.name} ({flow_run.id})",
+    state = flow_run.state if flow_run else None
+    model = record.get("model") or (flow_run.parameters.get("model") if flow_run else None) \
+        or "(the config's run.model)"
+    flow = f"{state.name if state else 'unknown'}" + (f": {state.message}" if state and state.message else "")
+    lines = [f"run       {flow_run.name if flow_run else record.get('name', '?')} ({record['flow_run_id']})",
              f"model     {model}",
-             f"flow      {state.name if state else 'unknown'}" + (f": {state.message}" if state and state.message
-                                                                    else ""),
+             f"flow      {flow if flow_run else f'unknown: {unknown}; shown: what this machine recorded'}",
              f"results   {run_dir or 'not on this machine (it ran elsewhere, or failed before writing any)'}"]
     servers = runs.servers(record)
     for server in servers:  # one per replica
@@ -132,14 +156,20 @@ def _status(record: dict, flow_run, task_runs, figures: dict[str, str]) -> str:
         reused = " (reused: complete from an earlier run)" if result and result.reused else ""
         now = "" if result else figures.get(progress.artifact_key(name), "")  # a running benchmark: how far it is
         lines.append(f"  {name:<36} {tr.state.name if tr.state else 'unknown':<10} {scores}{now}{reused}{error}")
-    for name in record.get("benchmarks") or []:  # planned, waiting for a harness slot (or the server)
+    for name, result in done.items():  # recorded in the run's files, with no task run to show (the API has none)
         if name not in latest:
+            scores = ", ".join(f"{s.metric} {s.value:.4f}" for s in result.scores[:3])
+            lines.append(f"  {name:<36} {result.status:<10} {scores}".rstrip())
+    for name in record.get("benchmarks") or []:  # planned, waiting for a harness slot (or the server)
+        if name not in latest and name not in done:
             lines.append(f"  {name:<36} {'not started':<10} {figures.get(progress.artifact_key(name), '')}".rstrip())
     return "\n".join(lines)
 
 
-def _logs(record: dict, entries) -> str:
+def _logs(record: dict, entries, unknown: str = "") -> str:
     out = [f"{e.timestamp:%H:%M:%S} {_level(e.level):<7} {e.message}" for e in entries]
+    if unknown:
+        out.append(f"(no flow-run logs: {unknown}; the server logs this machine has follow)")
     newest = {server.get("name", "server"): server for server in runs.servers(record)}  # a relaunch replaces
     for name, server in newest.items():  # each replica's newest launch
         logs = serving.server_logs(Path(record["run_dir"]), name) if record.get("run_dir") else []
