@@ -120,7 +120,8 @@ def _status(record: dict, flow_run, task_runs, figures: dict[str, str], unknown:
     model = record.get("model") or (flow_run.parameters.get("model") if flow_run else None) \
         or "(the config's run.model)"
     flow = f"{state.name if state else 'unknown'}" + (f": {state.message}" if state and state.message else "")
-    lines = [f"run       {flow_run.name if flow_run else record.get('name', '?')} ({record['flow_run_id']})",
+    name, run_id = (flow_run.name, flow_run.id) if flow_run else (record.get("name", "?"), record["flow_run_id"])
+    lines = [f"run       {name} ({run_id})",
              f"model     {model}",
              f"flow      {flow if flow_run else f'unknown: {unknown}; shown: what this machine recorded'}",
              f"results   {run_dir or 'not on this machine (it ran elsewhere, or failed before writing any)'}"]
