@@ -45,6 +45,8 @@ class Replica:
         self.handle: ServerHandle | None = None
         self.error: BaseException | None = None
         self.ready = threading.Event()  # healthy, or failed to become so
+        self.returned: Endpoint | None = None  # its new endpoint once its requeued job serves again (`follow`)
+        self.back = threading.Event()  # `follow` has its answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._hold, args=(launch, say), name=f"serve-{name}", daemon=True)
         self._thread.start()
@@ -78,8 +80,7 @@ class Replica:
     def follow(self) -> None:
         """In a thread of its own: whether its job was requeued, and then until it serves again (`returned`: its new
         endpoint, or None when it did not come back; `back` is set either way)."""
-        self.returned: Endpoint | None = None
-        self.back = threading.Event()
+        self.returned, self.back = None, threading.Event()
 
         def run() -> None:
             try:
