@@ -290,7 +290,8 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
             launches += 1
             sent: dict[str, BenchmarkPlan] = {}
             with stop_when_cancelled(run_id), tags(*model.tags), \
-                    replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval) as fleet, \
+                    replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval,
+                                   dep.hang_timeout) as fleet, \
                     gate.open_gate(None, headers=served.headers()) as g:
                 fleet.wait_loading()  # while the job waits in the queue nothing starts; once it runs, harnesses do
                 fleet.open_when_ready(g, functools.partial(server_budget, todo=todo, configured=ev.in_flight, say=say,

@@ -139,7 +139,7 @@ def physical_limit(config: str, overrides: list[str], out: Path, requests: list[
     model = models.resolve(models.parse(cfg), print)
     start = time.monotonic()
     launch = functools.partial(serving.serve, dep, model.path, out / "replay")
-    with replicas.serve(launch, dep.replicas, print, 0, dep.health_interval) as fleet:
+    with replicas.serve(launch, dep.replicas, print, 0, dep.health_interval, dep.hang_timeout) as fleet:
         fleet.wait_ready()
         load = time.monotonic() - start
         cpu = cpu_times()

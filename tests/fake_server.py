@@ -5,6 +5,7 @@ It accepts vLLM's command line (so `deployment.command` can point at it) and can
 --fail-logprobs (500 on echo/logprobs requests),
 --delay S (every completion takes S seconds), --fail-first N (503 for the first N requests);
 --journal FILE records each start and request, so a test can count what reached a server;
+--slow-health S makes /health take S seconds once a completion was asked for (vLLM's health under load);
 --require-env NAME exits at once when the variable NAME (a secret it needs) is not set;
 --die-after N exits on the request after the first N, and --never-healthy-on-restart (with --journal) never
 becomes healthy once started again, so a test can lose a server and its relaunch;
@@ -45,6 +46,8 @@ def main() -> None:
     ap.add_argument("--model", help="the checkpoint folder (vLLM's flag)")
     ap.add_argument("--answers-in-model", action="store_true", help="--answers is answers.json in --model")
     ap.add_argument("--answers", help="JSON file: question → the answer to give to a prompt asking it")
+    ap.add_argument("--slow-health", type=float, default=0.0,
+                    help="/health takes this many seconds once the server has had a completion request")
     ap.add_argument("--require-env", help="a variable the server needs (a secret): without it, it exits at once")
     args, _ = ap.parse_known_args()
     if args.require_env and not os.environ.get(args.require_env):
@@ -82,6 +85,8 @@ def main() -> None:
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/health":
+                if self.server.posts:
+                    time.sleep(args.slow_health)
                 self._send(200 if time.monotonic() >= ready_at else 503, {})
             elif self.path == "/version" and args.reports_version:
                 self._send(200, {"version": args.reports_version})

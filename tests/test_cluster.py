@@ -83,7 +83,7 @@ def test_port_forward_survives_connections_refused_while_the_server_starts():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     port = server.server_address[1]
     server.server_close()  # nothing listens on `port` yet
-    forward = cluster.PortForward(ssh.get_transport(), "127.0.0.1", port)
+    forward = cluster.PortForward(ssh.get_transport, "127.0.0.1", port)
     try:
         for _ in range(3):
             try:
@@ -121,7 +121,7 @@ def test_port_forward_carries_a_connection_whose_descriptors_are_past_1023():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         ssh.connect("127.0.0.1", port=2222, username="root", key_filename="/etc/slurm/login/id_ed25519")
-        forward = cluster.PortForward(ssh.get_transport(), "127.0.0.1", server.server_address[1])
+        forward = cluster.PortForward(ssh.get_transport, "127.0.0.1", server.server_address[1])
         try:
             for _ in range(3):
                 assert httpx.get(f"http://127.0.0.1:{forward.local_port}/", timeout=10).status_code == 200

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 from prefect.settings import PREFECT_API_URL
@@ -329,3 +330,45 @@ def test_killed_cli_leaves_no_server_and_no_harness(tmp_path):
     while "fake_server.py" in leftovers(tmp_path) and time.monotonic() < deadline:
         time.sleep(1)
     assert "fake_server.py" not in leftovers(tmp_path)
+
+
+def test_a_server_stopped_mid_suite_is_found_hung_relaunched_and_its_requests_sent_again(tmp_path):
+    """Issue 28: the server is stopped (SIGSTOP) with requests in flight: it answers nothing and its health check
+    hangs, but its process lives. Within deployment.hang_timeout it is judged hung, stopped for good and relaunched;
+    the benchmark runs again in its folder and completes, and no stopped process is left behind."""
+    journal = tmp_path / "journal"
+    request = fake_request(tmp_path, "--delay", "0.3", "--journal", str(journal), extra=[
+        "evaluation.nemo_evaluator_config.config.params.limit_samples=12", "evaluation.in_flight=4",
+        "deployment.hang_timeout=4", "deployment.health_interval=0.5", "deployment.max_restarts=1"])
+    stopped: list[int] = []
+
+    def stop_once_it_answered() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if journal.exists() and journal.read_text().count("request") >= 4:
+                for record in tmp_path.glob("*/*/server.json"):
+                    pid = Path(json.loads(record.read_text())["job_dir"], "server.pid").read_text().strip()
+                    os.kill(int(pid), signal.SIGSTOP)
+                    stopped.append(int(pid))
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=stop_once_it_answered, daemon=True)
+    watcher.start()
+    state = nano3_eval(**request, return_state=True)
+    watcher.join(5)
+    assert stopped, "the server never answered 4 requests"
+    assert state.is_completed(), state.message
+    (result,) = summary(tmp_path)["results"]
+    assert result["status"] == "completed" and result["scores"]
+    assert journal.read_text().count("start") == 2  # the launch and the relaunch after the hang
+    run_dir = Path(state.result().run_dir)
+    launches = json.loads((run_dir / "in-flight.json").read_text())
+    assert len(launches) == 2 and launches[1]["benchmarks"]["gsm8k"]["requests"] >= 1
+    with get_client(sync_client=True) as client:
+        logs = [entry.message for entry in client.read_logs()
+                if entry.flow_run_id == state.state_details.flow_run_id]
+    assert any("answered none of its" in m and "hung (deployment.hang_timeout)" in m for m in logs), logs[-20:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(stopped[0], 0)
+    assert not leftovers(tmp_path)

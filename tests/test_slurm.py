@@ -220,6 +220,42 @@ def _stop_login_node() -> None:
     subprocess.run(["kill", "-KILL", pid])
 
 
+def test_an_ssh_connection_dropped_mid_suite_is_reopened_and_the_server_not_relaunched(tmp_path):
+    """Issue 28: the SSH connection to the login node drops mid-suite (every session sshd serves is killed; sshd
+    itself stays, as after a network blip). The port forward opens a new connection for its next client, the
+    requests it carried are sent again, and the server, untouched, serves the rest: no relaunch, one server start."""
+    journal = tmp_path / "journal"
+    proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
+                             "local-slurm-ssh", "-t", "gsm8k",
+                             *fake_overrides(tmp_path, "--journal", str(journal), "--delay", "0.3"),
+                             "evaluation.nemo_evaluator_config.config.params.limit_samples=30",
+                             "evaluation.in_flight=4", "deployment.health_interval=1", "deployment.max_restarts=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 300
+        while (not journal.exists() or journal.read_text().count("request") < 6) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        listener = open("/run/sshd-login.pid").read().strip()
+        sessions = subprocess.run(["pgrep", "-P", listener], capture_output=True, text=True).stdout.split()
+        assert sessions, "no SSH session to drop"
+        subprocess.run(["kill", "-KILL", *sessions], check=True)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    assert "relaunching" not in out and "died" not in out and "hung" not in out, out[-4000:]
+    assert journal.read_text().count("start") == 1
+    assert ("gsm8k", "exact_match__strict-match") in scores(out), out[-3000:]
+    (run_dir,) = {p.parent for p in tmp_path.glob("*/*/results.json")}
+    (launch,) = json.loads((run_dir / "in-flight.json").read_text())
+    (replica,) = launch["replicas"]
+    assert replica["alive"] and launch["benchmarks"]["gsm8k"]["failed"] == 0
+    assert all(pid not in subprocess.run(["pgrep", "-P", listener], capture_output=True, text=True).stdout.split()
+               for pid in sessions)  # the sessions it used after were new ones
+
+
 def test_a_tunnel_broken_mid_wait_fails_within_state_timeout_and_the_job_stops_itself(tmp_path):
     """Issue 15: the login node goes away while the server starts. The state cannot be read: the run fails
     after state_timeout with the last error; the job, whose heartbeat stopped, leaves the queue by itself."""

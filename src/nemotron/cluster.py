@@ -145,7 +145,19 @@ class Target:
 
 def shell(tunnel, command: str, check: bool = False):
     """Run a command where the job's files are (never reading our stdin); an invoke Result."""
+    connected(tunnel)
     return tunnel.run(command, hide=True, warn=not check, in_stream=False)
+
+
+_CONNECTING = threading.Lock()
+
+
+def connected(tunnel):
+    """The tunnel, its SSH session opened anew if the connection dropped (NeMo-Run's `connect()` makes a new one
+    when the old is not connected); one thread reconnects while the others (forwards, job polls) wait for it."""
+    with _CONNECTING:
+        tunnel.connect()
+    return tunnel
 
 
 def target_for(run, profile: Profile | None, dep: DeploymentSection, image: str | None, detached: bool,
@@ -331,10 +343,12 @@ class PortForward:
     """127.0.0.1:<local_port> → host:port through the SSH login node (paramiko direct-tcpip).
 
     Unlike fabric's forward_local, a connection refused while the server is still starting only
-    closes that one client; the forward keeps serving later connections.
+    closes that one client; the forward keeps serving later connections. `transport()` gives the SSH connection's
+    transport for each new client, so a dropped connection is replaced by a new one (the connections it carried
+    close, as the server's own would; the server is not touched).
     """
 
-    def __init__(self, transport, host: str, port: int):
+    def __init__(self, transport: Callable[[], object], host: str, port: int):
         paramiko_log = logging.getLogger("paramiko.transport")
         if _not_a_refused_channel not in paramiko_log.filters:
             paramiko_log.addFilter(_not_a_refused_channel)
@@ -352,8 +366,9 @@ class PortForward:
             except (TimeoutError, OSError):
                 continue
             try:
-                channel = self.transport.open_channel("direct-tcpip", self.target, peer)
-            except Exception:  # noqa: BLE001 - not listening yet: the client sees a closed connection
+                channel = self.transport().open_channel("direct-tcpip", self.target, peer)
+            except (Exception, SystemExit):  # noqa: BLE001 - not listening yet, or no SSH connection now (NeMo-Run
+                # exits when it cannot authenticate): the client sees a closed connection
                 client.close()
                 continue
             threading.Thread(target=self._pump, args=(client, channel), daemon=True).start()

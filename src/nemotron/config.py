@@ -100,7 +100,11 @@ class DeploymentSection(Strict):
         2, ge=0, description="Relaunches of a server that died mid-suite: of one replica in place while another "
         "serves; else of the whole set, whose unfinished benchmarks run again.")
     health_interval: float = Field(
-        5, gt=0, description="Seconds between /health checks while benchmarks run; 3 misses in a row = died.")
+        5, gt=0, description="Seconds between /health checks while benchmarks run; a server that refuses connections "
+        "(or fails requests) for 3 intervals has died.")
+    hang_timeout: float = Field(
+        600, gt=0, description="Seconds a server may answer nothing while requests wait on it (or while its health "
+        "check answers nothing) before it is judged hung: relaunched, its requests sent again.")
 
     @model_validator(mode="after")
     def _engine_keys(self) -> DeploymentSection:

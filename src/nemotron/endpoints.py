@@ -84,6 +84,22 @@ def healthy(url: str, headers: dict[str, str] | None = None) -> bool:
         return False
 
 
+OK, REFUSED, UNHEALTHY, SLOW = "ok", "refused", "unhealthy", "slow"
+
+
+def probe(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> str:
+    """What the health URL does: answers 200 (OK), refuses the connection (REFUSED: nothing listens), answers
+    another status (UNHEALTHY), or answers nothing in `timeout` (SLOW: loaded, or hung; vLLM's `/health` can take
+    tens of seconds under load)."""
+    try:
+        status = httpx.get(url, headers=headers, timeout=timeout).status_code
+    except httpx.TimeoutException:
+        return SLOW
+    except httpx.HTTPError:
+        return REFUSED
+    return OK if status == 200 else UNHEALTHY
+
+
 def reported_version(endpoint: Endpoint) -> str | None:
     """The version the engine itself reports (vLLM's `GET /version`), None when it reports none: what served,
     measured, for a record whose version could not be known before launching (an image, a node's PATH)."""

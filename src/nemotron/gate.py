@@ -103,6 +103,9 @@ class _Unreachable(Exception):
     """A replica gave no answer."""
 
 
+SUSPECT_PAUSE = 0.25  # seconds between tries of replicas that all failed a request, while the watch judges them
+
+
 @dataclass
 class Replica:
     """One server behind the gate, and what it was sent."""
@@ -112,15 +115,25 @@ class Replica:
     in_flight: int = 0
     requests: int = 0
     failed: int = 0  # no answer (connection refused or reset, timeout)
-    redone: int = 0  # of those, sent again to another replica
-    alive: bool = True
+    redone: int = 0  # of those, sent again (to another replica, or to this one once it answers)
+    alive: bool = True  # False once the watch took it out (its job ended, it refused too long, it hung)
+    refused_since: float | None = None  # monotonic: the first request it failed since its last answer (suspect)
+    answered_at: float = 0.0  # monotonic: its last answer, whatever the status
+    busy_since: float = 0.0  # monotonic: when its requests in flight last went from none to some
+
+    def waiting_since(self) -> float | None:
+        """Since when requests wait on it without an answer (None: nothing in flight)."""
+        return max(self.answered_at, self.busy_since) if self.in_flight else None
 
 
 @dataclass
 class Gate:
     """The budget for all benchmarks, spread over the replicas: each request goes to the live one with the fewest in
-    flight. A replica that stops answering is taken out while another lives, and what it dropped is sent again
-    there: one replica's death costs no benchmark anything but those requests' time."""
+    flight. A request a replica gives no answer to is sent again: to another replica (this one is suspect and gets
+    requests only when no other lives, until it answers or its health check does), or to it again while the watch
+    judges it. One error is not a death (a keep-alive connection the server closed, one reset): only the watch takes
+    a replica out (`hold`, `drop`), and what it held then is sent again at once: one replica's death costs no
+    benchmark anything but those requests' time."""
 
     replicas: list[Replica]
     budget: int  # 0: not open yet (the server is loading): requests wait
@@ -143,6 +156,7 @@ class Gate:
     _area: float = 0.0  # ∫ in_flight dt: the mean is area / busy time
     _busy: float = 0.0
     _since: float = field(default_factory=time.monotonic)
+    _sending: dict[int, set] = field(default_factory=dict, repr=False)  # id(replica) → its requests' upstream tasks
 
     def _count(self, delta: int) -> None:
         now = time.monotonic()
@@ -192,6 +206,7 @@ class Gate:
 
     def _hold(self, url: str) -> None:
         self.remove(url)
+        self._cut(url)
         self.returning += 1
         self._notify()
 
@@ -244,6 +259,23 @@ class Gate:
             if r.url == url.rstrip("/"):
                 r.alive = False
 
+    def _cut(self, url: str) -> None:
+        """What a replica taken out holds is sent again (a hung server would hold it for ever)."""
+        for r in self.replicas:
+            if r.url == url.rstrip("/"):
+                for task in self._sending.get(id(r), ()):
+                    task.cancel()
+
+    def seen(self, url: str) -> Replica | None:
+        """The live replica at `url` as the gate sees it (the watch reads its answers, refusals and waits)."""
+        return next((r for r in self.replicas if r.alive and r.url == url.rstrip("/")), None)
+
+    def cleared(self, url: str) -> None:
+        """Its health check answers: a suspect replica takes requests again."""
+        for r in self.replicas:
+            if r.url == url.rstrip("/"):
+                r.refused_since = None
+
     def drop(self, url: str) -> None:
         """The watch found the replica at `url` dead for good: what waits to judge it is answered (from any
         thread)."""
@@ -251,15 +283,13 @@ class Gate:
 
     def _drop(self, url: str) -> None:
         self.remove(url)
+        self._cut(url)
         self._notify()
 
-    def answers(self, url: str) -> bool:
-        """False once a request found the replica at `url` dead."""
-        return any(r.alive for r in self.replicas if r.url == url.rstrip("/"))
-
     def _pick(self, tried: list[Replica]) -> Replica | None:
+        """The live replica with the fewest in flight, one that answers before a suspect one."""
         live = [r for r in self.replicas if r.alive and r not in tried]
-        return min(live, key=lambda r: r.in_flight) if live else None
+        return min(live, key=lambda r: (r.refused_since is not None, r.in_flight)) if live else None
 
     def route(self, endpoint: Endpoint, benchmark: str) -> Endpoint:
         """Where one benchmark sends: the gate, under its name (which the gate counts it by), with the gate's token
@@ -318,11 +348,13 @@ class Gate:
         return response
 
     async def _spread(self, session: aiohttp.ClientSession, path: str, headers: dict, body: bytes) -> web.Response:
-        """To the live replica with the fewest in flight; if it gives no answer and another lives, it is taken out
-        and the request goes there instead. With none live while a requeued one is on its way back, the request
-        waits for it; one the last replica dropped waits (`decide_seconds`) for the watch to judge that replica."""
+        """To the live replica with the fewest in flight; one that gives no answer is suspect and the request goes to
+        another. With none live while a requeued one is on its way back, the request waits for it; one that every
+        live replica failed is tried again (`decide_seconds`) while the watch judges them."""
         tried: list[Replica] = []
-        judged = False
+        failed: Replica | None = None  # the replica that failed it last
+        error: _Unreachable | None = None
+        deadline: float | None = None
         while True:
             replica = self._pick(tried)
             if replica is None:
@@ -330,25 +362,46 @@ class Gate:
                     await self._change()
                     tried = []
                     continue
-                return web.Response(status=502, text="Bad Gateway: no replica of the server is alive")
+                if failed is None or not any(r.alive for r in self.replicas):
+                    return web.Response(status=502, text="Bad Gateway: no replica of the server is alive")
+                deadline = deadline or time.monotonic() + self.decide_seconds
+                if time.monotonic() >= deadline:  # the harness sees an infrastructure failure
+                    return web.Response(status=502, text=f"Bad Gateway: {error}")
+                await self._change(min(SUSPECT_PAUSE, deadline - time.monotonic()))
+                tried = []
+                continue
+            if failed is not None:
+                failed.redone += 1
             tried.append(replica)
             replica.requests += 1
+            if not replica.in_flight:
+                replica.busy_since = time.monotonic()
             replica.in_flight += 1
             try:
-                return await self._send(session, "POST", replica.url + path, headers, body)
+                response = await self._sent(replica, session, "POST", replica.url + path, headers, body)
+                replica.answered_at, replica.refused_since = time.monotonic(), None
+                return response
             except _Unreachable as e:
                 replica.failed += 1
-                if self._pick(tried) is not None:  # another lives: this one is out, the request goes there
-                    replica.alive, replica.redone = False, replica.redone + 1
-                    continue
-                # the last one alive: held (requeued) or given up on by the watch, or answering again
-                if not judged and self.decide_seconds and await self._change(self.decide_seconds):
-                    judged, tried = True, []
-                    replica.redone += 1
-                    continue
-                return web.Response(status=502, text=f"Bad Gateway: {e}")  # the harness sees an infrastructure failure
+                replica.refused_since = replica.refused_since or time.monotonic()
+                failed, error = replica, e
             finally:
                 replica.in_flight -= 1
+
+    async def _sent(self, replica: Replica, session: aiohttp.ClientSession, method: str, target: str, headers: dict,
+                    body: bytes) -> web.Response:
+        """`_send`, as a task the watch can cut (`hold`, `drop`): a cut request gave no answer."""
+        task = asyncio.ensure_future(self._send(session, method, target, headers, body))
+        sending = self._sending.setdefault(id(replica), set())
+        sending.add(task)
+        try:
+            await asyncio.wait({task})  # returns when the task ends, cancelled included; raises if we are cancelled
+        finally:
+            sending.discard(task)
+            task.cancel()
+        if task.cancelled():
+            raise _Unreachable(f"{replica.name} was taken out while it held the request")
+        return task.result()
 
     @staticmethod
     async def _send(session: aiohttp.ClientSession, method: str, target: str, headers: dict,

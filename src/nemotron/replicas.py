@@ -1,8 +1,10 @@
 """deployment.replicas: one model served by N servers behind the gate, and kept at N while the suite runs.
 
 Each replica is one `serving.serve()` held open by a thread of its own, so the N jobs load at once and one of them
-can be stopped and relaunched while the others keep serving. The watch polls each replica's health path; a replica
-that stops answering (`misses` failed checks in a row, or a request the gate found it dead on) leaves the gate. If
+can be stopped and relaunched while the others keep serving. The watch judges each replica by what it does (`verdict`):
+one that refuses connections (or fails requests) for longer than a grace period, or answers nothing for
+`deployment.hang_timeout` while requests wait on it (hung), leaves the gate; a slow health check while it answers
+requests, or one failed request, is not a death. If
 Slurm requeued its job (a preemption, a node failure), the job is waited for and joins the gate again where it
 serves anew, while requests wait in the gate: not a death, no relaunch. A replica that died is, while another
 replica serves, relaunched in place and joins the gate again once healthy: no benchmark notices but by the requests
@@ -17,13 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from nemotron.endpoints import Endpoint, healthy, reported_version
+from nemotron import gate as gates
+from nemotron.endpoints import OK, REFUSED, SLOW, UNHEALTHY, Endpoint, probe, reported_version
 from nemotron.errors import ServeError
 from nemotron.gate import Gate
 from nemotron.serving import REQUEUE_GRACE_SECONDS, ServerHandle
 
+PROBE_SECONDS = 5.0  # a health check answered later is SLOW: no death, a hang only if nothing else answers
 STOP_SECONDS = 60.0  # each replica's job is cancelled and its log fetched (serving.STOP_GRACE_SECONDS and more)
 
 # serving.serve with the deployment bound: called with the replica's name, its stop event and its `say`
@@ -33,6 +37,46 @@ Launch = Callable[..., AbstractContextManager]
 def names(count: int) -> list[str]:
     """One server is `server` (server.json, server.log); replicas are server-replica-1 … -N."""
     return ["server"] if count == 1 else [f"server-replica-{i}" for i in range(1, count + 1)]
+
+
+@dataclass
+class Look:
+    """What the watch saw of one replica over its looks (monotonic seconds)."""
+
+    failing_since: float | None = None  # its health check refused the connection or answered an error since
+    quiet_since: float | None = None  # its health check answered nothing in time since
+
+
+def verdict(health: str, seen: gates.Replica | None, look: Look, now: float, grace: float, hang: float) -> str | None:
+    """None while the replica serves; else what it did instead, and it leaves the gate. Judged by what it does:
+    refusing (its health check, or the gate's requests) for `grace` with no answer since is a death; answering
+    nothing for `hang` while requests wait on it, or a health check that answers nothing for `hang`, is a hang.
+    A slow health check while requests are answered, or one failed request, is neither."""
+    if seen is None:
+        return "was taken out of the gate"
+    if look.failing_since is not None and seen.answered_at > look.failing_since:  # it answered since
+        look.failing_since = None
+    if look.quiet_since is not None and seen.answered_at > look.quiet_since:
+        look.quiet_since = None
+    if health == OK:
+        look.failing_since = look.quiet_since = None
+    elif health == SLOW:
+        look.quiet_since = look.quiet_since or now
+    else:
+        look.failing_since = look.failing_since or now
+    since = min((t for t in (look.failing_since, seen.refused_since) if t is not None), default=None)
+    if since is not None and now - since >= grace:
+        what = {REFUSED: "refused connections", UNHEALTHY: "answered its health check with an error"}.get(
+            health, "gave no answer to requests")
+        return f"{what} for {now - since:.0f} s"
+    waiting = seen.waiting_since()
+    if waiting is not None and now - waiting >= hang:
+        return (f"answered none of its {seen.in_flight} requests in flight for {now - waiting:.0f} s: hung "
+                "(deployment.hang_timeout)")
+    if look.quiet_since is not None and now - look.quiet_since >= hang:
+        return f"answered nothing, its health check included, for {now - look.quiet_since:.0f} s: hung " \
+               "(deployment.hang_timeout)"
+    return None
 
 
 class Replica:
@@ -74,9 +118,6 @@ class Replica:
     def job_id(self) -> str | None:
         return self.handle.job.job_id if self.handle and self.handle.job else None
 
-    def healthy(self) -> bool:
-        return self.endpoint is not None and healthy(self.endpoint.health_url, self.endpoint.headers())
-
     def follow(self) -> None:
         """In a thread of its own: whether its job was requeued, and then until it serves again (`returned`: its new
         endpoint, or None when it did not come back; `back` is set either way)."""
@@ -106,9 +147,9 @@ class Fleet:
     """The replicas of one launch of the model, and the watch that keeps them serving."""
 
     def __init__(self, launch: Launch, count: int, say: Callable[[str], None], restarts: int, interval: float,
-                 misses: int = 3):
+                 misses: int = 3, hang: float = 600.0):
         self.launch, self.count, self.say = launch, count, say
-        self.restarts, self.interval, self.misses = restarts, interval, misses
+        self.restarts, self.interval, self.misses, self.hang = restarts, interval, misses, hang
         self.relaunched = 0
         self.serving: list[Replica] = []  # launched, and (once ready) healthy and in the gate
         self._starting: list[Replica] = []  # relaunched, not yet healthy
@@ -175,22 +216,29 @@ class Fleet:
         return {r.name: r.endpoint.base_url for r in self.serving if r.endpoint}
 
     def alive(self) -> bool:
-        """Some replica answers its health path, or is on its way back (the flow asks after an infrastructure
-        failure)."""
-        return bool(self._returning) or any(r.healthy() for r in self.serving)
+        """Some replica serves, or is on its way back, as the watch judges them (the flow asks after an
+        infrastructure failure: a slow health check is no death)."""
+        return bool(self._returning) or bool(self.serving)
 
     def watch(self, gate: Gate) -> None:
         """Watch the healthy replicas until `stop()`; `died` is set once none serves or returns."""
-        failed: dict[str, int] = {}
-        gate.decide_seconds = self.interval * self.misses + REQUEUE_GRACE_SECONDS + 5
+        looks: dict[int, Look] = {}
+        grace = self.interval * self.misses
+        gate.decide_seconds = grace + self.interval + REQUEUE_GRACE_SECONDS + 5
 
         def loop() -> None:
             while not self._done.wait(self.interval):
                 for replica in list(self.serving):
-                    answers = gate.answers(replica.endpoint.base_url)
-                    failed[replica.name] = 0 if answers and replica.healthy() else failed.get(replica.name, 0) + 1
-                    if failed[replica.name] >= self.misses or not answers:
-                        failed[replica.name] = 0
+                    url = replica.endpoint.base_url
+                    health = probe(replica.endpoint.health_url, replica.endpoint.headers(),
+                                   timeout=min(PROBE_SECONDS, max(1.0, self.interval)))
+                    if health == OK:
+                        gate.cleared(url)
+                    why = verdict(health, gate.seen(url), looks.setdefault(id(replica), Look()), time.monotonic(),
+                                  grace, self.hang)
+                    if why is not None:
+                        looks.pop(id(replica), None)
+                        self.say(f"[serve] {replica.name} (job {replica.job_id}) {why}")
                         self._stopped_answering(replica, gate)
                 for replica in [r for r in self._returning if r.back.is_set()]:
                     self._returning.remove(replica)
@@ -273,12 +321,13 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def serve(launch: Launch, count: int, say: Callable[[str], None], restarts: int, interval: float) -> Iterator[Fleet]:
+def serve(launch: Launch, count: int, say: Callable[[str], None], restarts: int, interval: float,
+          hang: float = 600.0) -> Iterator[Fleet]:
     """`count` servers of the model, launched, for the duration of the block (`wait_loading`, `wait_ready`); every
     job cancelled after it."""
     if count < 1:
         raise ServeError(f"deployment.replicas={count}: at least one server is needed")
-    fleet = Fleet(launch, count, say, restarts, interval)
+    fleet = Fleet(launch, count, say, restarts, interval, hang=hang)
     try:
         fleet.start()
         yield fleet

@@ -41,7 +41,7 @@ _HARNESS_PARAMS = r"nemo_evaluator_config\.config\.params\.(limit_samples|max_ne
 PREFECT_OVERRIDABLE = (
     r"run\.model", r"run\.wandb\.(entity|project)", r"run\.artifacts\.\w+",
     r"deployment\.(checkpoint_path|tensor_parallel_size|data_parallel_size|startup_timeout|queue_timeout"
-    r"|state_timeout|heartbeat_timeout|replicas|max_restarts|health_interval)",
+    r"|state_timeout|heartbeat_timeout|hang_timeout|replicas|max_restarts|health_interval)",
     r"evaluation\.(timeout|retries|retry_delay|max_parallel|in_flight|gate\.baseline)",
     rf"evaluation\.{_HARNESS_PARAMS}",
     r"evaluation\.tasks\.\d+\.(name|timeout|retries)", rf"evaluation\.tasks\.\d+\.{_HARNESS_PARAMS}",
@@ -75,7 +75,7 @@ def over_limits(cfg: EvalConfig) -> list[str]:
         ("evaluation.max_parallel", ev.max_parallel, "max_parallel", lim.max_parallel),
         ("evaluation.in_flight", ev.in_flight, "max_in_flight", lim.max_in_flight),
         *((f"deployment.{k}", getattr(dep, k), "max_timeout", lim.max_timeout)
-          for k in ("startup_timeout", "queue_timeout", "state_timeout", "heartbeat_timeout")),
+          for k in ("startup_timeout", "queue_timeout", "state_timeout", "heartbeat_timeout", "hang_timeout")),
         ("evaluation.timeout", ev.timeout, "max_timeout", lim.max_timeout),
         ("evaluation.nemo_evaluator_config.config.params.request_timeout",
          ev.nemo_evaluator_config.config.params.request_timeout, "max_timeout", lim.max_timeout),
