@@ -56,7 +56,7 @@ from nemotron import (
 from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import validate
 from nemotron.endpoints import Endpoint
-from nemotron.errors import ConfigError
+from nemotron.errors import ConfigError, DiskFull
 from nemotron.profiles import Profile
 from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
 from nemotron.results import BenchmarkResult, Previous, SuiteResult
@@ -192,7 +192,17 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
     """
     secrets.mask_logging()  # console and Prefect's API: no secret value leaves in a log line
     with secrets.scrubbed():  # an exception's text becomes the run's state message, its traceback a log line
-        return evaluate(model, tasks, config, profile, overrides, force_squash)
+        try:
+            return evaluate(model, tasks, config, profile, overrides, force_squash)
+        except OSError as e:
+            if e.errno not in benchmarks.DISK_ERRNOS:
+                raise
+            # every record is written whole or not at all: the last complete one stands
+            message = (f"the disk holding {e.filename} is full ({os.strerror(e.errno)}): the run stopped; finished "
+                       "benchmarks are complete in their folders and reused by the next run: free space there, or "
+                       "point evaluation.output_dir at another disk, and run again")
+            get_run_logger().error("%s", message)
+            return Failed(message=secrets.mask(message))
 
 
 def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: str | None,
@@ -529,8 +539,9 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.
     failure to record if it is not relaunched; every other outcome goes into `outcomes`."""
     waiting, running, lost = list(todo), {}, {}
     started = time.monotonic()
+    stopped: str | None = None  # why no further benchmark starts (a full disk)
     while waiting or running:
-        while waiting and len(running) < ev.max_parallel and not died.is_set():
+        while waiting and len(running) < ev.max_parallel and not died.is_set() and stopped is None:
             p = waiting.pop(0).sending(budget())
             sent[p.name] = p
             attempt = run_benchmark.with_options(retries=p.retries, retry_delay_seconds=ev.retry_delay,
@@ -540,28 +551,37 @@ def run_benchmarks(todo: list[BenchmarkPlan], endpoint: Endpoint, through: gate.
             break
         future = next(as_completed(list(running)))
         bench = running.pop(future)
-        outcome = _outcome(future, bench, time.monotonic() - started)
-        if outcome.failure == "infrastructure" and (died.is_set() or not alive()):
+        outcome, error = _outcome(future, bench, time.monotonic() - started)
+        if isinstance(error, DiskFull) and stopped is None:
+            stopped = str(error).splitlines()[0]
+            get_run_logger().error("%s: no further benchmark starts", stopped)
+        if outcome.failure == "infrastructure" and not isinstance(error, DiskFull) and (died.is_set() or not alive()):
             died.set()
             lost[bench.name] = outcome
             board.finish(bench.name, progress.WAITING)  # for the relaunched server
         else:
             outcomes[bench.name] = outcome
             board.finish(bench.name, progress.DONE if outcome.status == "completed" else progress.FAILED)
-    for p in waiting:  # not started: the server was gone
-        lost[p.name] = BenchmarkResult(p.name, "failed", p.output_dir, 0.0, error="not started: the server died",
-                                       failure="infrastructure", attempts=0)
+    for p in waiting:
+        not_started = BenchmarkResult(p.name, "failed", p.output_dir, 0.0, failure="infrastructure", attempts=0,
+                                      error=f"not started: {stopped}" if stopped else "not started: the server died")
+        if stopped:  # the suite stopped: recorded, not run again on a relaunch
+            outcomes[p.name] = not_started
+            board.finish(p.name, progress.FAILED)
+        else:  # the server was gone: run on the relaunched one
+            lost[p.name] = not_started
     return lost
 
 
-def _outcome(future, bench: BenchmarkPlan, seconds: float) -> BenchmarkResult:
-    """A finished future as a result record; a failure keeps its error text and kind."""
+def _outcome(future, bench: BenchmarkPlan, seconds: float) -> tuple[BenchmarkResult, BaseException | None]:
+    """A finished future as a result record, and its failure (None if it completed); a failure keeps its error
+    text and kind."""
     try:
-        return future.result()
+        return future.result(), None
     except BaseException as e:  # noqa: BLE001 - the failure is the record
         failure = getattr(e, "kind", "infrastructure" if isinstance(e, TimeoutError) else "configuration")
         with get_client(sync_client=True) as client:
             attempts = client.read_task_run(future.task_run_id).run_count
         return BenchmarkResult(bench.name, "failed", bench.output_dir, seconds, error=f"{type(e).__name__}: {e}",
-                               failure=failure, attempts=attempts)
+                               failure=failure, attempts=attempts), e
 

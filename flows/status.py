@@ -1,4 +1,4 @@
-"""`nemotron nano3 eval status|logs [RUN]`: what a run did, from Prefect's API and the run's files.
+"""`nemotron nano3 eval status|logs|cancel RUN`: what a run did, from Prefect's API and the run's files; and its end.
 
 The flow run and its benchmark task runs come from the Prefect API — any run it knows, whatever
 machine ran it and however early it failed; this machine's run index (`nemotron.runs`) only adds
@@ -8,6 +8,7 @@ accounting or the local process), and the scores from the run folder.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -27,10 +28,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelled, Cancelling
 
 from nemotron import progress, results, runs, serving
-from nemotron.errors import ConfigError
+from nemotron.errors import ConfigError, NemotronError
 
+CANCEL_WAIT_SECONDS = 90.0  # for the process running the flow to stop it and cancel its servers
 LOG_PAGE = 200
 RECENT = 200  # flow runs searched for an id prefix
 FLOW = "nano3-eval"
@@ -48,6 +51,48 @@ def report(ref: str | None, logs: bool = False) -> str:
             # a run this machine recorded, reported to an API that is gone (a detached job's temporary one)
             # or that never knew it: what this machine has of it
             return _logs(record, [], _unknown(e)) if logs else _status(record, None, [], {}, _unknown(e))
+
+
+def cancel(ref: str) -> str:
+    """What the UI's Cancel does: the flow run set Cancelling, so whatever runs it (a worker's runner, the attached
+    CLI's cancel watch) stops it and its cancellation hook cancels its servers; then waits for it to end. A run that no
+    process stops within CANCEL_WAIT_SECONDS (its process is gone), or that no Prefect API answers for, has the
+    servers this machine recorded for it cancelled from here."""
+    with get_client(sync_client=True) as client:
+        record = locate(client, ref)
+        name, run_id = record.get("name") or ref, UUID(record["flow_run_id"])
+        try:
+            flow_run = client.read_flow_run(run_id)
+        except (ObjectNotFound, httpx.HTTPError, OSError, RuntimeError) as e:
+            return _cancel_servers(record, f"{_unknown(e)}: the servers this machine recorded for run {name} are "
+                                           "cancelled from here")
+        if flow_run.state is not None and flow_run.state.is_final():
+            raise NemotronError(f"run {flow_run.name} ({run_id}) has already ended ({flow_run.state.name}): nothing "
+                                "to cancel")
+        client.set_flow_run_state(run_id, Cancelling(message="Cancelled with `nemotron nano3 eval cancel`"),
+                                  force=True)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        state = flow_run.state
+        while time.monotonic() < deadline and not (state is not None and state.is_final()):
+            time.sleep(1.0)
+            state = client.read_flow_run(run_id).state
+        if state is not None and state.is_final():
+            return f"run {flow_run.name} ({run_id}): {state.name}" + "".join(
+                f"\nserver job {s.get('job_id')} [{s.get('name', 'server')}]" for s in runs.servers(record))
+        client.set_flow_run_state(run_id, Cancelled(message="No process stopped the run within "
+                                                    f"{CANCEL_WAIT_SECONDS:.0f} s of its cancel: its process is gone; "
+                                                    "its servers were cancelled from its record"), force=True)
+    return _cancel_servers(record, f"no process stopped run {flow_run.name} within {CANCEL_WAIT_SECONDS:.0f} s (its "
+                                   "process is gone): marked Cancelled, and its recorded servers cancelled from here")
+
+
+def _cancel_servers(record: dict, why: str) -> str:
+    servers = runs.servers(record)
+    for server in servers:
+        serving.cancel_recorded(server)
+    if not servers:
+        return f"{why}; this machine recorded no server for it"
+    return "\n".join([why, *(f"server job {s.get('job_id')} [{s.get('name', 'server')}]: cancelled" for s in servers)])
 
 
 def _unknown(error: BaseException) -> str:

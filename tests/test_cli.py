@@ -184,3 +184,11 @@ def test_replicas_here_on_one_fixed_port_exit_2_and_the_dry_run_shows_how_many()
     r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "deployment.replicas=3")
     assert r.returncode == 0
     assert "replicas: 3 jobs like the one below, requests spread over them by the gate" in r.stdout
+
+
+def test_cancel_needs_the_run_it_cancels():
+    """Issue 28: `eval cancel` never picks the latest run by itself: without RUN it is bad input (exit 2), one line."""
+    r = nemotron("nano3", "eval", "cancel")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: usage: nemotron nano3 eval cancel RUN (a flow run id, id prefix or name, or a "
+                               "Slurm job id that --batch submitted)") and r.stderr.count("\n") == 1, r.stderr

@@ -3,6 +3,7 @@
 The real end-to-end path (vLLM serving SmolLM2) is tests/test_e2e.py; this fake only injects faults.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter
+from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL
 
 from flows.eval import nano3_eval
@@ -365,10 +366,70 @@ def test_a_server_stopped_mid_suite_is_found_hung_relaunched_and_its_requests_se
     run_dir = Path(state.result().run_dir)
     launches = json.loads((run_dir / "in-flight.json").read_text())
     assert len(launches) == 2 and launches[1]["benchmarks"]["gsm8k"]["requests"] >= 1
+    deadline = time.monotonic() + 30  # the API log handler sends in batches, after the run ended here
     with get_client(sync_client=True) as client:
-        logs = [entry.message for entry in client.read_logs()
-                if entry.flow_run_id == state.state_details.flow_run_id]
-    assert any("answered none of its" in m and "hung (deployment.hang_timeout)" in m for m in logs), logs[-20:]
+        while True:
+            logs = [entry.message for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+                any_=[state.state_details.flow_run_id])), limit=200)]
+            hung = [m for m in logs if "answered none of its" in m and "hung (deployment.hang_timeout)" in m]
+            if hung or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert hung, logs[-20:]
     with pytest.raises(ProcessLookupError):
         os.kill(stopped[0], 0)
     assert not leftovers(tmp_path)
+
+
+def test_a_full_disk_stops_the_suite_naming_its_path_and_a_rerun_reuses_what_finished(tmp_path):
+    """Issue 28: the results' disk fills up after the first of three benchmarks (a tmpfs of 16 MB, filled to the
+    last byte). The benchmark that hits it fails as infrastructure naming the path, is not retried, the third is
+    not started, and the run fails saying the disk is full. Nothing is left half-written: once space is freed, a
+    rerun reuses the first benchmark and completes the suite."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    try:
+        names = ("gsm8k", "gsm8k_cot_zeroshot", "gsm8k_cot_llama")
+        request = fake_request(disk, tasks=names, extra=[
+            "evaluation.tasks=[{name: gsm8k}, {name: gsm8k_cot_zeroshot}, {name: gsm8k_cot_llama}]",
+            "evaluation.max_parallel=1", "evaluation.retries=2"])
+        filler = disk / "filler"
+
+        def fill_after_the_first() -> None:
+            deadline = time.monotonic() + 300
+            while not list(disk.glob("benchmarks/gsm8k-*/nemotron-result.json")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with contextlib.suppress(OSError), filler.open("wb") as f:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+
+        threading.Thread(target=fill_after_the_first, daemon=True).start()
+        state = nano3_eval(**request, return_state=True)
+        assert state.is_failed()
+        assert re.search(rf"the disk holding {re.escape(str(disk))}/\S+ is full \(No space left on device\)",
+                         state.message), state.message
+        folders = {name: next(disk.glob(f"benchmarks/{name}-*")) for name in names if list(disk.glob(
+            f"benchmarks/{name}-*"))}
+        first = json.loads((folders["gsm8k"] / "nemotron-result.json").read_text())
+        assert first["result"]["status"] == "completed"
+        assert not (folders["gsm8k_cot_llama"] / "run_eval.log").exists()  # never started
+        with get_client(sync_client=True) as client:
+            runs = {r.name: r for r in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))}
+        hit = runs["gsm8k_cot_zeroshot"]
+        assert hit.state.is_failed() and hit.run_count == 1  # a full disk is not retried
+        assert "is full" in hit.state.message
+        assert "gsm8k_cot_llama" not in runs
+        assert not leftovers(tmp_path)
+
+        filler.unlink()
+        again = nano3_eval(**request, return_state=True)
+        assert again.is_completed(), again.message
+        doc = json.loads((Path(again.result().run_dir) / "results.json").read_text())
+        assert [(r["benchmark"], r["status"], r["reused"]) for r in doc["results"]] == [
+            ("gsm8k", "completed", True), ("gsm8k_cot_zeroshot", "completed", False),
+            ("gsm8k_cot_llama", "completed", False)]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

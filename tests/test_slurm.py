@@ -154,6 +154,23 @@ def test_cancel_through_the_prefect_api_cancels_the_slurm_job(tmp_path):
     assert state.is_cancelled(), state
 
 
+def test_eval_cancel_stops_a_run_and_its_server_job_as_the_uis_cancel_does(tmp_path):
+    """Issue 28: `eval cancel RUN` (a prefix of the run's id) on an attached run: the run ends Cancelled, its Slurm job
+    is cancelled, and the command says so once it is over. Cancelling it again says it has already ended."""
+    proc, _, record = _cli_until_benchmark_runs(tmp_path, "--delay 600")
+    try:
+        (job,) = squeue()
+        r = nemotron("nano3", "eval", "cancel", record["flow_run_id"][:8], env=ENV, timeout=150)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"({record['flow_run_id']}): Cancelled" in r.stdout, r.stdout
+    assert not squeue() and sacct_state(job.split()[0]) == "CANCELLED"
+    again = nemotron("nano3", "eval", "cancel", record["flow_run_id"], env=ENV)
+    assert again.returncode == 1 and "has already ended (Cancelled): nothing to cancel" in again.stderr, again.stderr
+
+
 def test_squash_runs_through_prefect_shell_with_its_output_in_the_flow_runs_logs(tmp_path, monkeypatch):
     """Issue 20: the container squash is a task of the flow run (`squash <image>`), run by prefect-shell's
     ShellOperation: salloc + srun on the real Slurm run a stand-in `enroot` (the real one is not

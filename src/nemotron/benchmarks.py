@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import errno
 import fcntl
 import functools
 import hashlib
@@ -41,7 +42,7 @@ import yaml
 from nemotron import engines, harness, registry, results, runtime, secrets
 from nemotron.config import EvalConfig, TaskSpec
 from nemotron.endpoints import Endpoint, free_port, healthy
-from nemotron.errors import BenchmarkError, ConfigError
+from nemotron.errors import BenchmarkError, ConfigError, DiskFull
 from nemotron.results import BenchmarkResult, parse_output_dir
 from nemotron.serving import log_tail
 
@@ -58,6 +59,9 @@ _INFRASTRUCTURE = re.compile(
     r"ClientConnectorError|ServerDisconnectedError|Cannot connect to host|Connection refused|ConnectionResetError"
     r"|ConnectError|RemoteProtocolError|ReadTimeout|TimeoutError|timed out|ClientResponseError: (5\d\d|429)"
     r"|status_code=(5\d\d|429)|Internal Server Error|Bad Gateway|Service Unavailable|Too Many Requests")
+# what a full disk leaves in the harness log (the OS's words, Python's errno, SQLite's)
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|\[Errno (28|122)\]|database or disk is full")
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # harness lines worth surfacing in the run log (the full output is in <output_dir>/run_eval.log)
 _NOTABLE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback \(most recent|^\s*\w*(Error|Exception):")
 
@@ -236,7 +240,7 @@ def retryable(error: BaseException) -> bool:
     against a server that has died: the flow relaunches it and runs the benchmark again."""
     if isinstance(error, TimeoutError):
         return True
-    if getattr(error, "kind", None) != "infrastructure":
+    if isinstance(error, DiskFull) or getattr(error, "kind", None) != "infrastructure":
         return False
     endpoint, key_env = getattr(error, "endpoint", None), getattr(error, "key_env", None)
     return endpoint is None or healthy(endpoint, Endpoint("", "", api_key_env=key_env).headers())
@@ -303,10 +307,22 @@ async def run_benchmark(
     """Run one benchmark to completion. Cancellation (timeout, Ctrl-C) stops its whole process group.
     `on_line` gets the harness's notable lines (errors), `on_output` every line (the progress board)."""
     out = Path(bench.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = await _run(bench, endpoint, env, on_line, on_output, out)
-    results.write_atomic(out / RESULT_FILE, json.dumps({"key": bench.key, "result": asdict(result)}, indent=2) + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        result = await _run(bench, endpoint, env, on_line, on_output, out)
+        results.write_atomic(out / RESULT_FILE,
+                             json.dumps({"key": bench.key, "result": asdict(result)}, indent=2) + "\n")
+    except OSError as e:
+        if e.errno in DISK_ERRNOS:
+            raise disk_full(bench.name, e.filename or str(out), os.strerror(e.errno)) from None
+        raise
     return result
+
+
+def disk_full(benchmark: str, path: str, said: str) -> DiskFull:
+    """The failure of a benchmark that could not write to `path`: whose disk, and what to do."""
+    return DiskFull(f"{benchmark}: the disk holding {path} is full ({said}): free space there, or point "
+                    "evaluation.output_dir at another disk, and run again (finished benchmarks are reused)", path)
 
 
 LOCK_FILE = ".lock"
@@ -425,7 +441,10 @@ async def _run_harness(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, 
     if rc != 0 or interrupted:
         with log_path.open("rb") as f:
             f.seek(offset)
-            kind = "infrastructure" if interrupted else failure_kind(f.read().decode(errors="replace"))
+            said = f.read().decode(errors="replace")
+        if not interrupted and (full := _DISK_FULL.search(said[-200_000:])):
+            raise disk_full(bench.name, str(out), full.group(0))
+        kind = "infrastructure" if interrupted else failure_kind(said)
         why = "was interrupted" if interrupted else f"exited with code {rc}"
         raise BenchmarkError(f"{bench.name}: nemo-evaluator {why} after {seconds:.0f} s ({kind} failure); "
                              f"output {out}, log {log_path}; last lines:\n{log_tail(log_path, 20)}", kind,

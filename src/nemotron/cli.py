@@ -32,7 +32,7 @@ from nemotron.config import EvalConfig, load_config, validate
 from nemotron.errors import ConfigError, NemotronError
 from nemotron.request import EvalRequest
 
-MONITOR_COMMANDS = ("status", "logs", "export", "compare")
+MONITOR_COMMANDS = ("status", "logs", "export", "compare", "cancel")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog="run.model: rl:latest | sft:latest | pretrain:latest | rl:v2 | "
                           "entity/project/name:alias | a checkpoint path.  Finished runs: "
                           "`eval status [RUN]`, `eval logs [RUN]`, `eval export [RUN]` (to W&B again), "
+                          "`eval cancel RUN` (a run or a --batch job, and its servers), "
                           "`eval compare BEFORE AFTER` (two runs or results folders).")
     ev.add_argument("-c", "--config", default="default", help="config name in config/ or a YAML path")
     ev.add_argument("-t", "--task", action="append", metavar="NAME", help="run only these task(s); repeatable")
@@ -278,15 +279,22 @@ def monitor(command: str, rest: list[str]) -> int:
         return compare_runs(rest)
     if len(rest) > 1:
         raise ConfigError(f"usage: nemotron nano3 eval {command} [RUN]; got extra arguments: {' '.join(rest[1:])}")
+    if command == "cancel" and not rest:
+        raise ConfigError("usage: nemotron nano3 eval cancel RUN (a flow run id, id prefix or name, or a Slurm job id "
+                          "that --batch submitted); cancelling is never done to the latest run by default")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if command == "export":
         return export_again(rest[0] if rest else None)
     from nemotron import detached
 
     if rest and (job := detached.load(rest[0])) is not None:  # a Slurm job id that `--batch` submitted itself
-        print(detached.report(job, logs=command == "logs"))  # masked there
+        print(detached.cancel(job) if command == "cancel" else detached.report(job, logs=command == "logs"))
         return 0
     from flows import status
+
+    if command == "cancel":
+        print(status.cancel(rest[0]))
+        return 0
 
     # what the run logged went through the redactor; a server log read over the tunnel and this machine's
     # secrets that run never knew have not

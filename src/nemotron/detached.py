@@ -269,6 +269,23 @@ def report(record: dict[str, Any], logs: bool = False) -> str:
     return secrets.mask("\n".join(lines))
 
 
+def cancel(record: dict[str, Any]) -> str:
+    """`eval cancel JOB`: the flow job and the server jobs its flow recorded, cancelled through the login node (its
+    on_cancellation hook would do the latter, but a job killed by scancel may not get to run it)."""
+    profile = profiles.load_profile(record["profile"])
+    job_id = record["job_id"]
+    with cluster.login_shell(profile) as sh:
+        run = _read_json(sh, f"{record['job_dir']}/run.json") or {}
+        servers = [str(s["job_id"]) for s in runs.servers(run) if s.get("job_id")]
+        jobs = [job_id, *servers]
+        sh.sh("scancel " + " ".join(shlex.quote(j) for j in jobs), check=False)
+        states = {j: sh.sh(f"squeue -h -j {shlex.quote(j)} -o %T 2>/dev/null", check=False).strip() or "ended"
+                  for j in jobs}
+    lines = [f"job {job_id} on {profile.name} (Slurm): cancelled ({states[job_id]})"]
+    lines += [f"server job {j}: cancelled ({states[j]})" for j in servers]
+    return secrets.mask("\n".join(lines))
+
+
 def _read_json(sh: cluster.Target, path: str) -> dict[str, Any] | None:
     text = sh.sh(f"cat {shlex.quote(path)} 2>/dev/null", check=False)
     try:

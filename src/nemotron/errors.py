@@ -42,3 +42,15 @@ class BenchmarkError(NemotronError):
 
     def __reduce__(self):  # keep the fields through pickling (Prefect stores task exceptions)
         return type(self), (str(self), self.kind, self.endpoint, self.key_env)
+
+
+class DiskFull(BenchmarkError):
+    """The disk a benchmark writes to is full (or over quota): an infrastructure failure that no retry, relaunch or
+    further benchmark can help, so the suite stops; what finished stays in its folder and is reused."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message, "infrastructure")
+        self.path = path
+
+    def __reduce__(self):
+        return type(self), (str(self), self.path)

@@ -25,7 +25,7 @@ from nemotron import gate as gates
 from nemotron.endpoints import OK, REFUSED, SLOW, UNHEALTHY, Endpoint, probe, reported_version
 from nemotron.errors import ServeError
 from nemotron.gate import Gate
-from nemotron.serving import REQUEUE_GRACE_SECONDS, ServerHandle
+from nemotron.serving import FINISHED, REQUEUE_GRACE_SECONDS, REQUEUED_STATES, ServerHandle
 
 PROBE_SECONDS = 5.0  # a health check answered later is SLOW: no death, a hang only if nothing else answers
 STOP_SECONDS = 60.0  # each replica's job is cancelled and its log fetched (serving.STOP_GRACE_SECONDS and more)
@@ -76,6 +76,15 @@ def verdict(health: str, seen: gates.Replica | None, look: Look, now: float, gra
     if look.quiet_since is not None and now - look.quiet_since >= hang:
         return f"answered nothing, its health check included, for {now - look.quiet_since:.0f} s: hung " \
                "(deployment.hang_timeout)"
+    return None
+
+
+def _job_gone(replica: Replica) -> str | None:
+    """Why a replica that refuses is out before its grace: its job has ended, or Slurm put it back in its queue."""
+    job = replica.handle.job if replica.handle else None
+    state = job.state() if job is not None else None
+    if state in FINISHED or state in REQUEUED_STATES:
+        return f"refused connections and its job is {state}"
     return None
 
 
@@ -234,8 +243,10 @@ class Fleet:
                                    timeout=min(PROBE_SECONDS, max(1.0, self.interval)))
                     if health == OK:
                         gate.cleared(url)
-                    why = verdict(health, gate.seen(url), looks.setdefault(id(replica), Look()), time.monotonic(),
-                                  grace, self.hang)
+                    seen, look = gate.seen(url), looks.setdefault(id(replica), Look())
+                    why = verdict(health, seen, look, time.monotonic(), grace, self.hang)
+                    if why is None and (look.failing_since or (seen and seen.refused_since)):
+                        why = _job_gone(replica)  # no need to wait out the grace for a job that has ended
                     if why is not None:
                         looks.pop(id(replica), None)
                         self.say(f"[serve] {replica.name} (job {replica.job_id}) {why}")

@@ -39,9 +39,11 @@ def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a write that failed (a full disk): name the record
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
 

@@ -1,0 +1,271 @@
+"""Scale benchmark: the pipeline at a production in-flight budget, beside lm-eval alone, against a server that
+answers at once (so the pipeline, not the model, sets the pace).
+
+    uv run python perf/scale.py                          # locally, budget 2048, hellaswag + arc_challenge at 500
+    uv run python perf/scale.py --ssh local-slurm-ssh    # the same flow over the SSH login node (Slurm + forward)
+    uv run python perf/scale.py --limit 200 --in-flight 512
+    uv run python perf/scale.py --serve --port 8000      # only the instant upstream (what the Slurm job runs)
+
+1. starts the instant upstream: an OpenAI-compatible `/v1/completions` that answers every prompt at once with
+   echo log-probabilities of one entry per word (as vLLM answers), counting requests and the most it held at once;
+2. runs `lm_eval --model local-completions` alone against it (the same tasks, limit, tokenizer and concurrency);
+3. runs the flow as a user would (`nemotron nano3 eval -c local deployment.type=none deployment.url=...`, or
+   `--run PROFILE deployment.type=generic` launching this upstream as the Slurm job), sampling the descriptors and
+   threads of the flow's process tree;
+4. prints requests/s for each, their ratio, the peaks, and failed requests. The figures go to <out>/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("hellaswag", "arc_challenge")
+
+
+# --- the instant upstream ----------------------------------------------------------------------------------------
+
+def serve(port: int, host: str = "127.0.0.1", stats: Path | None = None) -> None:
+    """An OpenAI-compatible server that answers at once; with `stats`, it writes its counts there every second."""
+    from aiohttp import web
+
+    seen = {"requests": 0, "in_flight": 0, "peak_in_flight": 0, "failed": 0}
+
+    def logprobs(prompt: str) -> dict:
+        words = [f" {w}" for w in prompt.split()] or [" "]
+        return {"tokens": words, "token_logprobs": [None] + [-1.0] * (len(words) - 1),
+                "top_logprobs": [None] + [{w: -1.0} for w in words[1:]],
+                "text_offset": list(range(len(words)))}
+
+    async def completions(request: web.Request) -> web.Response:
+        seen["requests"] += 1
+        seen["in_flight"] += 1
+        seen["peak_in_flight"] = max(seen["peak_in_flight"], seen["in_flight"])
+        try:
+            body = await request.json()
+            prompts = body.get("prompt")
+            prompts = prompts if isinstance(prompts, list) else [prompts]
+            echo = body.get("echo")
+            choices = [{"index": i, "text": f"{p if echo else ''} The answer is 4.", "finish_reason": "stop",
+                        "logprobs": logprobs(str(p)) if body.get("logprobs") is not None else None}
+                       for i, p in enumerate(prompts)]
+            return web.json_response({"id": "cmpl-scale", "object": "text_completion", "model": body.get("model"),
+                                      "choices": choices, "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                                    "total_tokens": 2}})
+        finally:
+            seen["in_flight"] -= 1
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "nano3", "object": "model"}]})
+
+    async def main() -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", completions)
+        app.router.add_get("/health", health)
+        app.router.add_get("/v1/models", models)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, backlog=4096).start()
+        while True:
+            await asyncio.sleep(1)
+            if stats is not None:
+                stats.write_text(json.dumps(seen))
+
+    asyncio.run(main())
+
+
+def raise_open_files() -> int:
+    """The soft open-file limit raised to the hard one (what a budget of thousands of connections needs)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# --- measuring a process tree ------------------------------------------------------------------------------------
+
+class TreeSampler:
+    """Peak descriptors and threads of a process and its descendants, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        self.pid, self.fds, self.threads = pid, 0, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+        children: dict[int, list[int]] = {}
+        for pid, ppid in zip(out[::2], out[1::2], strict=True):
+            children.setdefault(int(ppid), []).append(int(pid))
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo += children.get(pid, [])
+        return tree
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            fds = threads = 0
+            for pid in self._tree():
+                try:
+                    fds += len(os.listdir(f"/proc/{pid}/fd"))
+                    threads += len(os.listdir(f"/proc/{pid}/task"))
+                except OSError:
+                    continue
+            self.fds, self.threads = max(self.fds, fds), max(self.threads, threads)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(2)
+
+
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run `cmd` to its end: seconds, exit code, peak descriptors and threads of its tree."""
+    start = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        sampler = TreeSampler(proc.pid)
+        rc = proc.wait()
+        sampler.stop()
+    return {"seconds": round(time.monotonic() - start, 1), "rc": rc, "peak_fds": sampler.fds,
+            "peak_threads": sampler.threads}
+
+
+def upstream_counts(stats: Path) -> dict:
+    time.sleep(1.5)  # its last write
+    return json.loads(stats.read_text()) if stats.exists() else {}
+
+
+# --- the two sides -----------------------------------------------------------------------------------------------
+
+def tokenizer() -> str:
+    from nemotron import runtime
+
+    return str(runtime.ensure_builtin_model("smollm2-135m-instruct"))
+
+
+def lm_eval_alone(url: str, limit: int, concurrency: int, out: Path, env: dict[str, str]) -> dict:
+    """lm-eval by itself, as nemo-evaluator runs it (local-completions, untokenized requests, one per prompt)."""
+    args = (f"model=nano3,base_url={url}/v1/completions,num_concurrent={concurrency},max_retries=0,"
+            f"tokenized_requests=False,tokenizer_backend=huggingface,tokenizer={tokenizer()},timeout=3600")
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", args,
+           "--tasks", ",".join(TASKS), "--limit", str(limit), "--output_path", str(out / "lm-eval"),
+           "--batch_size", "1"]
+    return timed(cmd, env, out / "lm-eval.log")
+
+
+def flow(url: str | None, limit: int, in_flight: int, out: Path, env: dict[str, str], ssh: str | None,
+         port: int) -> dict:
+    """The flow through the CLI: against the running upstream, or with it as the Slurm job of `ssh`'s profile."""
+    common = [f"evaluation.in_flight={in_flight}", f"evaluation.output_dir={out / 'flow'}",
+              f"evaluation.nemo_evaluator_config.config.params.limit_samples={limit}",
+              f"evaluation.nemo_evaluator_config.config.params.parallelism={in_flight}",
+              "evaluation.nemo_evaluator_config.config.params.max_retries=0", "evaluation.retries=0",
+              f"run.model={tokenizer()}", "deployment.served_model_name=nano3"]
+    if ssh is None:
+        where = ["-c", "local", "deployment.type=none", f"deployment.url={url}"]
+    else:
+        command = f"{sys.executable} {REPO / 'perf' / 'scale.py'} --serve --host {{host}} --port {{port}} " \
+                  f"--stats {out / 'upstream.json'}"
+        where = ["-c", "local", "--run", ssh, "deployment.type=generic", f"deployment.command={command}",
+                 "deployment.extra_args=''", "deployment.venv=null"]
+    cmd = [sys.executable, "-m", "nemotron.cli", "nano3", "eval", *where, *sum((["-t", t] for t in TASKS), []),
+           *common]
+    result = timed(cmd, env, out / "flow.log")
+    gate = sorted((out / "flow").glob("*/*/in-flight.json"))
+    if gate:
+        launch = json.loads(gate[-1].read_text())[-1]
+        result.update(gate_peak=launch["peak_in_flight"], gate_mean=launch["mean_in_flight"],
+                      gate_failed=sum(b["failed"] for b in launch["benchmarks"].values()))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--serve", action="store_true", help="only run the instant upstream")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--stats", type=Path, help="with --serve: write the upstream's counts here")
+    ap.add_argument("--ssh", metavar="PROFILE", help="run the flow over this Slurm profile (e.g. local-slurm-ssh)")
+    ap.add_argument("--limit", type=int, default=500, help="samples per task")
+    ap.add_argument("--in-flight", type=int, default=2048, help="the budget, and lm-eval's num_concurrent")
+    ap.add_argument("--out", type=Path, help="working folder (default: a new temporary one)")
+    ap.add_argument("--skip-lm-eval", action="store_true")
+    args = ap.parse_args()
+    raise_open_files()
+    if args.serve:
+        serve(args.port, args.host, args.stats)
+        return
+
+    from nemotron.endpoints import free_port
+
+    out = args.out or Path(tempfile.mkdtemp(prefix="nemotron-scale-"))
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0",
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    figures: dict = {"tasks": TASKS, "limit": args.limit, "in_flight": args.in_flight,
+                     "where": args.ssh or "local"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port),
+                                 "--stats", str(out / "local-upstream.json")])
+    try:
+        import httpx
+
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        if not args.skip_lm_eval:
+            figures["lm_eval"] = lm_eval_alone(url, args.limit, args.in_flight, out, env)
+            figures["lm_eval"]["upstream"] = upstream_counts(out / "local-upstream.json")
+        (out / "local-upstream.json").unlink(missing_ok=True)
+        upstream.kill()
+        upstream.wait()
+        if args.ssh is None:
+            upstream = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port),
+                                         "--stats", str(out / "upstream.json")])
+            time.sleep(2)
+        figures["flow"] = flow(url, args.limit, args.in_flight, out, env, args.ssh, port)
+        figures["flow"]["upstream"] = upstream_counts(out / "upstream.json")
+    finally:
+        upstream.kill()
+    for side in ("lm_eval", "flow"):
+        if side in figures and figures[side].get("upstream", {}).get("requests"):
+            figures[side]["requests_per_s"] = round(figures[side]["upstream"]["requests"] / figures[side]["seconds"], 1)
+    (out / "scale.json").write_text(json.dumps(figures, indent=2))
+    print(f"scale: {', '.join(TASKS)} at limit {args.limit}, budget {args.in_flight}, "
+          f"{'over ' + args.ssh if args.ssh else 'locally'} (figures: {out / 'scale.json'})")
+    for side in ("lm_eval", "flow"):
+        if side in figures:
+            f, up = figures[side], figures[side].get("upstream", {})
+            print(f"  {side:8s} {f['seconds']:7.1f} s  rc {f['rc']}  {up.get('requests', 0):6d} requests  "
+                  f"{f.get('requests_per_s', 0):7.1f} req/s  upstream peak in flight {up.get('peak_in_flight', 0):5d}"
+                  f"  peak fds {f['peak_fds']:5d}  peak threads {f['peak_threads']:5d}"
+                  + (f"  gate peak {f['gate_peak']} mean {f['gate_mean']} failed {f['gate_failed']}"
+                     if "gate_peak" in f else ""))
+    if "lm_eval" in figures and figures["flow"].get("requests_per_s"):
+        ratio = figures["flow"]["seconds"] and figures["lm_eval"]["seconds"] / figures["flow"]["seconds"]
+        print(f"  ratio: the flow at {ratio:.2f}x lm-eval alone (time, start-ups included)")
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
+    main()
