@@ -54,6 +54,11 @@ TRANSPORT_PARAMS = ("parallelism", "request_timeout", "max_retries")
 HARNESS_PACKAGES = ("nemo-evaluator", "nemo-evaluator-launcher", "nvidia-lm-eval", "vllm")
 # nemo-evaluator keeps 5 request bodies by default; the throughput benchmark (perf/) replays them all
 SAVE_ALL_REQUESTS = 1_000_000_000
+# what the harness's adapter does per request: the response cache (answered requests replay from it on a rerun)
+# and every request body (perf/); not its response statistics or HTML report, which parse every response again
+# and write to SQLite under a lock each time, and which nothing reads (measured: perf/scale.py, README)
+ADAPTER_CONFIG = {"use_caching": True, "save_requests": True, "max_saved_requests": SAVE_ALL_REQUESTS,
+                  "tracking_requests_stats": False, "generate_html_report": False}
 # what an infrastructure failure leaves in the harness log: the endpoint unreachable, gone, too slow, or 5xx
 _INFRASTRUCTURE = re.compile(
     r"ClientConnectorError|ServerDisconnectedError|Cannot connect to host|Connection refused|ConnectionResetError"
@@ -98,7 +103,7 @@ class BenchmarkPlan:
             "target": {"api_endpoint": {"url": url, "model_id": endpoint.model_id, "type": self.endpoint_type,
                                         # the variable's name; the harness sends its value as its bearer token
                                         **({"api_key_name": endpoint.api_key_env} if endpoint.api_key_env else {}),
-                                        "adapter_config": {"max_saved_requests": SAVE_ALL_REQUESTS}}},
+                                        "adapter_config": ADAPTER_CONFIG}},
         }
 
 
