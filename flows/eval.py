@@ -343,7 +343,7 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
                     f"{cfg.deployment.max_restarts}); they run again in their folders, where answered requests "
                     "replay from the response cache")
 
-        # 5. record: summary files, Prefect artifacts, and the W&B export subflow
+        # 5. record: summary files, the comparison and the gate, Prefect artifacts
         suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
         summary = results.write_summary(suite)
         label = model.resolved or model.ref
@@ -373,16 +373,19 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
             "gate": gated.record() if gated else None,
             "comparison": {"previous": previous.model if previous else None,
                            "changes": [c.record() for c in changes or []]}})
-        exported = export_to_wandb(suite, manifest, return_state=True)
-        export_failed = None
-        if exported.is_completed():
-            record = exported.result()
-            runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")
-        else:
-            export_failed = (f"W&B export failed: {exported.message}; the results are safe in {run_dir}; export "
-                             f"them again with `nemotron nano3 eval export {run_id}`")
-            runs.save(run_id, wandb=f"export failed: {exported.message}")
-            log.error("%s", export_failed)
+
+    # 6. the W&B export, once the benchmark folders are released: a slow or unreachable W&B holds no other
+    #    evaluation of them back
+    exported = export_to_wandb(suite, manifest, return_state=True)
+    export_failed = None
+    if exported.is_completed():
+        record = exported.result()
+        runs.save(run_id, wandb=wandb_export.describe(record) if record else "not exported (not configured)")
+    else:
+        export_failed = (f"W&B export failed: {exported.message}; the results are safe in {run_dir}; export "
+                         f"them again with `nemotron nano3 eval export {run_id}`")
+        runs.save(run_id, wandb=f"export failed: {exported.message}")
+        log.error("%s", export_failed)
 
     # what is missing, each in its own words: the run fails on any of it (an unexported run has no lineage)
     missing = []

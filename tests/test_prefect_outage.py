@@ -1,0 +1,92 @@
+"""A Prefect API outage mid-run (issue 28): the run goes on and its records stay whole. The Prefect server here is
+the test's own (its own database and port), stopped for 60 s while benchmarks run and started again on the same
+database and port, as an operator restarting it would."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import FAKE, FAKE_VENV, hf_home
+
+OUTAGE_SECONDS = 60
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, port: int):
+    """`prefect server start` on `port` with its database under `home`, once it answers; stopped after."""
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    with (home / "server.log").open("a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                 str(port), "--analytics-off"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def test_a_prefect_outage_of_60s_mid_run_is_waited_out_and_the_records_are_whole(tmp_path):
+    from nemotron.endpoints import free_port
+
+    home = Path(tempfile.mkdtemp(prefix="prefect-outage-"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    journal = tmp_path / "journal"
+    cmd = [sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "gsm8k", "-t",
+           "gsm8k_cot_zeroshot",
+           f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} --delay 1.0 --journal {journal}",
+           f"deployment.venv={FAKE_VENV}", "deployment.extra_args=''", "deployment.startup_timeout=20",
+           f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}",
+           "evaluation.tasks=[{name: gsm8k}, {name: gsm8k_cot_zeroshot}]",
+           "evaluation.nemo_evaluator_config.config.params.limit_samples=50", "evaluation.in_flight=1",
+           "evaluation.nemo_evaluator_config.config.params.max_retries=0", "evaluation.retries=0"]
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "COLUMNS": "200"}
+    with prefect_server(home, port) as server:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while (not journal.exists() or journal.read_text().count("request") < 5) and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stdout.read()[-3000:]
+                time.sleep(0.5)
+            os.killpg(server.pid, 9)
+            server.wait()
+            down = time.monotonic()
+            time.sleep(OUTAGE_SECONDS)
+            assert proc.poll() is None, "the run ended during the outage: " + proc.stdout.read()[-4000:]
+            with prefect_server(home, port):
+                up = time.monotonic()
+                out, _ = proc.communicate(timeout=600)
+                assert journal.read_text().count("request") > 5
+                with httpx.Client(base_url=api) as client:
+                    runs = client.post("/flow_runs/filter", json={}).json()
+                    (run,) = [r for r in runs if r["name"].startswith("eval-")]
+                    tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+        finally:
+            proc.kill()
+    assert up - down >= OUTAGE_SECONDS
+    assert proc.returncode == 0, out[-5000:]
+    assert run["state_type"] == "COMPLETED", run
+    assert {t["name"]: t["state_type"] for t in tasks if "benchmark" in t["tags"]} == {
+        "gsm8k": "COMPLETED", "gsm8k_cot_zeroshot": "COMPLETED"}
+    (results,) = tmp_path.glob("*/*/results.json")
+    doc = json.loads(results.read_text())
+    assert [(r["benchmark"], r["status"]) for r in doc["results"]] == [("gsm8k", "completed"),
+                                                                       ("gsm8k_cot_zeroshot", "completed")]
+    manifest = json.loads((results.parent / "manifest.json").read_text())
+    assert manifest["flow_run_id"] == run["id"]
