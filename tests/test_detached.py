@@ -3,7 +3,9 @@ tests/test_topology.py."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import pytest
 
@@ -154,3 +156,71 @@ def test_the_cleanup_job_waits_for_the_flow_jobs_end_and_removes_its_private_fil
     assert command.startswith("sbatch --parsable --dependency=afterany:1234 --job-name=nemotron-eval.cleanup ")
     assert command.endswith("--wrap 'rm -f /c/.secrets/a.env /c/.secrets/b.yaml'")
 
+
+
+def _run_continuation(tmp_path, flow_seconds=120, max_seconds=3600, queued=""):
+    """`continuation()`'s lines under bash with stand-ins for sbatch (prints job 777, records its arguments) and
+    squeue (lists `queued`)."""
+    bin_dir, job_dir = tmp_path / "bin", tmp_path / "exp" / "flow"
+    bin_dir.mkdir(exist_ok=True)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/sbatch.args\necho "777;cluster"\n')
+    (bin_dir / "squeue").write_text(f'#!/bin/sh\n[ -n "{queued}" ] && case "$*" in *{queued or "none"}*) '
+                                    f'echo "{queued} PENDING";; esac\nexit 0\n')
+    for tool in ("sbatch", "squeue"):
+        (bin_dir / tool).chmod(0o755)
+    script = "\n".join(['JOB_DIR="$1"', *detached.continuation(flow_seconds, max_seconds), 'echo "went on"'])
+    r = subprocess.run(["bash", "-c", script, "bash", str(job_dir)], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "100"})
+    args = (tmp_path / "sbatch.args").read_text() if (tmp_path / "sbatch.args").exists() else ""
+    return r, job_dir, args
+
+
+def test_each_allocation_queues_the_next_one_that_starts_only_if_it_fails(tmp_path):
+    """Issue 28: the flow job's first lines note the allocation and queue the next (afternotok, dropped by Slurm
+    when this one completes, the same sbatch script); not when the evaluation has ended, was cancelled, would go
+    past run.max_walltime, or (a requeue of this job) its next one is queued already."""
+    r, job_dir, args = _run_continuation(tmp_path)
+    assert r.returncode == 0 and r.stdout.endswith("went on\n"), r.stderr
+    assert (job_dir / "allocations").read_text() == "100\n" and (job_dir / "next").read_text() == "777\n"
+    assert args.split() == ["--parsable", "--requeue", "--kill-on-invalid-dep=yes", "--dependency=afternotok:100",
+                            f"{job_dir}/../flow_sbatch.sh"]
+    assert (job_dir / "began").read_text().strip().isdigit()
+
+    r, _, again = _run_continuation(tmp_path, queued="777")  # Slurm requeued this job: 777 waits already
+    assert r.stdout.endswith("went on\n") and again == args
+
+    (tmp_path / "sbatch.args").unlink()
+    (job_dir / "next").unlink()
+    r, _, args = _run_continuation(tmp_path, flow_seconds=7200, max_seconds=3600)
+    assert args == "" and "no further allocation: run.max_walltime would be exceeded" in r.stderr
+    assert r.stdout.endswith("went on\n")  # this allocation still runs
+
+    (job_dir / "finished").write_text("0\n")
+    r, _, args = _run_continuation(tmp_path)
+    assert r.returncode == 0 and "went on" not in r.stdout and args == ""
+    assert "ended in an earlier allocation" in r.stdout
+
+
+def test_the_cleanup_job_follows_the_allocations_and_removes_the_files_once_the_suite_has_ended(ssh_profile,
+                                                                                                 tmp_path):
+    """With the job's folder, the cleanup job removes the private files only once no allocation is queued to go on
+    (or the suite has finished); while one is, it submits itself again to wait for that one's end."""
+    _run_continuation(tmp_path)  # the stand-ins, and a job folder whose next allocation is 777
+    job_dir, secret = tmp_path / "exp" / "flow", tmp_path / "a.env"
+    secret.write_text("X=1\n")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    (tmp_path / "sbatch.args").unlink()
+    command = detached.cleanup_command(ssh_profile, "100", [str(secret)], str(job_dir))
+    subprocess.run(["bash", "-c", command], check=True, env=env)
+    assert "--dependency=afterany:100" in (tmp_path / "sbatch.args").read_text()
+    assert (tmp_path / "sbatch.args").read_text().split()[-1] == f"{job_dir}/cleanup.sh"
+
+    (tmp_path / "bin" / "squeue").write_text('#!/bin/sh\necho "777 PENDING"\n')
+    (tmp_path / "sbatch.args").unlink()
+    subprocess.run(["bash", str(job_dir / "cleanup.sh")], check=True, env=env)
+    assert secret.exists() and "--dependency=afterany:777" in (tmp_path / "sbatch.args").read_text()
+
+    (job_dir / "finished").write_text("0\n")  # the suite ended: the files go, whatever is queued
+    subprocess.run(["bash", str(job_dir / "cleanup.sh")], check=True, env=env)
+    assert not secret.exists()

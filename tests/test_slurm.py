@@ -154,6 +154,41 @@ def test_cancel_through_the_prefect_api_cancels_the_slurm_job(tmp_path):
     assert state.is_cancelled(), state
 
 
+def test_a_detached_suite_longer_than_its_allocation_continues_in_a_new_one(tmp_path):
+    """Issue 28: `--batch` with run.flow_time=00:02:00 on a suite that needs about three minutes (240 requests of
+    0.5 s, one at a time, after the job's start-up). Slurm ends the
+    flow job at its time limit; the allocation it queued when it started (afternotok) takes over, reuses what the
+    first one answered (the response cache) and completes the suite. `eval status JOB` shows both allocations."""
+    journal = tmp_path / "journal"
+    env = {**ENV, "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    r = nemotron("nano3", "eval", "-c", "local", "--batch", "local-slurm-ssh", "-t", "gsm8k",
+                 *fake_overrides(tmp_path, "--journal", str(journal), "--delay", "0.5"),
+                 "evaluation.nemo_evaluator_config.config.params.limit_samples=240", "evaluation.in_flight=1",
+                 "run.flow_time=00:02:00", env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "each allocation: 00:02:00 (run.flow_time)" in r.stdout, r.stdout
+    job = re.search(r"submitted Slurm job (\d+)", r.stdout).group(1)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+        if not queued:
+            break
+        time.sleep(5)
+    status = nemotron("nano3", "eval", "status", job, env=env)
+    assert status.returncode == 0, status.stderr
+    chain = re.search(r"^allocations: (.*)$", status.stdout, re.M)
+    assert chain, status.stdout
+    allocations = re.findall(r"(\d+) \((\w+)\)", chain.group(1))
+    assert allocations[0] == (job, "TIMEOUT") and allocations[-1][1] == "COMPLETED", status.stdout
+    assert len(allocations) >= 2
+    assert ("gsm8k", "exact_match__strict-match") in scores(status.stdout), status.stdout
+    assert journal.read_text().count("start") == len(allocations)  # one server per allocation
+    (run_dir,) = {p.parent for p in tmp_path.glob("*/*/results.json")}
+    assert json.loads((run_dir / "results.json").read_text())["results"][0]["status"] == "completed"
+    answered_first = journal.read_text().split("start")[1].count("request")
+    assert 0 < answered_first < 240  # the first allocation answered some, and not all
+
+
 def test_eval_cancel_stops_a_run_and_its_server_job_as_the_uis_cancel_does(tmp_path):
     """Issue 28: `eval cancel RUN` (a prefix of the run's id) on an attached run: the run ends Cancelled, its Slurm job
     is cancelled, and the command says so once it is over. Cancelling it again says it has already ended."""

@@ -28,7 +28,7 @@ from nemotron import (
     sizing,
     wandb_export,
 )
-from nemotron.config import EvalConfig, load_config, validate
+from nemotron.config import EvalConfig, RunSection, load_config, slurm_seconds, validate
 from nemotron.errors import ConfigError, NemotronError
 from nemotron.request import EvalRequest
 
@@ -142,8 +142,10 @@ def evaluate(args: argparse.Namespace) -> int:
             request = _request(args, name, secrets.hidden_overrides(args.overrides))
             given = detached.secrets_for(request, profile, cfg.deployment.api_key_env)
             text += ("\n# detached flow job script (--batch when no Prefect deployment takes the run; secrets come "
-                     "from a private file)\n" + detached.job_script(request, profile, detached.environment_dir(profile),
-                                                                   "<private file>", None, None) + "\n"
+                     "from a private file)\n" + detached.job_script(
+                         request, profile, detached.environment_dir(profile), "<private file>", None, None,
+                         detached.continuation(slurm_seconds(cfg.run.flow_time or cluster.FLOW_TIME_DEFAULT),
+                                               slurm_seconds(cfg.run.max_walltime))) + "\n"
                      + f"# secrets the job gets through that file: {', '.join(sorted(given)) or 'none'}\n")
         print(secrets.mask(text))
         return 0
@@ -151,7 +153,7 @@ def evaluate(args: argparse.Namespace) -> int:
         return submit_batch(_request(args, name, args.overrides))
     if args.batch:
         return submit_detached(_request(args, name, secrets.hidden_overrides(args.overrides)), profile, route,
-                               cfg.evaluation.output_dir, cfg.deployment.api_key_env)
+                               cfg.evaluation.output_dir, cfg.deployment.api_key_env, cfg.run)
     wandb_export.detect_login()
     # the flow runs here; its parameters (stored by Prefect) keep references to secret values, not the values,
     # and what reads this process's command line (W&B records it as run metadata) sees them masked
@@ -428,21 +430,24 @@ def submit_batch(request: EvalRequest) -> int:
 
 
 def submit_detached(request: EvalRequest, profile: profiles.Profile, route: BatchRoute, output_dir: str,
-                    api_key_env: str | None) -> int:
+                    api_key_env: str | None, run: RunSection) -> int:
     """`--batch` without a Prefect deployment: the evaluation itself as a Slurm job in the cluster; returns at once."""
     from nemotron import detached
 
     print(f"{route.reason}: the evaluation goes to the cluster itself, as a Slurm job")
     given = detached.secrets_for(request, profile, api_key_env)
     print(f"secrets it gets, through a private file: {', '.join(sorted(given)) or 'none'}")
-    job = detached.submit(request, profile, route.api, output_dir, given)
+    job = detached.submit(request, profile, route.api, output_dir, given, flow_time=run.flow_time,
+                          max_walltime=run.max_walltime)
     print(f"submitted Slurm job {job.job_id} on {profile.name}: the flow runs there, serves through the profile "
           f"(its own server job) and runs the benchmarks next to the checkpoint\n"
           f"environment: {job.environment} ({'built now' if job.built else 'reused'})\n"
           f"job folder: {job.job_dir}\nresults: under {job.output_dir} on the cluster\n"
           + (f"reports to the Prefect API at {route.api}\n" if route.api else "")
           + f"follow it: nemotron nano3 eval status {job.job_id}   (or: nemotron nano3 eval logs {job.job_id})\n"
-          f"stop it: scancel {job.job_id} on the cluster (the flow then cancels its server job)")
+          f"each allocation: {job.flow_time} (run.flow_time); a suite that needs longer continues in a new one, "
+          f"up to {run.max_walltime} in all (run.max_walltime)\n"
+          f"stop it: nemotron nano3 eval cancel {job.job_id}   (the job, later allocations and its server jobs)")
     return 0
 
 

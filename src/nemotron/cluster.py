@@ -173,11 +173,27 @@ def target_for(run, profile: Profile | None, dep: DeploymentSection, image: str 
                          packager=run.Packager())  # nothing to package: the job runs one inline script
 
 
-def flow_target(run, profile: Profile, home: str, packager) -> Target:
-    """The executor for a detached evaluation's flow job: one CPU task on the batch partition, no container (the
-    flow runs in the uv environment built on the cluster), the project's code shipped by `packager`."""
+def flow_target(run, profile: Profile, home: str, packager, time: str | None = None) -> Target:
+    """The executor for a detached evaluation's flow job: one CPU task on the batch partition for `time` (default:
+    the profile's), no container (the flow runs in the uv environment built on the cluster), the project's code
+    shipped by `packager`."""
     return _slurm_target(run, profile, home, partition=profile.partition_for(True), nodes=1, ntasks_per_node=1,
-                         packager=packager)
+                         packager=packager, **({"time": time} if time else {}))
+
+
+FLOW_TIME_DEFAULT = "1-00:00:00"  # a detached flow job's allocation when its partition allows more (or anything)
+
+
+def flow_time(target: Target, profile: Profile) -> str:
+    """A detached flow job's walltime when run.flow_time is not set: its partition's maximum, at most a day."""
+    from nemotron.config import slurm_seconds
+
+    part = profile.partition_for(True)
+    limit = target.sh(f"sinfo -h -o %l {'-p ' + shlex.quote(part) if part else ''} | head -1", check=False).strip()
+    try:
+        return limit if slurm_seconds(limit) < slurm_seconds(FLOW_TIME_DEFAULT) else FLOW_TIME_DEFAULT
+    except ValueError:  # "infinite", unreadable
+        return FLOW_TIME_DEFAULT
 
 
 def _ssh_tunnel(run, profile: Profile):
@@ -190,7 +206,8 @@ def _slurm_target(run, profile: Profile, home: str, **resources) -> Target:
         tunnel = _ssh_tunnel(run, profile)
     else:
         tunnel = run.LocalTunnel(job_dir=os.path.join(home, "experiments"))  # must be <NEMORUN_HOME>/experiments
-    executor = run.SlurmExecutor(account=profile.account or "", time=profile.time, env_vars=profile.job_env(),
+    resources.setdefault("time", profile.time)
+    executor = run.SlurmExecutor(account=profile.account or "", env_vars=profile.job_env(),
                                  job_name_prefix=JOB_NAME_PREFIX, tunnel=tunnel, poll_estimated_start_time=False,
                                  **resources)
     return Target(executor, tunnel, home, slurm=True, ssh=profile.tunnel == "ssh")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nemotron.errors import ConfigError
 from nemotron.profiles import wandb_settings
@@ -39,6 +39,22 @@ class WandbRef(Strict):
     project: str | None = Field(None, description="W&B project.")
 
 
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def slurm_seconds(text: str) -> int:
+    """Slurm's time syntax (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds; ValueError otherwise."""
+    m = _SLURM_TIME.match(str(text).strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a Slurm time (MM, HH:MM:SS, D-HH:MM:SS)")
+    days, a, b, c = m.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        return int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    if c is not None:  # HH:MM:SS
+        return int(a) * 3600 + int(b) * 60 + int(c)
+    return int(a) * 60 + int(b or 0)  # MM[:SS]
+
+
 class RunSection(Strict):
     model: str = Field(
         "rl:latest",
@@ -54,6 +70,19 @@ class RunSection(Strict):
     profile: str | None = Field(
         None, description="The env.toml profile of runs that name none (no --run; a deployment run or a W&B trigger "
         "without a profile parameter): the model is served there. null = this machine.")
+    flow_time: str | None = Field(
+        None, description="Slurm walltime of each allocation of a detached (--batch) flow job; null: the batch "
+        "partition's maximum, at most a day. A suite that needs longer continues in a new allocation.")
+    max_walltime: str = Field(
+        "7-00:00:00", description="The most a detached suite may take over all its allocations (Slurm time): no "
+        "allocation starts past it.")
+
+    @field_validator("flow_time", "max_walltime")
+    @classmethod
+    def _slurm_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            slurm_seconds(value)
+        return value
 
 
 class DeploymentSection(Strict):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron import cluster, profiles, results, runs, runtime, secrets, wandb_export
+from nemotron.config import slurm_seconds
 from nemotron.errors import ConfigError
 from nemotron.profiles import Profile
 from nemotron.request import EvalRequest
@@ -44,6 +45,7 @@ class Submitted:
     output_dir: str  # where the results folder will be, on the cluster
     environment: str
     built: bool  # the environment was built for this submission (not reused)
+    flow_time: str = ""  # each allocation's walltime
 
 
 def environment_dir(profile: Profile) -> str:
@@ -98,16 +100,44 @@ def env_toml(profile: Profile, wandb: profiles.WandbSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
+ALLOCATIONS, NEXT, FINISHED, CANCELLED, BEGAN = "allocations", "next", "finished", "cancelled", "began"
+
+
+def continuation(flow_seconds: int, max_seconds: int) -> list[str]:
+    """The job's first lines: note this allocation, stop at once if the evaluation already ended (or was
+    cancelled), and, while run.max_walltime allows another allocation, queue the next one: the same sbatch script,
+    started only if this allocation ends in failure (a time limit, a preemption, a node failure; the flow writes
+    `finished` when it ends on its own, whatever its outcome), and dropped by Slurm if this one completes."""
+    return [
+        'echo "$SLURM_JOB_ID" >> "$JOB_DIR/allocations"',
+        f'if [ -e "$JOB_DIR/{FINISHED}" ] || [ -e "$JOB_DIR/{CANCELLED}" ]; then',
+        '  echo "nemotron: the evaluation ended in an earlier allocation (or was cancelled): nothing to do"; exit 0',
+        "fi",
+        f'[ -s "$JOB_DIR/{BEGAN}" ] || date +%s > "$JOB_DIR/{BEGAN}"',
+        f'queued="$(cat "$JOB_DIR/{NEXT}" 2>/dev/null)"',
+        # a requeue of this job runs these lines again: its continuation is queued already
+        'if [ -n "$queued" ] && [ "$queued" != "$SLURM_JOB_ID" ] && squeue -h -j "$queued" 2>/dev/null | grep -q .; '
+        "then :",
+        f'elif [ $(( $(date +%s) - $(cat "$JOB_DIR/{BEGAN}") + {flow_seconds} )) -le {max_seconds} ]; then',
+        '  next="$(sbatch --parsable --requeue --kill-on-invalid-dep=yes --dependency=afternotok:$SLURM_JOB_ID '
+        '"$JOB_DIR/../flow_sbatch.sh")" && echo "${next%%;*}" > "$JOB_DIR/next"',
+        "else",
+        '  echo "nemotron: no further allocation: run.max_walltime would be exceeded" >&2',
+        "fi",
+        'export NEMOTRON_JOB_DIR="$JOB_DIR"',
+    ]
+
+
 def job_script(request: EvalRequest, profile: Profile, environment: str, secrets_file: str | None,
-               prefect_api: str | None, config_file: str | None) -> str:
+               prefect_api: str | None, config_file: str | None, chain: list[str] | None = None) -> str:
     """The flow job: no secret in it (they come from a private file, kept while Slurm may run the job again and
     removed by a job that waits for its end), the code shipped beside it, the evaluation as `eval --run PROFILE`
-    from the cluster's job folder (a relative output_dir lands there)."""
+    from the cluster's job folder (a relative output_dir lands there). `chain`: `continuation()`'s lines."""
     args = ["nano3", "eval", "-c", config_file or request.config, *(a for t in request.tasks or () for a in ("-t", t)),
             "--run", profile.name, *(["--force-squash"] if request.force_squash else []), *request.overrides]
     marker = f"NEMOTRON_ENV_{uuid.uuid4().hex[:8]}"
     names = secrets.secret_env_names()
-    lines = ['JOB_DIR="$(cd "$(dirname "$0")/.." && pwd)"',
+    lines = ['JOB_DIR="$(cd "$(dirname "$0")/.." && pwd)"', *(chain or []),
              *([f"unset {' '.join(names)}"] if names else []),
              "unset PREFECT_API_KEY PREFECT_API_URL"]
     if secrets_file:
@@ -160,19 +190,38 @@ def secrets_text(env: dict[str, str]) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
-def cleanup_command(profile: Profile, job_id: str, files: list[str]) -> str:
+def cleanup_command(profile: Profile, job_id: str, files: list[str], job_dir: str | None = None) -> str:
     """A job that removes the private files once the flow job has ended for good (completed, failed, cancelled,
-    never started): Slurm starts it after the job's end, not after a requeue."""
+    never started): Slurm starts it after the job's end, not after a requeue. With `job_dir`, it follows the job's
+    allocations: while a next allocation is queued and the evaluation has not finished, it waits for that one's end
+    instead (it submits itself again: the command is written to `<job_dir>/cleanup.sh`)."""
     options = ["--parsable", f"--dependency=afterany:{job_id}", f"--job-name={cluster.JOB_NAME_PREFIX}cleanup",
                "--time=00:05:00", "--output=/dev/null", "--ntasks=1",
                *([f"--account={profile.account}"] if profile.account else []),
                *([f"--partition={p}"] if (p := profile.partition_for(True)) else [])]
     remove = "rm -f " + " ".join(map(shlex.quote, files))
-    return f"sbatch {' '.join(map(shlex.quote, options))} --wrap {shlex.quote(remove)}"
+    if job_dir is None:
+        return f"sbatch {' '.join(map(shlex.quote, options))} --wrap {shlex.quote(remove)}"
+    q = shlex.quote(job_dir)
+    again = " ".join(map(shlex.quote, [o for o in options if not o.startswith("--dependency")]))
+    script = "\n".join([
+        "#!/bin/bash",
+        f'next="$(cat {q}/{NEXT} 2>/dev/null)"',
+        f'if [ ! -e {q}/{FINISHED} ] && [ ! -e {q}/{CANCELLED} ] && [ -n "$next" ] && '
+        'squeue -h -j "$next" 2>/dev/null | grep -q .; then',
+        f'  sbatch {again} --dependency=afterany:"$next" {q}/cleanup.sh',
+        "else",
+        f"  {remove}",
+        "fi",
+    ])
+    marker = f"NEMOTRON_CLEANUP_{uuid.uuid4().hex[:8]}"
+    return (f"cat > {q}/cleanup.sh <<'{marker}'\n{script}\n{marker}\n"
+            f"sbatch {' '.join(map(shlex.quote, options))} {q}/cleanup.sh")
 
 
 def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, output_dir: str,
-           given: dict[str, str], say: Callable[[str], None] = print) -> Submitted:
+           given: dict[str, str], say: Callable[[str], None] = print, flow_time: str | None = None,
+           max_walltime: str = "7-00:00:00") -> Submitted:
     """Ship, build (once), submit; returns at once with the job id. `output_dir`: the config's
     evaluation.output_dir (relative: under remote_job_dir, where the job runs); `given`: the secrets the job gets
     (`job_secrets`), through a private file that a second job removes once the flow job has ended for good."""
@@ -184,6 +233,8 @@ def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, outp
     target = cluster.flow_target(run, profile, home, packager=run.PatternPackager(
         include_pattern=[str(PROJECT / f) for f in SHIPPED], relative_path=[str(PROJECT)] * len(SHIPPED)))
     cluster.connect(target, profile)
+    target.executor.time = flow_time or cluster.flow_time(target, profile)
+    chain = continuation(slurm_seconds(target.executor.time), slurm_seconds(max_walltime))
     environment, built = build_environment(target, profile, say)
     private: list[str] = []
     try:
@@ -194,7 +245,7 @@ def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, outp
             private.append(config_file)
         secrets_file = cluster.write_private(target, profile, secrets_text(given))
         private.append(secrets_file)
-        script = job_script(request, profile, environment, secrets_file, prefect_api, config_file)
+        script = job_script(request, profile, environment, secrets_file, prefect_api, config_file, chain)
         with cluster.logging_kept():
             exp = run.Experiment("nano3-eval", executor=target.executor, log_level="WARN", clean_mode=True,
                                  enable_goodbye_message=False, skip_status_at_exit=True)
@@ -209,7 +260,7 @@ def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, outp
         with contextlib.suppress(Exception, SystemExit):
             target.sh("rm -f " + " ".join(map(shlex.quote, private)), check=False)
         raise
-    cleanup = cluster.shell(target.tunnel, cleanup_command(profile, job_id, private))
+    cleanup = cluster.shell(target.tunnel, cleanup_command(profile, job_id, private, job_dir))
     if not cleanup.ok:  # the job runs all the same; say where its secrets wait
         say(f"warning: the job that removes the private files after job {job_id} could not be submitted "
             f"({' '.join((cleanup.stderr or cleanup.stdout).split())[-200:]}); remove {' '.join(private)} once it "
@@ -217,8 +268,9 @@ def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, outp
     given = os.path.expanduser(output_dir)
     output_dir = given if given.startswith("/") else f"{profile.remote_job_dir.rstrip('/')}/{given}"
     save(job_id, profile=profile.name, experiment_id=exp._id, job_dir=job_dir, nemorun_home=home,
-         output_dir=output_dir, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    return Submitted(job_id, job_dir, output_dir, environment, built)
+         output_dir=output_dir, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), flow_time=target.executor.time,
+         max_walltime=max_walltime)
+    return Submitted(job_id, job_dir, output_dir, environment, built, target.executor.time)
 
 
 # --- the local record of submitted jobs, and what `eval status|logs JOB` read through the tunnel ---------------
@@ -244,11 +296,14 @@ def report(record: dict[str, Any], logs: bool = False) -> str:
     profile = profiles.load_profile(record["profile"])
     job_id = record["job_id"]
     with cluster.login_shell(profile) as sh:
-        state = sh.sh(f"sacct -n -X -P -j {job_id} -o State 2>/dev/null | head -1", check=False).strip() \
-            or sh.sh(f"squeue -h -j {job_id} -o %T", check=False).strip() or "UNKNOWN"
+        allocations = _allocations(sh, record)
+        states = {j: _state(sh, j) for j in allocations}
+        state = states[job_id]
         lines = [f"job {job_id} on {profile.name} (Slurm): {state}", f"job folder: {record['job_dir']} (cluster)"]
         if state == "PENDING":
             lines[0] += f" ({sh.sh(f'squeue -h -j {job_id} -o %r', check=False).strip()})"
+        if len(allocations) > 1:  # the suite went on in later allocations (run.flow_time)
+            lines.insert(1, "allocations: " + " → ".join(f"{j} ({states[j]})" for j in allocations))
         run = _read_json(sh, f"{record['job_dir']}/run.json")
         if run:
             lines.append(f"flow run: {run.get('name')} ({run.get('flow_run_id')})")
@@ -269,15 +324,30 @@ def report(record: dict[str, Any], logs: bool = False) -> str:
     return secrets.mask("\n".join(lines))
 
 
+def _state(sh: cluster.Target, job_id: str) -> str:
+    q = shlex.quote(job_id)
+    return sh.sh(f"sacct -n -X -P -j {q} -o State 2>/dev/null | head -1", check=False).strip() \
+        or sh.sh(f"squeue -h -j {q} -o %T", check=False).strip() or "UNKNOWN"
+
+
+def _allocations(sh: cluster.Target, record: dict[str, Any]) -> list[str]:
+    """The job's allocations, first to last (the submitted job, then each continuation that started or waits)."""
+    q = shlex.quote(record["job_dir"])
+    started = sh.sh(f"cat {q}/{ALLOCATIONS} {q}/{NEXT} 2>/dev/null", check=False).split()
+    return list(dict.fromkeys([record["job_id"], *(j for j in started if j.isdigit())]))
+
+
 def cancel(record: dict[str, Any]) -> str:
     """`eval cancel JOB`: the flow job and the server jobs its flow recorded, cancelled through the login node (its
     on_cancellation hook would do the latter, but a job killed by scancel may not get to run it)."""
     profile = profiles.load_profile(record["profile"])
     job_id = record["job_id"]
     with cluster.login_shell(profile) as sh:
+        sh.sh(f"touch {shlex.quote(record['job_dir'])}/{CANCELLED}", check=False)  # no continuation starts
         run = _read_json(sh, f"{record['job_dir']}/run.json") or {}
         servers = [str(s["job_id"]) for s in runs.servers(run) if s.get("job_id")]
-        jobs = [job_id, *servers]
+        later = [j for j in _allocations(sh, record) if j != job_id]
+        jobs = [job_id, *later, *servers]
         sh.sh("scancel " + " ".join(shlex.quote(j) for j in jobs), check=False)
         states = {j: sh.sh(f"squeue -h -j {shlex.quote(j)} -o %T 2>/dev/null", check=False).strip() or "ended"
                   for j in jobs}
@@ -300,7 +370,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     from nemotron.cli import main as cli
 
-    return cli(argv)
+    rc = cli(argv)
+    if rc != 130 and (folder := os.environ.get("NEMOTRON_JOB_DIR")):  # ended on its own: no allocation continues it
+        Path(folder, FINISHED).write_text(f"{rc}\n")
+    return rc
 
 
 if __name__ == "__main__":
