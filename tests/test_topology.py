@@ -205,16 +205,17 @@ def test_batch_without_prefect_runs_the_whole_evaluation_in_the_cluster(tmp_path
     assert third.returncode == 0, third.stderr[-2000:]
     flow_job = re.search(r"submitted Slurm job (\d+)", third.stdout).group(1)
     deadline = time.monotonic() + 300
-    while not (servers := [job_id for job_id, name, _ in map(str.split, squeue())
-                           if job_id != flow_job and not name.endswith("cleanup")]) and time.monotonic() < deadline:
+    while not (servers := [job_id for job_id, name, _ in map(str.split, squeue()) if name.endswith(".server")]) \
+            and time.monotonic() < deadline:
         time.sleep(1)
     (server_job,) = servers
     cancelled = cli("cancel", flow_job)
     assert cancelled.returncode == 0, cancelled.stderr[-2000:]
     assert f"job {flow_job} on local-slurm-ssh (Slurm): cancelled" in cancelled.stdout, cancelled.stdout
     assert f"server job {server_job}: cancelled" in cancelled.stdout, cancelled.stdout
+    (later,) = re.findall(r"^allocation (\d+): cancelled", cancelled.stdout, re.M)  # its queued continuation too
     wait_until_the_queue_is_empty(120)
-    assert sacct_state(flow_job) == sacct_state(server_job) == "CANCELLED"
+    assert sacct_state(flow_job) == sacct_state(server_job) == sacct_state(later) == "CANCELLED"
     flow_run = re.search(r"^flow run: \S+ \(([0-9a-f-]{36})\)", logs.stdout, re.M).group(1)
     with get_client(sync_client=True) as client:  # in the Prefect UI as any run: state, tags, reused tasks
         run = client.read_flow_run(UUID(flow_run))

@@ -296,7 +296,9 @@ def report(record: dict[str, Any], logs: bool = False) -> str:
     profile = profiles.load_profile(record["profile"])
     job_id = record["job_id"]
     with cluster.login_shell(profile) as sh:
-        allocations = _allocations(sh, record)
+        allocations, queued = _allocations(sh, record)
+        if queued and queued not in allocations and _state(sh, queued) in ("PENDING", "RUNNING"):
+            allocations.append(queued)  # waiting to go on: shown; one Slurm dropped never ran: not
         states = {j: _state(sh, j) for j in allocations}
         state = states[job_id]
         lines = [f"job {job_id} on {profile.name} (Slurm): {state}", f"job folder: {record['job_dir']} (cluster)"]
@@ -330,29 +332,48 @@ def _state(sh: cluster.Target, job_id: str) -> str:
         or sh.sh(f"squeue -h -j {q} -o %T", check=False).strip() or "UNKNOWN"
 
 
-def _allocations(sh: cluster.Target, record: dict[str, Any]) -> list[str]:
-    """The job's allocations, first to last (the submitted job, then each continuation that started or waits)."""
+def _allocations(sh: cluster.Target, record: dict[str, Any]) -> tuple[list[str], str | None]:
+    """The job's allocations that started, first to last (the submitted job first, even before it starts), and the
+    continuation queued after the last one (Slurm drops it when that one completes)."""
     q = shlex.quote(record["job_dir"])
-    started = sh.sh(f"cat {q}/{ALLOCATIONS} {q}/{NEXT} 2>/dev/null", check=False).split()
-    return list(dict.fromkeys([record["job_id"], *(j for j in started if j.isdigit())]))
+    started = [j for j in sh.sh(f"cat {q}/{ALLOCATIONS} 2>/dev/null", check=False).split() if j.isdigit()]
+    queued = sh.sh(f"cat {q}/{NEXT} 2>/dev/null", check=False).strip()
+    return list(dict.fromkeys([record["job_id"], *started])), queued if queued.isdigit() else None
+
+
+CANCEL_WAIT_SECONDS = 60.0  # for the flow job to stop (it cancels its server job) before its record is read again
 
 
 def cancel(record: dict[str, Any]) -> str:
-    """`eval cancel JOB`: the flow job and the server jobs its flow recorded, cancelled through the login node (its
-    on_cancellation hook would do the latter, but a job killed by scancel may not get to run it)."""
+    """`eval cancel JOB`: every allocation of the flow job (marked cancelled first, so no continuation goes on), then,
+    once they have left the queue, the server jobs the flow recorded (it cancels them itself when it stops, but a
+    job it had just submitted may not be in its record yet, and one killed past KillWait cannot)."""
     profile = profiles.load_profile(record["profile"])
-    job_id = record["job_id"]
+    job_id, q = record["job_id"], shlex.quote(record["job_dir"])
     with cluster.login_shell(profile) as sh:
-        sh.sh(f"touch {shlex.quote(record['job_dir'])}/{CANCELLED}", check=False)  # no continuation starts
-        run = _read_json(sh, f"{record['job_dir']}/run.json") or {}
-        servers = [str(s["job_id"]) for s in runs.servers(run) if s.get("job_id")]
-        later = [j for j in _allocations(sh, record) if j != job_id]
-        jobs = [job_id, *later, *servers]
-        sh.sh("scancel " + " ".join(shlex.quote(j) for j in jobs), check=False)
-        states = {j: sh.sh(f"squeue -h -j {shlex.quote(j)} -o %T 2>/dev/null", check=False).strip() or "ended"
-                  for j in jobs}
+        sh.sh(f"touch {q}/{CANCELLED}", check=False)
+
+        def queued(jobs: list[str]) -> list[str]:
+            out = sh.sh(f"squeue -h -o %i -j {','.join(map(shlex.quote, jobs))} 2>/dev/null", check=False)
+            return [j for j in out.split() if j in jobs]
+
+        def servers() -> list[str]:
+            return [str(s["job_id"]) for s in runs.servers(_read_json(sh, f"{record['job_dir']}/run.json") or {})
+                    if s.get("job_id")]
+
+        started, waiting = _allocations(sh, record)
+        flow = list(dict.fromkeys([job_id, *started, *([waiting] if waiting else [])]))
+        sh.sh("scancel " + " ".join(map(shlex.quote, flow + servers())), check=False)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while queued(flow) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        served = servers()
+        if left := queued(served):
+            sh.sh("scancel " + " ".join(map(shlex.quote, left)), check=False)
+        states = {j: _state(sh, j) for j in flow + served}
     lines = [f"job {job_id} on {profile.name} (Slurm): cancelled ({states[job_id]})"]
-    lines += [f"server job {j}: cancelled ({states[j]})" for j in servers]
+    lines += [f"allocation {j}: cancelled ({states[j]})" for j in flow[1:]]
+    lines += [f"server job {j}: cancelled ({states[j]})" for j in served]
     return secrets.mask("\n".join(lines))
 
 
