@@ -212,6 +212,7 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
     say = log.info
     request = EvalRequest(model=model, tasks=tasks, config=config, profile=profile, overrides=overrides or [],
                           force_squash=force_squash)
+    runtime.raise_open_files()  # the gate holds two descriptors per request in flight
 
     # 1. the config (a deployment run's overrides are data: checked), the model resolved (W&B artifacts: here)
     try:

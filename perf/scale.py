@@ -88,15 +88,6 @@ def serve(port: int, host: str = "127.0.0.1", stats: Path | None = None) -> None
     asyncio.run(main())
 
 
-def raise_open_files() -> int:
-    """The soft open-file limit raised to the hard one (what a budget of thousands of connections needs)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
 # --- measuring a process tree ------------------------------------------------------------------------------------
 
 class TreeSampler:
@@ -210,7 +201,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="working folder (default: a new temporary one)")
     ap.add_argument("--skip-lm-eval", action="store_true")
     args = ap.parse_args()
-    raise_open_files()
+    from nemotron.runtime import raise_open_files
+
+    raise_open_files()  # lm-eval alone and the upstream hold thousands of connections too (the flow raises its own)
     if args.serve:
         serve(args.port, args.host, args.stats)
         return

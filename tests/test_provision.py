@@ -65,3 +65,17 @@ def test_pip_reads_its_files_in_order_and_the_last_one_wins(tmp_path):
 
 def test_an_index_that_cannot_be_resolved_is_known_at_once():
     assert not provision.reachable("http://nonexistent.invalid/whl/cpu", timeout=5)
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_one_for_a_budget_of_thousands():
+    """Issue 28: a process started with the usual soft limit of 1,024 gets its hard limit (what the gate needs for
+    2,048 requests in flight: two descriptors each)."""
+    import resource
+    import subprocess
+    import sys
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    code = "from nemotron import runtime; print(runtime.raise_open_files())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))).stdout
+    assert int(out) == hard > 1024
