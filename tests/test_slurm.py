@@ -272,16 +272,15 @@ def _stop_login_node() -> None:
     subprocess.run(["kill", "-KILL", pid])
 
 
-def test_an_ssh_connection_dropped_mid_suite_is_reopened_and_the_server_not_relaunched(tmp_path):
-    """Issue 28: the SSH connection to the login node drops mid-suite (every session sshd serves is killed; sshd
-    itself stays, as after a network blip). The port forward opens a new connection for its next client, the
-    requests it carried are sent again, and the server, untouched, serves the rest: no relaunch, one server start."""
-    journal = tmp_path / "journal"
+def _suite_over_ssh_once_answered(tmp_path, journal, limit: int, in_flight: int) -> subprocess.Popen:
+    """gsm8k over local-slurm-ssh against the fake server (0.3 s per answer, no relaunch allowed), once its journal
+    shows 6 requests answered."""
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
                              "local-slurm-ssh", "-t", "gsm8k",
                              *fake_overrides(tmp_path, "--journal", str(journal), "--delay", "0.3"),
-                             "evaluation.nemo_evaluator_config.config.params.limit_samples=30",
-                             "evaluation.in_flight=4", "deployment.health_interval=1", "deployment.max_restarts=0"],
+                             f"evaluation.nemo_evaluator_config.config.params.limit_samples={limit}",
+                             f"evaluation.in_flight={in_flight}", "deployment.health_interval=1",
+                             "deployment.max_restarts=0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **ENV, "COLUMNS": "200"})
     try:
@@ -289,6 +288,19 @@ def test_an_ssh_connection_dropped_mid_suite_is_reopened_and_the_server_not_rela
         while (not journal.exists() or journal.read_text().count("request") < 6) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def test_an_ssh_connection_dropped_mid_suite_is_reopened_and_the_server_not_relaunched(tmp_path):
+    """Issue 28: the SSH connection to the login node drops mid-suite (every session sshd serves is killed; sshd
+    itself stays, as after a network blip). The port forward opens a new connection for its next client, the
+    requests it carried are sent again, and the server, untouched, serves the rest: no relaunch, one server start."""
+    journal = tmp_path / "journal"
+    proc = _suite_over_ssh_once_answered(tmp_path, journal, limit=30, in_flight=4)
+    try:
         listener = open("/run/sshd-login.pid").read().strip()
         sessions = subprocess.run(["pgrep", "-P", listener], capture_output=True, text=True).stdout.split()
         assert sessions, "no SSH session to drop"
@@ -397,18 +409,8 @@ def test_a_server_job_requeued_mid_suite_is_waited_for_not_relaunched(tmp_path):
     and goes on there through a new port forward over SSH, without a relaunch counted against
     deployment.max_restarts; the suite completes."""
     journal = tmp_path / "journal"
-    proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
-                             "local-slurm-ssh", "-t", "gsm8k",
-                             *fake_overrides(tmp_path, "--journal", str(journal), "--delay", "0.3"),
-                             "evaluation.nemo_evaluator_config.config.params.limit_samples=40",
-                             "evaluation.in_flight=2", "deployment.health_interval=1", "deployment.max_restarts=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **ENV, "COLUMNS": "200"})
+    proc = _suite_over_ssh_once_answered(tmp_path, journal, limit=40, in_flight=2)
     try:
-        deadline = time.monotonic() + 300
-        while (not journal.exists() or journal.read_text().count("request") < 6) and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            time.sleep(0.5)
         (job,) = squeue()
         job_id = job.split()[0]
         subprocess.run(["scontrol", "requeue", job_id], check=True)
