@@ -162,8 +162,7 @@ def lm_eval_alone(url: str, limit: int, concurrency: int, out: Path, env: dict[s
     return timed(cmd, env, out / "lm-eval.log")
 
 
-def flow(url: str | None, limit: int, in_flight: int, out: Path, env: dict[str, str], ssh: str | None,
-         port: int) -> dict:
+def flow(url: str | None, limit: int, in_flight: int, out: Path, env: dict[str, str], ssh: str | None) -> dict:
     """The flow through the CLI: against the running upstream, or with it as the Slurm job of `ssh`'s profile."""
     common = [f"evaluation.in_flight={in_flight}", f"evaluation.output_dir={out / 'flow'}",
               f"evaluation.nemo_evaluator_config.config.params.limit_samples={limit}",
@@ -239,7 +238,7 @@ def main() -> None:
             upstream = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port),
                                          "--stats", str(out / "upstream.json")])
             time.sleep(2)
-        figures["flow"] = flow(url, args.limit, args.in_flight, out, env, args.ssh, port)
+        figures["flow"] = flow(url, args.limit, args.in_flight, out, env, args.ssh)
         figures["flow"]["upstream"] = upstream_counts(out / "upstream.json")
     finally:
         upstream.kill()

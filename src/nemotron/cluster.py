@@ -173,12 +173,12 @@ def target_for(run, profile: Profile | None, dep: DeploymentSection, image: str 
                          packager=run.Packager())  # nothing to package: the job runs one inline script
 
 
-def flow_target(run, profile: Profile, home: str, packager, time: str | None = None) -> Target:
-    """The executor for a detached evaluation's flow job: one CPU task on the batch partition for `time` (default:
-    the profile's), no container (the flow runs in the uv environment built on the cluster), the project's code
-    shipped by `packager`."""
+def flow_target(run, profile: Profile, home: str, packager) -> Target:
+    """The executor for a detached evaluation's flow job: one CPU task on the batch partition, no container (the
+    flow runs in the uv environment built on the cluster), the project's code shipped by `packager`; its time is
+    set by the submission (`flow_time`)."""
     return _slurm_target(run, profile, home, partition=profile.partition_for(True), nodes=1, ntasks_per_node=1,
-                         packager=packager, **({"time": time} if time else {}))
+                         packager=packager)
 
 
 FLOW_TIME_DEFAULT = "1-00:00:00"  # a detached flow job's allocation when its partition allows more (or anything)
@@ -206,8 +206,7 @@ def _slurm_target(run, profile: Profile, home: str, **resources) -> Target:
         tunnel = _ssh_tunnel(run, profile)
     else:
         tunnel = run.LocalTunnel(job_dir=os.path.join(home, "experiments"))  # must be <NEMORUN_HOME>/experiments
-    resources.setdefault("time", profile.time)
-    executor = run.SlurmExecutor(account=profile.account or "", env_vars=profile.job_env(),
+    executor = run.SlurmExecutor(account=profile.account or "", time=profile.time, env_vars=profile.job_env(),
                                  job_name_prefix=JOB_NAME_PREFIX, tunnel=tunnel, poll_estimated_start_time=False,
                                  **resources)
     return Target(executor, tunnel, home, slurm=True, ssh=profile.tunnel == "ssh")

@@ -268,8 +268,7 @@ def submit(request: EvalRequest, profile: Profile, prefect_api: str | None, outp
     given = os.path.expanduser(output_dir)
     output_dir = given if given.startswith("/") else f"{profile.remote_job_dir.rstrip('/')}/{given}"
     save(job_id, profile=profile.name, experiment_id=exp._id, job_dir=job_dir, nemorun_home=home,
-         output_dir=output_dir, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), flow_time=target.executor.time,
-         max_walltime=max_walltime)
+         output_dir=output_dir, submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return Submitted(job_id, job_dir, output_dir, environment, built, target.executor.time)
 
 
