@@ -224,3 +224,30 @@ def test_the_cleanup_job_follows_the_allocations_and_removes_the_files_once_the_
     (job_dir / "finished").write_text("0\n")  # the suite ended: the files go, whatever is queued
     subprocess.run(["bash", str(job_dir / "cleanup.sh")], check=True, env=env)
     assert not secret.exists()
+
+
+def test_a_cancelled_job_does_not_go_on_in_a_new_allocation(tmp_path):
+    """`eval cancel JOB` marks the job folder `cancelled` before its scancel: an allocation that starts after it (Slurm
+    counts a cancelled job as failed, so its continuation is released) does nothing and queues nothing."""
+    _run_continuation(tmp_path)
+    (tmp_path / "sbatch.args").unlink()
+    (tmp_path / "exp" / "flow" / "cancelled").touch()
+    r, _, args = _run_continuation(tmp_path)
+    assert r.returncode == 0 and "went on" not in r.stdout and args == ""
+
+
+def test_a_flow_jobs_time_is_its_partitions_maximum_at_most_a_day():
+    """run.flow_time unset: `sinfo`'s limit of the batch partition when under a day, else a day (also for
+    "infinite" or nothing readable)."""
+    from types import SimpleNamespace
+
+    from nemotron import cluster
+
+    profile = SimpleNamespace(partition_for=lambda detached: "batch")
+    for limit, expected in (("4:00:00", "4:00:00"), ("2-00:00:00", "1-00:00:00"), ("infinite", "1-00:00:00"),
+                            ("", "1-00:00:00")):
+        asked: list[str] = []
+        target = SimpleNamespace(sh=lambda command, check=True, limit=limit, asked=asked:
+                                 asked.append(command) or f"{limit}\n")
+        assert cluster.flow_time(target, profile) == expected
+        assert "sinfo -h -o %l -p batch" in asked[0]
