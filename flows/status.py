@@ -34,6 +34,7 @@ from nemotron import progress, results, runs, serving
 from nemotron.errors import ConfigError, NemotronError
 
 CANCEL_WAIT_SECONDS = 90.0  # for the process running the flow to stop it and cancel its servers
+CRASH_HOOK_SECONDS = 30.0  # for the crash hook of a cancelled attached run to cancel its servers and mark it Cancelled
 LOG_PAGE = 200
 RECENT = 200  # flow runs searched for an id prefix
 FLOW = "nano3-eval"
@@ -72,10 +73,12 @@ def cancel(ref: str) -> str:
         client.set_flow_run_state(run_id, Cancelling(message="Cancelled with `nemotron nano3 eval cancel`"),
                                   force=True)
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-        state = flow_run.state
-        while time.monotonic() < deadline and not (state is not None and state.is_final()):
+        state, crashed_at = flow_run.state, None
+        while time.monotonic() < deadline and not _ended(state, crashed_at):
             time.sleep(1.0)
             state = client.read_flow_run(run_id).state
+            if state is not None and state.is_crashed():
+                crashed_at = crashed_at or time.monotonic()
         if state is not None and state.is_final():
             return f"run {flow_run.name} ({run_id}): {state.name}" + "".join(
                 f"\nserver job {s.get('job_id')} [{s.get('name', 'server')}]" for s in runs.servers(record))
@@ -84,6 +87,14 @@ def cancel(ref: str) -> str:
                                                     "its servers were cancelled from its record"), force=True)
     return _cancel_servers(record, f"no process stopped run {flow_run.name} within {CANCEL_WAIT_SECONDS:.0f} s (its "
                                    "process is gone): marked Cancelled, and its recorded servers cancelled from here")
+
+
+def _ended(state, crashed_at: float | None) -> bool:
+    """Final, and not the Crashed an attached run passes through: the interrupt that stops it is a crash to Prefect,
+    and its crash hook turns it into Cancelled once its servers are cancelled."""
+    if state is None or not state.is_final():
+        return False
+    return not state.is_crashed() or time.monotonic() - (crashed_at or 0.0) > CRASH_HOOK_SECONDS
 
 
 def _cancel_servers(record: dict, why: str) -> str:
