@@ -1,4 +1,4 @@
-"""`eval cancel` at unit level: the states it reads from a stand-in Prefect client, in the order a real run gives them."""
+"""`eval cancel` at unit level: the states it reads from a stand-in Prefect client, in a real run's order."""
 
 import contextlib
 import uuid
