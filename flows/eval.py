@@ -114,7 +114,9 @@ def export_to_wandb(suite: SuiteResult, manifest: dict) -> dict | None:
         log.info(skipped)
         return None
     with secrets.scrubbed():
-        return wandb_export.export(suite, manifest, config, where, say=log.info)
+        record = wandb_export.export_within(config.export.timeout, suite, manifest, config, where)
+    log.info("W&B: %s", wandb_export.describe(record))
+    return record
 
 
 CANCEL_POLL_SECONDS = 3.0

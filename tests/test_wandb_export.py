@@ -1,5 +1,6 @@
 import os
 
+import psutil
 import pytest
 
 from nemotron import wandb_export
@@ -83,3 +84,57 @@ def test_result_files_keep_results_and_samples_not_caches(tmp_path):
     assert names == ["gsm8k/eval_factory_metrics.json", "gsm8k/m/results_2026.json", "gsm8k/m/samples_gsm8k_2026.jsonl",
                      "gsm8k/results.yml", "gsm8k/run_eval.log", "in-flight.json", "manifest.json", "results.json",
                      "scores.md", "server-2.log", "server.log"]
+
+
+def _suite(tmp_path):
+    from nemotron.results import BenchmarkResult, Score, SuiteResult
+
+    scores = (Score("gsm8k", "exact_match", 0.25, 0.05, 40),)
+    suite = SuiteResult("builtin:m", str(tmp_path), (BenchmarkResult("gsm8k", "completed", str(tmp_path), 3.0,
+                                                                     scores),))
+    manifest = {"model": {"slug": "m", "ref": "builtin:m", "checkpoint_path": str(tmp_path)},
+                "evaluation_id": "eval-0123456789abcdef", "harness": {}}
+    return suite, manifest
+
+
+def test_an_export_to_a_wandb_that_never_answers_is_stopped_at_export_timeout_with_its_service(tmp_path,
+                                                                                                monkeypatch):
+    """Issue 28: W&B down or a proxy holding the connection: the export is bounded, and what it started is gone."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections are accepted by the kernel and never answered
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    suite, manifest = _suite(tmp_path)
+    config = cfg("export.wandb.project=p", "export.timeout=8")
+    where, _ = wandb_export.target(config)
+    started = time.monotonic()
+    with pytest.raises(wandb_export.ExportTimeout, match=r"within export.timeout=8 s \(W&B at http://127"):
+        wandb_export.export_within(config.export.timeout, suite, manifest, config, where)
+    assert 8 <= time.monotonic() - started < 20
+    assert not [p for p in psutil.process_iter() if _started_here(p, str(tmp_path))]
+    silent.close()
+
+
+def _started_here(proc, marker: str) -> bool:
+    """A live W&B process of this test (zombies have been killed; they wait for init to reap them)."""
+    try:
+        return ("wandb" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
+                and marker in proc.environ().get("WANDB_DIR", ""))
+    except psutil.Error:
+        return False
+
+
+def test_an_offline_export_in_its_own_process_returns_what_it_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    suite, manifest = _suite(tmp_path)
+    config = cfg("export.wandb.project=p", "run.wandb.entity=team")
+    where, _ = wandb_export.target(config)
+    record = wandb_export.export_within(60, suite, manifest, config, where)
+    assert record["offline"] and record["project"] == "p" and record["run_id"] == "eval-0123456789abcdef"
+    assert list(tmp_path.glob("wandb/offline-run-*/run-eval-0123456789abcdef.wandb"))

@@ -222,6 +222,8 @@ class EvaluationSection(Strict):
 
 class ExportSection(Strict):
     wandb: WandbRef = Field(default_factory=WandbRef, description="Where results are exported.")
+    timeout: float = Field(900, gt=0, description="Seconds the W&B export may take, uploads included: past them it "
+                           "is stopped and the run fails saying so; the results stay for `eval export RUN`.")
 
 
 class LimitsSection(Strict):

@@ -45,7 +45,7 @@ PREFECT_OVERRIDABLE = (
     r"evaluation\.(timeout|retries|retry_delay|max_parallel|in_flight|gate\.baseline)",
     rf"evaluation\.{_HARNESS_PARAMS}",
     r"evaluation\.tasks\.\d+\.(name|timeout|retries)", rf"evaluation\.tasks\.\d+\.{_HARNESS_PARAMS}",
-    r"export\.wandb\.(entity|project)",
+    r"export\.(timeout|wandb\.(entity|project))",
 )
 _OVERRIDABLE = re.compile("|".join(f"({k})" for k in PREFECT_OVERRIDABLE))
 _LITERAL = re.compile(r"^[\w.+~@/:-]*$")  # no interpolation, quoting, spaces, lists or maps
@@ -77,6 +77,7 @@ def over_limits(cfg: EvalConfig) -> list[str]:
         *((f"deployment.{k}", getattr(dep, k), "max_timeout", lim.max_timeout)
           for k in ("startup_timeout", "queue_timeout", "state_timeout", "heartbeat_timeout", "hang_timeout")),
         ("evaluation.timeout", ev.timeout, "max_timeout", lim.max_timeout),
+        ("export.timeout", cfg.export.timeout, "max_timeout", lim.max_timeout),
         ("evaluation.nemo_evaluator_config.config.params.request_timeout",
          ev.nemo_evaluator_config.config.params.request_timeout, "max_timeout", lim.max_timeout),
     ]

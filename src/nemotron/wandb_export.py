@@ -12,8 +12,10 @@ resumes the same run and declares it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import netrc
 import os
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import psutil
 
 from nemotron import secrets
 from nemotron.config import EvalConfig
@@ -99,8 +103,58 @@ def result_files(run_dir: Path, benchmarks: list[str]) -> list[tuple[Path, str]]
     return files
 
 
-def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where: Target,
-           say: Callable[[str], None] = print) -> dict[str, Any]:
+def export_within(seconds: float, suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig,
+                  where: Target) -> dict[str, Any]:
+    """`export` in a process of its own, stopped (with the W&B service it started) after `seconds`: a W&B that
+    does not answer would hold the run for as long as wandb retries. The results stay on disk for `eval export`."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process with threads (the flow's)
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_export_in_child, args=(send, secrets.values(), suite, manifest, cfg, where),
+                            name="wandb-export")
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(seconds):
+            raise ExportTimeout(f"W&B did not finish the export within export.timeout={seconds:g} s (W&B at "
+                                f"{os.environ.get('WANDB_BASE_URL') or 'https://api.wandb.ai'}): it was stopped")
+        ok, value = receive.recv()
+    except EOFError:
+        child.join(10)
+        raise RuntimeError(f"the W&B export process ended with exit code {child.exitcode} and no result") from None
+    finally:
+        _kill_tree(child.pid)  # its W&B service (wandb-core) leads a session of its own: found as a descendant
+        child.join()
+        receive.close()
+    if not ok:
+        raise RuntimeError(value)
+    return value
+
+
+class ExportTimeout(TimeoutError):
+    """The export took longer than export.timeout."""
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def _export_in_child(send, remembered: list[str], suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig,
+                     where: Target) -> None:
+    secrets.remember(*remembered)
+    try:
+        send.send((True, export(suite, manifest, cfg, where)))
+    except BaseException as e:  # noqa: BLE001 - the parent says it, masked
+        send.send((False, secrets.mask(f"{type(e).__name__}: {e}")))
+
+
+def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where: Target) -> dict[str, Any]:
     """Log the evaluation as one W&B run; returns what was recorded (run id, path, artifact)."""
     import wandb
 
@@ -153,7 +207,6 @@ def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where:
                   "url": None if where.offline else run.url}
     finally:
         run.finish()
-    say("W&B: " + describe(record))
     return record
 
 
