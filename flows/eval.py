@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID
 
+import httpx
 from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -56,7 +57,7 @@ from nemotron import (
 from nemotron.benchmarks import BenchmarkPlan
 from nemotron.config import validate
 from nemotron.endpoints import Endpoint
-from nemotron.errors import ConfigError, DiskFull
+from nemotron.errors import ConfigError, DiskFull, PrefectUnreachable
 from nemotron.profiles import Profile
 from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
 from nemotron.results import BenchmarkResult, Previous, SuiteResult
@@ -349,6 +350,15 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
         # 5. record: summary files, the comparison and the gate, Prefect artifacts
         suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
         summary = results.write_summary(suite)
+        api = str(get_client(sync_client=True).api_url).rstrip("/")
+        if not api_answers(api, cfg.run.api_wait, log.warning):
+            message = (f"the Prefect API at {api} did not answer for "
+                       f"run.api_wait={cfg.run.api_wait:g} s after the benchmarks ended: the results are in "
+                       f"{summary} and scores.md beside it; the score artifacts, the comparison"
+                       f"{' and its gate' if ev.gate else ''} and the W&B export are not done (export to W&B "
+                       f"with `nemotron nano3 eval export {run_id}` once it answers)")
+            runs.save(run_id, error=message)
+            raise PrefectUnreachable(message)
         label = model.resolved or model.ref
         scores_key = results.artifact_key(model.series, "scores")
         try:
@@ -402,6 +412,25 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
     if export_failed:
         missing.append(export_failed)
     return Failed(message=" | ".join(missing), data=suite) if missing else suite
+
+
+API_PROBE_SECONDS = 5.0
+
+
+def api_answers(url: str, seconds: float, warn) -> bool:
+    """The Prefect API at `url` answers (any answer but a 5xx: a server that wants credentials is up) now or within
+    `seconds`. Step 5 records through it, and while it is down each of its calls would stall for a minute of
+    Prefect's own retries and then crash the run."""
+    deadline = time.monotonic() + seconds
+    for look in itertools.count():
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=API_PROBE_SECONDS).status_code < 500:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        if look == 0:
+            warn(f"the Prefect API at {url} does not answer: waiting up to {seconds:g} s to record the results there")
+        time.sleep(API_PROBE_SECONDS)
 
 
 def size_in_background(board: progress.Board, todo: list[BenchmarkPlan], env: dict[str, str]) -> None:

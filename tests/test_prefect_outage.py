@@ -90,3 +90,47 @@ def test_a_prefect_outage_of_60s_mid_run_is_waited_out_and_the_records_are_whole
                                                                        ("gsm8k_cot_zeroshot", "completed")]
     manifest = json.loads((results.parent / "manifest.json").read_text())
     assert manifest["flow_run_id"] == run["id"]
+
+
+def test_a_prefect_api_gone_when_the_benchmarks_end_is_waited_for_then_the_run_fails_saying_where_its_results_are(
+        tmp_path):
+    """The server stopped mid-run and never started again: the benchmarks finish, the run waits run.api_wait s for the
+    API it records the scores through, then fails in one line naming the results it left on disk; no traceback.
+    Prefect's own client retries are cut to one (PREFECT_CLIENT_MAX_RETRIES=1) so that the engine's failed report of
+    the end takes seconds, not the minutes of its default backoff."""
+    from nemotron.endpoints import free_port
+
+    home = Path(tempfile.mkdtemp(prefix="prefect-gone-"))
+    port = free_port()
+    journal = tmp_path / "journal"
+    cmd = [sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "gsm8k",
+           f"deployment.command={sys.executable} {FAKE} --tag {tmp_path} --delay 0.5 --journal {journal}",
+           f"deployment.venv={FAKE_VENV}", "deployment.extra_args=''", "deployment.startup_timeout=20",
+           f"evaluation.output_dir={tmp_path}", f"evaluation.hf_home={hf_home()}", "run.api_wait=15",
+           "evaluation.nemo_evaluator_config.config.params.limit_samples=12", "evaluation.in_flight=1",
+           "evaluation.nemo_evaluator_config.config.params.max_retries=0", "evaluation.retries=0"]
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_HOME": str(home),
+           "PREFECT_CLIENT_MAX_RETRIES": "1", "COLUMNS": "200"}
+    with prefect_server(home, port) as server:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while (not journal.exists() or journal.read_text().count("request") < 3) and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.2)
+            os.killpg(server.pid, 9)
+            server.wait()
+            gone = time.monotonic()
+            out, err = proc.communicate(timeout=400)
+            ended = time.monotonic()
+        finally:
+            proc.kill()
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    (results,) = tmp_path.glob("*/*/results.json")
+    assert [(r["benchmark"], r["status"]) for r in json.loads(results.read_text())["results"]] == [
+        ("gsm8k", "completed")]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: the Prefect API at http://127.0.0.1:{port}/api did not answer for run.api_wait=15 "
+                           f"s after the benchmarks ended: the results are in {results} and scores.md beside it"), err
+    assert "Traceback" not in err, err[-3000:]
+    assert 15 <= ended - gone < 120

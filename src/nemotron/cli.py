@@ -29,7 +29,7 @@ from nemotron import (
     wandb_export,
 )
 from nemotron.config import EvalConfig, RunSection, load_config, slurm_seconds, validate
-from nemotron.errors import ConfigError, NemotronError
+from nemotron.errors import ConfigError, NemotronError, PrefectUnreachable
 from nemotron.request import EvalRequest
 
 MONITOR_COMMANDS = ("status", "logs", "export", "compare", "cancel")
@@ -346,7 +346,12 @@ def run_flow(request: EvalRequest) -> int:
     from flows.eval import nano3_eval
     from nemotron import results
 
-    state = nano3_eval(**request.model_dump(), return_state=True)
+    try:
+        state = nano3_eval(**request.model_dump(), return_state=True)
+    except Exception as e:
+        if (unreachable := _unreachable(e)) is not None:  # its words, not the engine's failed report of them
+            raise unreachable from None
+        raise
     suite = state.result(raise_on_failure=False)
     if isinstance(suite, ConfigError):  # found in the flow before anything started, e.g. a missing artifact
         raise suite
@@ -449,6 +454,13 @@ def submit_detached(request: EvalRequest, profile: profiles.Profile, route: Batc
           f"up to {run.max_walltime} in all (run.max_walltime)\n"
           f"stop it: nemotron nano3 eval cancel {job.job_id}   (the job, later allocations and its server jobs)")
     return 0
+
+
+def _unreachable(error: BaseException | None) -> PrefectUnreachable | None:
+    """The PrefectUnreachable the flow raised, behind the error of the engine that could not report it."""
+    while error is not None and not isinstance(error, PrefectUnreachable):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def export_again(ref: str | None) -> int:

@@ -76,6 +76,9 @@ class RunSection(Strict):
     max_walltime: str = Field(
         "7-00:00:00", description="The most a detached suite may take over all its allocations (Slurm time): no "
         "allocation starts past it.")
+    api_wait: float = Field(
+        600, gt=0, description="Seconds a run whose benchmarks have ended waits for a Prefect API that does not "
+        "answer before it fails, its results on disk: the score artifacts, comparison and W&B export need the API.")
 
     @field_validator("flow_time", "max_walltime")
     @classmethod

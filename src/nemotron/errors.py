@@ -54,3 +54,8 @@ class DiskFull(BenchmarkError):
 
     def __reduce__(self):
         return type(self), (str(self), self.path)
+
+
+class PrefectUnreachable(NemotronError):
+    """The Prefect API did not answer for run.api_wait s once the benchmarks had ended: the results are on disk, and
+    what needs the API (the score artifacts, the comparison and its gate, the W&B export subflow) is not done."""

@@ -39,7 +39,7 @@ Override = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.-]*=", examples=["deploy
 _HARNESS_PARAMS = r"nemo_evaluator_config\.config\.params\.(limit_samples|max_new_tokens|max_retries|parallelism" \
     r"|temperature|top_p|request_timeout|extra\.num_fewshot)"
 PREFECT_OVERRIDABLE = (
-    r"run\.model", r"run\.wandb\.(entity|project)", r"run\.artifacts\.\w+",
+    r"run\.(model|api_wait)", r"run\.wandb\.(entity|project)", r"run\.artifacts\.\w+",
     r"deployment\.(checkpoint_path|tensor_parallel_size|data_parallel_size|startup_timeout|queue_timeout"
     r"|state_timeout|heartbeat_timeout|hang_timeout|replicas|max_restarts|health_interval)",
     r"evaluation\.(timeout|retries|retry_delay|max_parallel|in_flight|gate\.baseline)",
@@ -78,6 +78,7 @@ def over_limits(cfg: EvalConfig) -> list[str]:
           for k in ("startup_timeout", "queue_timeout", "state_timeout", "heartbeat_timeout", "hang_timeout")),
         ("evaluation.timeout", ev.timeout, "max_timeout", lim.max_timeout),
         ("export.timeout", cfg.export.timeout, "max_timeout", lim.max_timeout),
+        ("run.api_wait", cfg.run.api_wait, "max_timeout", lim.max_timeout),
         ("evaluation.nemo_evaluator_config.config.params.request_timeout",
          ev.nemo_evaluator_config.config.params.request_timeout, "max_timeout", lim.max_timeout),
     ]
