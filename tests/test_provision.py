@@ -79,3 +79,39 @@ def test_the_open_file_limit_is_raised_to_the_hard_one_for_a_budget_of_thousands
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))).stdout
     assert int(out) == hard > 1024
+
+
+def test_a_read_only_hf_cache_is_used_through_a_view_of_links_not_a_copy(tmp_path, monkeypatch):
+    """Issue 29: `datasets` writes beside the data; a read-only cache (model weights and all) is not copied: its
+    folders are made anew, its files (and linked folders) linked. The original is left as it was."""
+    import os
+
+    from nemotron import runtime
+
+    cache = tmp_path / "hf"
+    data = cache / "datasets" / "org___set" / "default" / "0.0.0" / "abc"
+    data.mkdir(parents=True)
+    (data / "set-test.arrow").write_bytes(b"arrow" * 1000)
+    (cache / "hub" / "models--m" / "blobs").mkdir(parents=True)
+    (cache / "hub" / "models--m" / "blobs" / "w").write_bytes(b"weights")
+    (cache / "hub" / "models--m" / "snapshots").mkdir()
+    (cache / "hub" / "models--m" / "snapshots" / "rev").symlink_to("../blobs")  # a linked folder
+    for path in [*cache.rglob("*"), cache]:
+        if not path.is_symlink():
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    try:
+        view = runtime.writable_hf_home(cache, say=lambda m: None)
+        seen = view / data.relative_to(cache)
+        assert view != cache and (seen / "set-test.arrow").is_symlink()
+        assert (seen / "set-test.arrow").read_bytes() == b"arrow" * 1000
+        (seen / "cache-123.arrow").write_bytes(b"x")  # what lm-eval's process_docs writes beside the data
+        (view / "datasets" / "_org___set.lock").touch()  # and datasets' lock
+        assert (view / "hub" / "models--m" / "snapshots" / "rev" / "w").read_bytes() == b"weights"
+        assert sum(f.stat(follow_symlinks=False).st_size for f in view.rglob("*") if f.is_file()) < 10_000
+        assert sorted(os.listdir(data)) == ["set-test.arrow"]
+        assert runtime.writable_hf_home(cache, say=lambda m: None) == view  # made once
+    finally:
+        for path in cache.rglob("*"):
+            if not path.is_symlink():
+                path.chmod(0o755)

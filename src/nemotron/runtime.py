@@ -127,18 +127,30 @@ def ensure_builtin_model(name: str, say=print) -> Path:
 
 
 def writable_hf_home(hf_home: Path, say=print) -> Path:
-    """`datasets` writes lock and cache files beside the data: use a writable copy of a read-only cache."""
+    """`datasets` writes lock and cache files beside the data: a read-only cache is used through a view of it, its
+    folders our own and every file a link to the original, made once (a copy would duplicate the whole cache, model
+    weights included)."""
     hf_home = hf_home.expanduser().resolve()
     # mode bits, not just os.access: root may write anywhere, but a read-only tree is not ours to change
     dirs = [hf_home, *hf_home.glob("datasets"), *hf_home.glob("datasets/*")]
     if all(os.access(d, os.W_OK) and d.stat().st_mode & 0o200 for d in dirs):
         return hf_home
-    copy = home() / "hf-home" / hashlib.sha256(str(hf_home).encode()).hexdigest()[:12]
-    if not (copy / ".complete").exists():
-        say(f"[setup] {hf_home} is read-only; the harness needs to write beside the data, copying it to {copy}")
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(hf_home, copy)
-        for p in [copy, *copy.rglob("*")]:
-            p.chmod(p.stat().st_mode | 0o200)
-        (copy / ".complete").write_text(str(hf_home) + "\n")
-    return copy
+    view = home() / "hf-home" / hashlib.sha256(str(hf_home).encode()).hexdigest()[:12]
+    if (view / ".complete").exists():
+        return view
+    say(f"[setup] {hf_home} is read-only; the harness writes beside the data: using it through a view of links at "
+        f"{view}")
+    partial = view.with_name(f"{view.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    for folder, subfolders, files in os.walk(hf_home):  # a linked folder is listed, not entered: linked as it is
+        here = partial / Path(folder).relative_to(hf_home)
+        here.mkdir(parents=True, exist_ok=True)
+        for name in [*files, *(d for d in subfolders if os.path.islink(os.path.join(folder, d)))]:
+            (here / name).symlink_to(Path(folder, name))
+    (partial / ".complete").write_text(str(hf_home) + "\n")
+    shutil.rmtree(view, ignore_errors=True)  # an older copy, or a view left unfinished
+    try:
+        partial.rename(view)
+    except OSError:  # another run made it at the same time
+        shutil.rmtree(partial, ignore_errors=True)
+    return view
