@@ -24,7 +24,7 @@ def test_dry_run_warns_that_an_engine_from_the_path_is_never_reused():
 
 
 def test_dry_run_production_config_redacts_secrets():
-    r = nemotron("nano3", "eval", "--dry-run", "deployment.env.WANDB_API_KEY=sekrit-123")
+    r = nemotron("nano3", "eval", "--dry-run", "--count", "deployment.env.WANDB_API_KEY=sekrit-123")
     assert r.returncode == 0, r.stderr
     assert "sekrit-123" not in r.stdout and "WANDB_API_KEY: '***'" in r.stdout
     # the size of the full suite before a four-hour job: lm-eval's count on the datasets (MMLU's 14,042 test
@@ -33,6 +33,24 @@ def test_dry_run_production_config_redacts_secrets():
             "58,897 requests") in r.stdout
     assert "size: 10,042 documents, 40,168 requests" in r.stdout
     assert "vllm serve --model" in r.stdout and "--tensor-parallel-size 4" in r.stdout
+
+
+def test_a_dry_run_with_no_data_cache_and_no_hub_ends_in_seconds_and_writes_nothing(tmp_path):
+    """Issue 29: it loads neither lm-eval nor a dataset (a minute where the hub does not answer): what is not counted
+    yet says so; and it leaves NEMOTRON_HOME as it found it (no request-count cache, task index or data view)."""
+    home = tmp_path / "nemotron-home"
+    home.mkdir()
+    env = {"NEMOTRON_HOME": str(home), "HF_HOME": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    started = time.monotonic()
+    r = nemotron("nano3", "eval", "--dry-run", env=env)
+    took = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert took < 15, took
+    assert "# requests: adlr_mmlu unknown · hellaswag unknown · arc_challenge unknown" in r.stdout
+    assert "size: unknown (not counted yet: a run counts it as it starts; `--dry-run --count` counts it now" in r.stdout
+    assert list(home.iterdir()) == []
+    alone = nemotron("nano3", "eval", "--count", env=env)
+    assert alone.returncode == 2 and "--count goes with --dry-run" in alone.stderr, alone.stderr
 
 
 def test_typo_override_exits_2_with_suggestion():

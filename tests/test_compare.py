@@ -199,7 +199,7 @@ def test_a_gate_without_rules_or_with_a_negative_margin_is_refused_in_one_line()
                        ("{rules: [{metric: acc, max_drop: -0.1}]}", "evaluation.gate.rules.0.max_drop")]:
         r = nemotron("nano3", "eval", "-c", "local", "--dry-run", f"evaluation.gate={gate}")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
-    ok = nemotron("nano3", "eval", "-c", "local", "--dry-run", "-t", "gsm8k", "-t", "arc_challenge",
+    ok = nemotron("nano3", "eval", "-c", "local", "--dry-run", "--count", "-t", "gsm8k", "-t", "arc_challenge",
                   "evaluation.nemo_evaluator_config.config.params.limit_samples=20",
                   "evaluation.gate={rules: [{metric: '*', max_drop: 0.01}, "
                   "{metric: arc_challenge/acc, max_drop: 0.7}]}")

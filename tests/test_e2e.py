@@ -136,7 +136,7 @@ def test_local_suite_survives_a_killed_server_and_a_rerun_reuses_everything(tmp_
 
     # the dry run's count of each benchmark is the count its harness built (lm-eval's own, in its log) at
     # every attempt; and the board's suite total is their sum
-    dry = nemotron("nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}", *SMALL, "--dry-run",
+    dry = nemotron("nano3", "eval", "-c", "local", f"evaluation.output_dir={tmp_path}", *SMALL, "--dry-run", "--count",
                    env={"HF_HOME": str(hf_home())}, timeout=600)
     counted = dict(re.findall(r"(\w+) ([\d,]+)(?= ·)", dry.stdout.split("# requests: ")[1].splitlines()[0]))
     for bench in SUITE:

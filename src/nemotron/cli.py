@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-c", "--config", default="default", help="config name in config/ or a YAML path")
     ev.add_argument("-t", "--task", action="append", metavar="NAME", help="run only these task(s); repeatable")
     ev.add_argument("-d", "--dry-run", action="store_true", help="print the resolved config and plan; start nothing")
+    ev.add_argument("--count", action="store_true", help="with --dry-run: count each benchmark's requests now, with "
+                    "lm-eval on the data (about 10 s a benchmark; kept in the request-count cache)")
     mode = ev.add_mutually_exclusive_group()
     mode.add_argument("-r", "--run", metavar="PROFILE", help="submit to a cluster profile from env.toml (attached)")
     mode.add_argument("-b", "--batch", metavar="PROFILE", help="submit to a cluster profile (detached)")
@@ -134,8 +136,10 @@ def evaluate(args: argparse.Namespace) -> int:
     served = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, profile))
     plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             engines.identity(model.identity, served), store, hf_home)
+    if args.count and not args.dry_run:
+        raise ConfigError("--count goes with --dry-run: a run counts each benchmark's requests as it starts")
     if args.dry_run:
-        text = render_plan(cfg, model, plans, served, profile, args.force_squash, plan_sizes(cfg, plans))
+        text = render_plan(cfg, model, plans, served, profile, args.force_squash, plan_sizes(cfg, plans, args.count))
         if args.batch and cluster.is_slurm(profile) and profile.remote_job_dir:
             from nemotron import detached
 
@@ -258,12 +262,17 @@ def gate_plan(gate_cfg, plans: list[benchmarks.BenchmarkPlan], sizes: dict[str, 
     return compare.detectable_plan(compare.rules_of(gate_cfg), documents, scores)
 
 
-def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan]) -> dict[str, sizing.Size]:
-    """Each benchmark's documents and requests, counted by lm-eval on this machine's copy of the datasets."""
+def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan], count: bool) -> dict[str, sizing.Size]:
+    """Each benchmark's documents and requests, as lm-eval counted them on this machine's datasets: from the
+    request-count cache, and with `count` (--count) by lm-eval now for the missing ones. Without it the dry run
+    loads nothing: lm-eval and the datasets take seconds per benchmark, a minute when the hub does not answer."""
+    named = {p.name: p.params for p in plans}
+    if not count:
+        return sizing.count(named, {}, counting=False)
     hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home else None
-    if hf_home is not None and hf_home.is_dir():  # the copy a first run makes of a read-only cache, made quietly
+    if hf_home is not None and hf_home.is_dir():  # the view a first run makes of a read-only cache, made quietly
         hf_home = runtime.writable_hf_home(hf_home, say=lambda m: None)
-    return sizing.count({p.name: p.params for p in plans}, benchmarks.harness_env(hf_home, cfg.offline))
+    return sizing.count(named, benchmarks.harness_env(hf_home, cfg.offline))
 
 
 def _export_plan(cfg: EvalConfig) -> str:

@@ -56,11 +56,16 @@ def question(params: dict[str, Any]) -> dict[str, Any] | str:
             "downsampling_ratio": extra.get("downsampling_ratio")}
 
 
+NOT_COUNTED = ("not counted yet: a run counts it as it starts; `--dry-run --count` counts it now, with lm-eval on the "
+               "data")
+
+
 def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path | None = None,
-          nice: bool = False) -> dict[str, Size]:
+          nice: bool = False, counting: bool = True) -> dict[str, Size]:
     """The size of each benchmark (name → harness params), from the cache or one lm-eval subprocess for all
     missing ones; a failure of that process makes those sizes unknown, never an error (this is a preview).
-    `nice`: counting while a suite runs yields the CPU to the model load and the harnesses."""
+    `nice`: counting while a suite runs yields the CPU to the model load and the harnesses. Not `counting`: the
+    cache only, the missing ones unknown."""
     cache_dir = cache_dir or runtime.home()
     cache_path = cache_dir / CACHE_FILE
     try:
@@ -70,7 +75,12 @@ def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path
     asked = {name: question(params) for name, params in named.items()}
     keys = {name: _key(q) for name, q in asked.items() if isinstance(q, dict)}
     todo = {keys[n]: asked[n] for n in keys if keys[n] not in cache}
-    counted = _run_counter(todo, env, nice, cache_dir) if todo else {}
+    if not todo:
+        counted = {}
+    elif counting:
+        counted = _run_counter(todo, env, nice, cache_dir)
+    else:
+        counted = {k: {"unknown": NOT_COUNTED} for k in todo}
     if any("requests" in v for v in counted.values()):
         cache.update({k: v for k, v in counted.items() if "requests" in v})
         try:
