@@ -21,7 +21,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
-from nemotron import artifact_events
+from nemotron.records import artifact_events
 
 MAX_BODY = 64 * 1024
 

@@ -36,36 +36,22 @@ from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_shell import ShellOperation
 
-from nemotron import (
-    benchmarks,
-    cluster,
-    compare,
-    engines,
-    gate,
-    models,
-    profiles,
-    progress,
-    replicas,
-    results,
-    runs,
-    runtime,
-    secrets,
-    serving,
-    sizing,
-    wandb_export,
-)
-from nemotron.benchmarks import BenchmarkPlan
-from nemotron.config import validate
-from nemotron.endpoints import Endpoint
+from nemotron.benchmarks import progress, runner, sizing
+from nemotron.benchmarks.runner import BenchmarkPlan
+from nemotron.config import models, profiles, secrets
+from nemotron.config.profiles import Profile
+from nemotron.config.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
+from nemotron.config.schema import validate
 from nemotron.errors import ConfigError, DiskFull, PrefectUnreachable
-from nemotron.profiles import Profile
-from nemotron.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
-from nemotron.results import BenchmarkResult, Previous, SuiteResult
+from nemotron.records import compare, results, runs, wandb_export
+from nemotron.records.results import BenchmarkResult, Previous, SuiteResult
+from nemotron.serving import cluster, engines, gate, jobs, replicas, runtime
+from nemotron.serving.endpoints import Endpoint
 
 
 def retry_if_infrastructure(task, task_run, state) -> bool:
     """Prefect's retry condition: only infrastructure failures get another attempt."""
-    return isinstance(state.data, BaseException) and benchmarks.retryable(state.data)
+    return isinstance(state.data, BaseException) and runner.retryable(state.data)
 
 
 @task(task_run_name="{bench.name}", tags=["benchmark"], retry_condition_fn=retry_if_infrastructure,
@@ -77,7 +63,7 @@ async def run_benchmark(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str,
     log.info("running %s (%s) into %s", bench.name, bench.task_type, bench.output_dir)
     board.start(bench.name)
     with secrets.scrubbed():  # a failure's text becomes the task's state message: no secret in it
-        result = await benchmarks.run_benchmark(bench, endpoint, env, on_line=log.warning,
+        result = await runner.run_benchmark(bench, endpoint, env, on_line=log.warning,
                                                 on_output=functools.partial(board.read, bench.name))
     for s in result.scores:
         log.info("%s %s = %.4f ± %s (n=%s)", s.benchmark, s.metric, s.value, s.stderr, s.samples)
@@ -129,7 +115,7 @@ def cancel_server_job(flow, run, state) -> None:
     that `stop_when_cancelled` caused is what the user asked for: record it as Cancelled."""
     record = runs.load(str(run.id)) or {}
     for server in runs.servers(record):
-        serving.cancel_recorded(server)
+        jobs.cancel_recorded(server)
     if record.get("cancel_requested") and state is not None and state.is_crashed():
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run.id, Cancelled(message="Cancelled through the Prefect API; "
@@ -198,7 +184,7 @@ def nano3_eval(model: ModelReference | None = None, tasks: list[TaskName] | None
         try:
             return evaluate(model, tasks, config, profile, overrides, force_squash)
         except OSError as e:
-            if e.errno not in benchmarks.DISK_ERRNOS:
+            if e.errno not in runner.DISK_ERRNOS:
                 raise
             # every record is written whole or not at all: the last complete one stands
             message = (f"the disk holding {e.filename} is full ({os.strerror(e.errno)}): the run stopped; finished "
@@ -232,9 +218,9 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
             tree, tokenizer = cluster.remote_checkpoint(
                 where, model.path, engines.tokenizer(cfg.deployment, model.path), say)
             model = replace(model, tree=tree)
-        serving_record = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, where), where)
+        serving_record = jobs.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, where), where)
         # an engine nobody can name before launching: this run's results get a key of their own (never reused)
-        unpinned = serving.unpinned(serving_record, force_squash)
+        unpinned = jobs.unpinned(serving_record, force_squash)
         identity = engines.identity(model.identity, {**serving_record, **({"run": str(flow_run.id)} if unpinned
                                                                           else {})})
     except ConfigError as e:  # bad input or no such artifact: not a crash (the CLI exits 2)
@@ -252,9 +238,9 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
 
     # 2. plan: registry lookup, harness configs, offline data check; what an earlier run already finished
     store = Path(os.path.expanduser(ev.output_dir)).resolve() / "benchmarks"
-    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), model.path, identity, store, hf_home,
+    plans = runner.plan(cfg, runner.select_tasks(cfg, tasks), model.path, identity, store, hf_home,
                             tokenizer)
-    benchmarks.link_into(run_dir, plans)
+    runner.link_into(run_dir, plans)
     runs.save(run_id, benchmarks=[p.name for p in plans])  # eval status lists the ones not started yet too
     eval_id = wandb_export.evaluation_id(identity, [
         {"name": p.name, "task": p.task_type, "params": p.params} for p in plans])
@@ -267,18 +253,18 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
 
     # 3. hold the benchmark folders: a second run of the same evaluation (a trigger and a deployment run for one
     #    version) waits here, before serving, then reuses what the first one finished
-    env = benchmarks.harness_env(hf_home, cfg.offline)
-    with benchmarks.claimed(plans, say), progress.watch(board, say, on_tick=shown.update):
+    env = runner.harness_env(hf_home, cfg.offline)
+    with runner.claimed(plans, say), progress.watch(board, say, on_tick=shown.update):
         outcomes: dict[str, BenchmarkResult] = {}
         with tags(*model.tags):
             for p in plans:
-                if (done := benchmarks.finished(p)) is not None:
+                if (done := runner.finished(p)) is not None:
                     outcomes[p.name] = reuse_benchmark(done)
                     board.finish(p.name, progress.REUSED)
         todo = [p for p in plans if p.name not in outcomes]
         size_in_background(board, todo, env)
         facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
-                 "harness": benchmarks.harness_versions(), "serving": serving_record, "profile": profile,
+                 "harness": runner.harness_versions(), "serving": serving_record, "profile": profile,
                  "config": secrets.masked(cfg.model_dump(mode="json")),
                  "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
                                 for p in plans}}
@@ -293,7 +279,7 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
                 dep = dep.model_copy(update={"image": squash_image(image, where, force_squash)})
             except Exception as e:  # noqa: BLE001 - its output is in the squash task's logs
                 return Failed(message=secrets.mask(f"importing the container image {image} failed: {e}"))
-        launch = functools.partial(serving.serve, dep, model.path, run_dir, profile=where,
+        launch = functools.partial(jobs.serve, dep, model.path, run_dir, profile=where,
                                    detached=deployment.id is not None,  # a deployment run is a batch run
                                    on_record=lambda job: runs.save_server(run_id, job), revision=model.serve_revision,
                                    offline=cfg.offline or model.kind != "hf")
@@ -556,7 +542,7 @@ def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | N
 def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: int | None, say, warn) -> int:
     """Once the servers are healthy: the capability check, and the in-flight budget the gate opens with."""
     server = fleet.handle
-    for warning in benchmarks.verify_capabilities(todo, server.endpoint):
+    for warning in runner.verify_capabilities(todo, server.endpoint):
         warn("%s", warning)
     budget, source = gate.budget_for(list(fleet.urls().values()), configured, server.endpoint.headers())
     say(f"[serve] in-flight budget: {budget} requests at once, shared by the benchmarks (from {source})")

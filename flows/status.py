@@ -1,7 +1,7 @@
 """`nemotron nano3 eval status|logs|cancel RUN`: what a run did, from Prefect's API and the run's files; and its end.
 
 The flow run and its benchmark task runs come from the Prefect API — any run it knows, whatever
-machine ran it and however early it failed; this machine's run index (`nemotron.runs`) only adds
+machine ran it and however early it failed; this machine's run index (`nemotron.records.runs`) only adds
 what the API does not hold: the results folder and the server job, read from NeMo-Run (Slurm
 accounting or the local process), and the scores from the run folder.
 """
@@ -30,8 +30,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Cancelling
 
-from nemotron import progress, results, runs, serving
+from nemotron.benchmarks import progress
 from nemotron.errors import ConfigError, NemotronError
+from nemotron.records import results, runs
+from nemotron.serving import jobs
 
 CANCEL_WAIT_SECONDS = 90.0  # for the process running the flow to stop it and cancel its servers
 CRASH_HOOK_SECONDS = 30.0  # for the crash hook of a cancelled attached run to cancel its servers and mark it Cancelled
@@ -100,7 +102,7 @@ def _ended(state, crashed_at: float | None) -> bool:
 def _cancel_servers(record: dict, why: str) -> str:
     servers = runs.servers(record)
     for server in servers:
-        serving.cancel_recorded(server)
+        jobs.cancel_recorded(server)
     if not servers:
         return f"{why}; this machine recorded no server for it"
     return "\n".join([why, *(f"server job {s.get('job_id')} [{s.get('name', 'server')}]: cancelled" for s in servers)])
@@ -186,7 +188,7 @@ def _status(record: dict, flow_run, task_runs, figures: dict[str, str], unknown:
         where = f"Slurm job {server['job_id']}" if server["executor"] == "slurm" else f"local job {server['job_id']}"
         name = f" ({server['name']})" if server.get("name", "server") != "server" else ""
         lines.append(f"server    {where}{name} on {record.get('profile') or 'this machine'}: "
-                     f"{serving.recorded_state(server)}")
+                     f"{jobs.recorded_state(server)}")
     if not servers:
         lines.append("server    not submitted" if run_dir else "server    not known on this machine (see its logs)")
     exported = record.get("wandb")
@@ -229,8 +231,8 @@ def _logs(record: dict, entries, unknown: str = "") -> str:
         out.append(f"(no flow-run logs: {unknown}; the server logs this machine has follow)")
     newest = {server.get("name", "server"): server for server in runs.servers(record)}  # a relaunch replaces
     for name, server in newest.items():  # each replica's newest launch
-        logs = serving.server_logs(Path(record["run_dir"]), name) if record.get("run_dir") else []
-        tail = serving.log_tail(logs[-1], 40) if logs else serving.recorded_log_tail(server, 40)
+        logs = jobs.server_logs(Path(record["run_dir"]), name) if record.get("run_dir") else []
+        tail = jobs.log_tail(logs[-1], 40) if logs else jobs.recorded_log_tail(server, 40)
         if tail:
             out += ["", f"--- {logs[-1].name if logs else f'{name} log'} (last 40 lines) ---", tail.rstrip()]
     return "\n".join(out)

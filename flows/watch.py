@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
 from prefect.variables import Variable
 
-from nemotron import artifact_events
-from nemotron.config import load_config
+from nemotron.config.schema import load_config
+from nemotron.records import artifact_events
 
 SEEN = "nemotron-wandb-seen"  # {entity/project/name: last version number}
 

@@ -147,7 +147,7 @@ def upstream_counts(stats: Path) -> dict:
 # --- the two sides -----------------------------------------------------------------------------------------------
 
 def tokenizer() -> str:
-    from nemotron import runtime
+    from nemotron.serving import runtime
 
     return str(runtime.ensure_builtin_model("smollm2-135m-instruct"))
 
@@ -200,14 +200,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="working folder (default: a new temporary one)")
     ap.add_argument("--skip-lm-eval", action="store_true")
     args = ap.parse_args()
-    from nemotron.runtime import raise_open_files
+    from nemotron.serving.runtime import raise_open_files
 
     raise_open_files()  # lm-eval alone and the upstream hold thousands of connections too (the flow raises its own)
     if args.serve:
         serve(args.port, args.host, args.stats)
         return
 
-    from nemotron.endpoints import free_port
+    from nemotron.serving.endpoints import free_port
 
     out = args.out or Path(tempfile.mkdtemp(prefix="nemotron-scale-"))
     out.mkdir(parents=True, exist_ok=True)

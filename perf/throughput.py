@@ -33,10 +33,11 @@ from pathlib import Path
 
 import aiohttp
 
-from nemotron import models, replicas, serving
-from nemotron.benchmarks import RESULT_FILE
-from nemotron.config import load_config
-from nemotron.gate import RECORD_FILE
+from nemotron.benchmarks.runner import RESULT_FILE
+from nemotron.config import models
+from nemotron.config.schema import load_config
+from nemotron.serving import jobs, replicas
+from nemotron.serving.gate import RECORD_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 _STARTED = re.compile(r"^# nemotron: run_eval \S+ at ([0-9.]+) ", re.M)
@@ -138,7 +139,7 @@ def physical_limit(config: str, overrides: list[str], out: Path, requests: list[
     dep = cfg.deployment
     model = models.resolve(models.parse(cfg), print)
     start = time.monotonic()
-    launch = functools.partial(serving.serve, dep, model.path, out / "replay")
+    launch = functools.partial(jobs.serve, dep, model.path, out / "replay")
     with replicas.serve(launch, dep.replicas, print, 0, dep.health_interval, dep.hang_timeout) as fleet:
         fleet.wait_ready()
         load = time.monotonic() - start

@@ -25,9 +25,9 @@ from tests.helpers import REPO
 SECRET_VARIABLES = ("WANDB_API_KEY", "HF_TOKEN", "OPENAI_KEY", "GITHUB_PAT", "MY_SERVICE_AUTH")
 SHORT = "DB_PASSWORD"  # a secret of 5 characters
 SETTINGS = ("NETRC", "NEMOTRON_ENV_FILE", "WANDB_MODE")  # in `env` beside the secrets: where they are, how to run
-# a harness's command line: nemotron.harness (and its reaper), run_eval, lm-eval; not the CLI's overrides
+# a harness's command line: nemotron.benchmarks.harness (and its reaper), run_eval, lm-eval; not the CLI's overrides
 # (`evaluation.nemo_evaluator_config...`)
-HARNESS = re.compile(rb"nemotron\.harness|(^|[\s/])(run_eval|lm-eval|lm_eval|nemo-evaluator)(\s|$)")
+HARNESS = re.compile(rb"nemotron\.benchmarks\.harness|(^|[\s/])(run_eval|lm-eval|lm_eval|nemo-evaluator)(\s|$)")
 
 
 class Sentinels:

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nemotron import artifact_events
+from nemotron.records import artifact_events
 
 PAYLOAD = {"event_type": "ADD_ARTIFACT_ALIAS", "alias": "latest", "artifact_collection_name": "nano3-rl-model",
            "artifact_version_string": "team/nemotron/nano3-rl-model:v5", "entity_name": "team",

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nemotron import benchmarks, endpoints, harness
-from nemotron.config import load_config
-from nemotron.endpoints import Endpoint, free_port
+from nemotron.benchmarks import harness, runner
+from nemotron.config.schema import load_config
 from nemotron.errors import BenchmarkError, ConfigError
-from nemotron.results import BenchmarkResult, Score
+from nemotron.records.results import BenchmarkResult, Score
+from nemotron.serving import endpoints
+from nemotron.serving.endpoints import Endpoint, free_port
 from tests.helpers import FAKE, SHARED_HF_HOME
 
 MODEL = "/models/m"
@@ -21,7 +22,7 @@ MODEL = "/models/m"
 
 def plan(overrides=(), tasks=None, hf_home=None, config="local"):
     cfg = load_config(config, list(overrides))
-    return benchmarks.plan(cfg, benchmarks.select_tasks(cfg, tasks), MODEL, f"{MODEL}@1", Path("/out"), hf_home)
+    return runner.plan(cfg, runner.select_tasks(cfg, tasks), MODEL, f"{MODEL}@1", Path("/out"), hf_home)
 
 
 def by_name(plans):
@@ -84,7 +85,7 @@ def test_a_benchmark_sends_with_the_whole_budget_unless_the_config_caps_it():
 def test_capabilities_are_probed_once_per_suite(tmp_path):
     """Against the fault-injecting fake: it refuses echo/logprobs requests with a 500."""
     cfg = load_config("local", [])
-    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, None), MODEL, "m@1", tmp_path, None)
+    plans = runner.plan(cfg, runner.select_tasks(cfg, None), MODEL, "m@1", tmp_path, None)
     assert {p.name for p in plans if "logprobs" in p.capabilities} >= {"hellaswag", "adlr_winogrande_5_shot"}
     for args, refused in ((["--fail-logprobs"], True), ([], False)):
         port = free_port()
@@ -95,7 +96,7 @@ def test_capabilities_are_probed_once_per_suite(tmp_path):
             url = f"http://127.0.0.1:{port}"
             while not endpoints.healthy(url + "/health"):
                 time.sleep(0.1)
-            warnings = benchmarks.verify_capabilities(plans, Endpoint(url, "fake"))
+            warnings = runner.verify_capabilities(plans, Endpoint(url, "fake"))
         finally:
             proc.kill()
             proc.wait()
@@ -119,16 +120,16 @@ def test_online_does_not_check_the_cache():
 
 def test_harness_env_offline_switches(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", "/elsewhere")
-    env = benchmarks.harness_env(tmp_path, offline=True)
+    env = runner.harness_env(tmp_path, offline=True)
     assert env["HF_HOME"] == str(tmp_path) and env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == "1"
     assert "HF_DATASETS_CACHE" not in env and env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] == "0"
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert "HF_HUB_OFFLINE" not in benchmarks.harness_env(None, offline=False)
+    assert "HF_HUB_OFFLINE" not in runner.harness_env(None, offline=False)
 
 
 def keyed(overrides=(), identity=f"{MODEL}@1"):
     cfg = load_config("local", list(overrides))
-    (p,) = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, ["gsm8k"]), MODEL, identity, Path("/out"), None)
+    (p,) = runner.plan(cfg, runner.select_tasks(cfg, ["gsm8k"]), MODEL, identity, Path("/out"), None)
     return p
 
 
@@ -144,13 +145,13 @@ def test_benchmark_folder_is_keyed_by_model_task_and_harness_params():
 
 def test_a_folder_counts_as_finished_only_with_a_result_under_the_same_key(tmp_path):
     p = replace(keyed(), output_dir=str(tmp_path))
-    assert benchmarks.finished(p) is None
+    assert runner.finished(p) is None
     done = BenchmarkResult("gsm8k", "completed", str(tmp_path), 3.0, (Score("gsm8k", "em", 0.5, 0.1, 4),))
-    (tmp_path / benchmarks.RESULT_FILE).write_text(json.dumps({"key": p.key, "result": asdict(done)}))
-    assert benchmarks.finished(p) == replace(done, reused=True)
-    assert benchmarks.finished(replace(p, key="other")) is None
-    (tmp_path / benchmarks.RESULT_FILE).write_text("{truncated")
-    assert benchmarks.finished(p) is None
+    (tmp_path / runner.RESULT_FILE).write_text(json.dumps({"key": p.key, "result": asdict(done)}))
+    assert runner.finished(p) == replace(done, reused=True)
+    assert runner.finished(replace(p, key="other")) is None
+    (tmp_path / runner.RESULT_FILE).write_text("{truncated")
+    assert runner.finished(p) is None
 
 
 @pytest.mark.parametrize("log, kind", [
@@ -164,15 +165,15 @@ def test_a_folder_counts_as_finished_only_with_a_result_under_the_same_key(tmp_p
     ("KeyError: 'no_such_task'", "configuration"),
 ])
 def test_failures_are_told_apart_by_what_the_harness_log_shows(log, kind):
-    assert benchmarks.failure_kind(f"[I] starting\n{log}\nRuntimeError: Evaluation failed!\n") == kind
+    assert runner.failure_kind(f"[I] starting\n{log}\nRuntimeError: Evaluation failed!\n") == kind
 
 
 def test_only_infrastructure_failures_are_retried():
     from prefect.task_engine import TaskRunTimeoutError  # what a task's timeout_seconds raises
 
-    assert benchmarks.retryable(BenchmarkError("x", "infrastructure")) and benchmarks.retryable(TaskRunTimeoutError())
-    assert not benchmarks.retryable(BenchmarkError("x", "configuration"))
-    assert not benchmarks.retryable(BenchmarkError("x", "model")) and not benchmarks.retryable(ValueError())
+    assert runner.retryable(BenchmarkError("x", "infrastructure")) and runner.retryable(TaskRunTimeoutError())
+    assert not runner.retryable(BenchmarkError("x", "configuration"))
+    assert not runner.retryable(BenchmarkError("x", "model")) and not runner.retryable(ValueError())
     assert pickle.loads(pickle.dumps(BenchmarkError("x", "model"))).kind == "model"  # survives Prefect's storage
 
 
@@ -182,11 +183,11 @@ def test_harness_env_is_built_from_what_it_needs_not_inherited(tmp_path, monkeyp
     for name, value in {"WANDB_API_KEY": "w" * 20, "PREFECT_API_KEY": "p" * 20, "AWS_SECRET_ACCESS_KEY": "a" * 20,
                         "SOME_RANDOM_VAR": "x", "HF_TOKEN": "hf_" + "t" * 20}.items():
         monkeypatch.setenv(name, value)
-    env = benchmarks.harness_env(tmp_path, offline=True)
+    env = runner.harness_env(tmp_path, offline=True)
     assert not {"WANDB_API_KEY", "PREFECT_API_KEY", "AWS_SECRET_ACCESS_KEY", "SOME_RANDOM_VAR"} & set(env)
     assert "HF_TOKEN" not in env
-    assert benchmarks.harness_env(tmp_path, offline=False)["HF_TOKEN"] == "hf_" + "t" * 20
-    # lm-eval with its task index cached (nemotron.harness), then the venv's programs
+    assert runner.harness_env(tmp_path, offline=False)["HF_TOKEN"] == "hf_" + "t" * 20
+    # lm-eval with its task index cached (nemotron.benchmarks.harness), then the venv's programs
     assert env["PATH"].split(os.pathsep)[:2] == [str(harness.harness_bin()), str(Path(sys.executable).parent)]
 
 
@@ -197,28 +198,28 @@ def test_a_harness_has_a_home_of_its_own_and_the_users_hf_cache_by_path(tmp_path
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     monkeypatch.delenv("HF_HOME", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    env = benchmarks.harness_env(None, offline=False)
+    env = runner.harness_env(None, offline=False)
     assert env["HOME"] == str(tmp_path / "nemotron" / "harness-home") != os.environ["HOME"]
     assert (Path(env["HOME"]).stat().st_mode & 0o777) == 0o700
     assert env["HF_HOME"] == str(tmp_path / "user" / ".cache" / "huggingface")  # where the user's cache is
     assert env["NEMOTRON_HOME"] == str(tmp_path / "nemotron")  # lm-eval's task index, kept where it was
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert benchmarks.harness_env(None, offline=False)["HF_HOME"] == str(tmp_path / "xdg" / "huggingface")
-    assert benchmarks.harness_env(tmp_path / "given", offline=False)["HF_HOME"] == str(tmp_path / "given")
+    assert runner.harness_env(None, offline=False)["HF_HOME"] == str(tmp_path / "xdg" / "huggingface")
+    assert runner.harness_env(tmp_path / "given", offline=False)["HF_HOME"] == str(tmp_path / "given")
 
 
 def test_a_second_claim_on_the_same_benchmark_waits_for_the_first(tmp_path, monkeypatch):
     """Two runs of one evaluation: the second waits (before serving), then goes on; it never fails."""
-    monkeypatch.setattr(benchmarks, "CLAIM_POLL_SECONDS", 0.1)
+    monkeypatch.setattr(runner, "CLAIM_POLL_SECONDS", 0.1)
     cfg = load_config("local")
-    (p,) = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, ["gsm8k"]), MODEL, "m@1", tmp_path, None)
+    (p,) = runner.plan(cfg, runner.select_tasks(cfg, ["gsm8k"]), MODEL, "m@1", tmp_path, None)
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
                                "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(2)",
-                               str(Path(p.output_dir) / benchmarks.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+                               str(Path(p.output_dir) / runner.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
     Path(p.output_dir).mkdir(parents=True, exist_ok=True)
     assert holder.stdout.readline().strip() == "held"
     said, start = [], time.monotonic()
-    with benchmarks.claimed([p], said.append):
+    with runner.claimed([p], said.append):
         waited = time.monotonic() - start
     holder.wait()
     assert 1.0 < waited < 10 and "another evaluation is running it" in said[0] and len(said) == 1
@@ -228,7 +229,7 @@ def test_the_harness_dies_with_the_process_that_started_it(tmp_path):
     """Issue 14: the reaper's stdin is a pipe only the flow holds; the flow gone (here: the pipe closed),
     the harness's whole process group is killed — a `kill -9` of the flow leaves no harness."""
     marker = f"sleep-{tmp_path.name}"
-    reaper = subprocess.Popen([sys.executable, "-m", "nemotron.reaper", "bash", "-c",
+    reaper = subprocess.Popen([sys.executable, "-m", "nemotron.benchmarks.reaper", "bash", "-c",
                                f"exec -a {marker} sleep 300 & wait"], stdin=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 10
     while marker not in subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout:
@@ -242,7 +243,8 @@ def test_the_harness_dies_with_the_process_that_started_it(tmp_path):
 
 def test_the_reaper_passes_the_harness_exit_code_through():
     for code in (0, 3):  # stdin held open until it exits, as the flow holds it
-        proc = subprocess.Popen([sys.executable, "-m", "nemotron.reaper", "bash", "-c", f"echo out; exit {code}"],
+        proc = subprocess.Popen([sys.executable, "-m", "nemotron.benchmarks.reaper", "bash", "-c",
+                                 f"echo out; exit {code}"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         assert proc.wait(timeout=30) == code
@@ -253,7 +255,7 @@ def test_the_reaper_passes_the_harness_exit_code_through():
 def test_an_upgraded_harness_is_a_new_key(monkeypatch):
     """Issue 15: results scored by another nemo-evaluator / lm-eval are not reused."""
     before = keyed().key
-    monkeypatch.setattr(benchmarks, "harness_versions", lambda: {"nvidia-lm-eval": "99.0"})
+    monkeypatch.setattr(runner, "harness_versions", lambda: {"nvidia-lm-eval": "99.0"})
     assert keyed().key != before
 
 
@@ -266,7 +268,7 @@ def test_a_harness_line_longer_than_64_kib_is_read_not_fatal():
         stream = asyncio.StreamReader()
         stream.feed_data(data)
         stream.feed_eof()
-        return [line async for line in benchmarks.lines(stream, longest)]
+        return [line async for line in runner.lines(stream, longest)]
 
     long = b"x" * 200_000
     assert asyncio.run(read(b"start\n" + long + b"\nend", 1 << 20)) == [b"start\n", long + b"\n", b"end"]

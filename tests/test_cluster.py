@@ -2,9 +2,9 @@ import gc
 import logging
 import os
 
-from nemotron import cluster
-from nemotron.config import load_config
-from nemotron.profiles import Profile
+from nemotron.config.profiles import Profile
+from nemotron.config.schema import load_config
+from nemotron.serving import cluster
 
 
 def test_enroot_uri_separates_the_registry():

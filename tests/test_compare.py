@@ -7,9 +7,9 @@ import pytest
 import yaml
 from scipy.stats import chi2
 
-from nemotron import compare
-from nemotron.compare import Rule
 from nemotron.errors import ConfigError
+from nemotron.records import compare
+from nemotron.records.compare import Rule
 from tests.helpers import nemotron
 
 STAMP = "2026-12-01T03-00-27.730784"

@@ -22,7 +22,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
 from flows.eval import nano3_eval
-from nemotron import runtime, stats
+from nemotron.records import stats
+from nemotron.serving import runtime
 from tests import fake_wandb_api, wandb_offline
 from tests.helpers import FAKE, fake_request, hf_home, nemotron
 

@@ -1,6 +1,6 @@
 import pytest
 
-from nemotron.config import load_config
+from nemotron.config.schema import load_config
 from nemotron.errors import ConfigError
 
 

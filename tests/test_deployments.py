@@ -16,8 +16,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter
 
-from nemotron import artifact_events, runtime
-from nemotron.endpoints import free_port
+from nemotron.records import artifact_events
+from nemotron.serving import runtime
+from nemotron.serving.endpoints import free_port
 from tests import fake_wandb_api, wandb_offline
 from tests.helpers import REPO, hf_home, nemotron, sacct_state, squeue
 from tests.sentinels import Sentinels, watch_harnesses

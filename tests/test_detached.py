@@ -1,4 +1,4 @@
-"""The detached job's script and env.toml (nemotron.detached), without submitting: the real submission is
+"""The detached job's script and env.toml (nemotron.serving.detached), without submitting: the real submission is
 tests/test_topology.py."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from nemotron import detached, profiles, secrets
-from nemotron.request import EvalRequest
+from nemotron.config import profiles, secrets
+from nemotron.config.request import EvalRequest
+from nemotron.serving import detached
 from tests.helpers import REPO, nemotron
 
 ENV_FILE = REPO / "config" / "env.example.toml"
@@ -37,7 +38,7 @@ def test_the_job_script_holds_no_secret_and_runs_the_flow_with_the_profile_insid
     assert unset < sourced  # inherited values go, the job's own come from the private file
     assert "rm -f" not in script  # kept for a requeue: a job that waits for this one's end removes it
     assert script.splitlines()[-1] == (
-        "exec python -m nemotron.detached nano3 eval -c local -t gsm8k --run local-slurm-ssh "
+        "exec python -m nemotron.cli nano3 eval -c local -t gsm8k --run local-slurm-ssh "
         "'deployment.env.SERVICE_PASSWORD=${oc.env:NEMOTRON_SECRET_OVERRIDE_0}' run.model=/ckpt/a")
     assert "cd /var/tmp/nemotron-login/jobs" in script  # a relative output_dir lands on the cluster's disk
     # the values travel in the private file instead
@@ -68,7 +69,7 @@ def test_a_dry_run_of_batch_shows_the_detached_job_script_and_submits_nothing(tm
                                                            "WANDB_API_KEY": "wandb-dryrun-0123456789"})
     assert r.returncode == 0, r.stderr
     script = r.stdout[r.stdout.index("# detached flow job script"):]
-    assert "exec python -m nemotron.detached nano3 eval -c local -t gsm8k --run local-slurm-ssh" in script
+    assert "exec python -m nemotron.cli nano3 eval -c local -t gsm8k --run local-slurm-ssh" in script
     assert "wandb-dryrun-0123456789" not in r.stdout and not any(tmp_path.iterdir())
 
 
@@ -241,7 +242,7 @@ def test_a_flow_jobs_time_is_its_partitions_maximum_at_most_a_day():
     "infinite" or nothing readable)."""
     from types import SimpleNamespace
 
-    from nemotron import cluster
+    from nemotron.serving import cluster
 
     profile = SimpleNamespace(partition_for=lambda detached: "batch")
     for limit, expected in (("4:00:00", "4:00:00"), ("2-00:00:00", "1-00:00:00"), ("infinite", "1-00:00:00"),

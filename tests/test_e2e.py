@@ -26,7 +26,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from nemotron import runtime
+from nemotron.serving import runtime
 from tests.helpers import answered, hf_home, kill_server_once_it_answered, nemotron
 from tests.sentinels import Sentinels, watch_harnesses
 

@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from nemotron import endpoints, engines, secrets, serving
-from nemotron.config import load_config
+from nemotron.config import secrets
+from nemotron.config.profiles import Profile
+from nemotron.config.schema import load_config
 from nemotron.errors import ConfigError
-from nemotron.profiles import Profile
+from nemotron.serving import endpoints, engines, jobs
 from tests.helpers import REPO, nemotron
 
 
@@ -56,21 +57,21 @@ def test_each_engine_refuses_what_it_cannot_use_in_one_line(overrides, says):
 def test_a_running_endpoints_url_may_end_in_v1_and_its_identity_says_where_it_is():
     running = dep("deployment.type=none", "deployment.url=http://h:8000/v1/")
     assert engines.external_url(running.url) == "http://h:8000"
-    assert serving.serving_record(running) == {"engine": "none", "endpoint": "http://h:8000 as nano3"}
+    assert jobs.serving_record(running) == {"engine": "none", "endpoint": "http://h:8000 as nano3"}
     elsewhere = dep("deployment.type=none", "deployment.url=http://other:8000")
     assert key(running) != key(elsewhere)
     assert not engines.launches(running) and engines.health_path(running) == "/v1/models"
 
 
 def key(d, image=None, model="/ckpt/m@1:2"):
-    return engines.identity(model, serving.serving_record(d, image))
+    return engines.identity(model, jobs.serving_record(d, image))
 
 
 def test_the_served_model_is_another_model_when_anything_that_changes_numerics_changes():
     """Issue 26: the result key (and eval compare) know the engine, its version and its numerics flags; transport
     and capacity settings do not make another model."""
     base = dep("deployment.venv=managed", "deployment.extra_args=--dtype float32 --max-num-seqs 8")
-    record = serving.serving_record(base)
+    record = jobs.serving_record(base)
     assert record["engine"] == "vllm" and record["vllm"] == "0.32.0" and record["dtype"] == "float32"
     assert "max-num-seqs" not in record and "port" not in record
     others = [
@@ -95,8 +96,8 @@ def test_the_served_model_is_another_model_when_anything_that_changes_numerics_c
 
 def test_another_venvs_engine_version_is_read_from_its_installed_package(tmp_path):
     (tmp_path / "lib/python3.12/site-packages/vllm-0.33.1.dist-info").mkdir(parents=True)
-    assert serving.serving_record(dep(f"deployment.venv={tmp_path}"))["vllm"] == "0.33.1"
-    assert "unknown" in serving.serving_record(dep(f"deployment.venv={tmp_path}/none"))["vllm"]
+    assert jobs.serving_record(dep(f"deployment.venv={tmp_path}"))["vllm"] == "0.33.1"
+    assert "unknown" in jobs.serving_record(dep(f"deployment.venv={tmp_path}/none"))["vllm"]
 
 
 def test_an_engine_nobody_can_name_before_launching_is_unpinned_and_a_pinned_one_is_not(tmp_path):
@@ -104,28 +105,28 @@ def test_an_engine_nobody_can_name_before_launching_is_unpinned_and_a_pinned_one
     image by a moving tag) is unpinned: the flow gives such a run a key of its own, so it is never reused."""
     unpinned = [dep("deployment.venv=null"), dep(f"deployment.venv={tmp_path}/none"),
                 dep("deployment.venv=null", "deployment.command=python -m vllm.entrypoints.openai.api_server")]
-    assert all(serving.unpinned(serving.serving_record(d)) for d in unpinned)
-    assert "the server node's PATH" in serving.unpinned(serving.serving_record(dep("deployment.venv=null")))
+    assert all(jobs.unpinned(jobs.serving_record(d)) for d in unpinned)
+    assert "the server node's PATH" in jobs.unpinned(jobs.serving_record(dep("deployment.venv=null")))
     for image in ("nvcr.io/nvidia/vllm", "nvcr.io/nvidia/vllm:latest", "localhost:5000/vllm"):
         moves = f"the image {image} is named by a tag that moves"
-        assert serving.unpinned(serving.serving_record(dep(), image)) == moves
+        assert jobs.unpinned(jobs.serving_record(dep(), image)) == moves
     for image in ("nvcr.io/nvidia/vllm:25.01", "nvcr.io/nvidia/vllm@sha256:" + "ab" * 32, "/lustre/img/vllm.sqsh"):
-        assert serving.unpinned(serving.serving_record(dep(), image)) is None, image
+        assert jobs.unpinned(jobs.serving_record(dep(), image)) is None, image
     pinned = [dep("deployment.venv=managed"), dep("deployment.venv=managed", "deployment.command=/opt/serve.sh"),
               dep("deployment.type=generic", "deployment.command=/opt/serve.sh --port {port}")]
-    assert [serving.unpinned(serving.serving_record(d)) for d in pinned] == [None, None, None]
+    assert [jobs.unpinned(jobs.serving_record(d)) for d in pinned] == [None, None, None]
 
 
 def test_a_venv_on_the_clusters_disk_is_read_through_the_login_node(monkeypatch):
     seen = []
-    monkeypatch.setattr(serving.cluster, "remote_package_version",
+    monkeypatch.setattr(jobs.cluster, "remote_package_version",
                         lambda profile, venv, package: seen.append((venv, package)) or "0.34.0")
     profile = Profile(name="c", executor="slurm", tunnel="ssh", host="login", user="u", account="a", partition="p",
                       remote_job_dir="/scratch/u/jobs")
-    assert serving.engine_version(dep("deployment.venv=~/envs/vllm"), None, profile) == "0.34.0"
+    assert jobs.engine_version(dep("deployment.venv=~/envs/vllm"), None, profile) == "0.34.0"
     assert seen == [("~/envs/vllm", "vllm")]
-    monkeypatch.setattr(serving.cluster, "remote_package_version", lambda *a: None)  # unreachable, or no package
-    assert serving.engine_version(dep("deployment.venv=/envs/vllm"), None, profile).startswith("unknown (no vllm")
+    monkeypatch.setattr(jobs.cluster, "remote_package_version", lambda *a: None)  # unreachable, or no package
+    assert jobs.engine_version(dep("deployment.venv=/envs/vllm"), None, profile).startswith("unknown (no vllm")
 
 
 @pytest.mark.parametrize("name", ["local-slurm", "local-slurm-ssh"])
@@ -133,35 +134,35 @@ def test_the_image_file_on_the_clusters_disk_is_in_the_key_and_one_nobody_has_se
     """Issue 26: the squashed file is what serves, whatever its tag names now. Its size and time, read where the
     cluster's files are (here, or through the real sshd login node), are in the key: a re-imported file scores
     anew. An image file not there yet, or re-imported by this run (--force-squash), is unpinned."""
-    from nemotron.profiles import load_profile
+    from nemotron.config.profiles import load_profile
     profile = load_profile(name, REPO / "config" / "env.example.toml").model_copy(
         update={"remote_job_dir": str(tmp_path)})
     tag = "nvcr.io/nvidia/vllm:latest"
-    first = serving.serving_record(dep(), tag, profile)
-    assert first["image.file"].endswith(f"({serving.NOT_THERE})")
-    assert serving.unpinned(first).startswith("the image file is ")
+    first = jobs.serving_record(dep(), tag, profile)
+    assert first["image.file"].endswith(f"({jobs.NOT_THERE})")
+    assert jobs.unpinned(first).startswith("the image file is ")
     sqsh = tmp_path / "containers" / "nvcr_io_nvidia_vllm_latest.sqsh"
     sqsh.parent.mkdir()
     sqsh.write_bytes(b"x" * 10)
     os.utime(sqsh, (1_700_000_000, 1_700_000_000))
-    squashed = serving.serving_record(dep(), tag, profile)
+    squashed = jobs.serving_record(dep(), tag, profile)
     assert squashed["image.file"] == f"{sqsh} (10 bytes, modified 1700000000)"
-    assert serving.unpinned(squashed) is None  # `latest`, but the file it was squashed to is named
-    assert serving.unpinned(squashed, force_squash=True) == f"--force-squash imports {tag} anew into {sqsh}"
+    assert jobs.unpinned(squashed) is None  # `latest`, but the file it was squashed to is named
+    assert jobs.unpinned(squashed, force_squash=True) == f"--force-squash imports {tag} anew into {sqsh}"
     sqsh.write_bytes(b"y" * 11)  # re-imported
     assert key(dep(), tag) == key(dep(), tag) and \
-        engines.identity("m", serving.serving_record(dep(), tag, profile)) != engines.identity("m", squashed)
-    given = serving.serving_record(dep(), str(sqsh), profile)  # a .sqsh the user gives is looked at the same way
-    assert given["image.file"].startswith(f"{sqsh} (11 bytes, modified ") and serving.unpinned(given) is None
+        engines.identity("m", jobs.serving_record(dep(), tag, profile)) != engines.identity("m", squashed)
+    given = jobs.serving_record(dep(), str(sqsh), profile)  # a .sqsh the user gives is looked at the same way
+    assert given["image.file"].startswith(f"{sqsh} (11 bytes, modified ") and jobs.unpinned(given) is None
 
 
 def test_a_secret_in_the_servers_environment_never_reaches_the_serving_record():
     secrets.remember("s3cr3t-value-1234")
-    record = serving.serving_record(dep("deployment.env.HF_TOKEN=s3cr3t-value-1234", "deployment.env.MODE=a"))
+    record = jobs.serving_record(dep("deployment.env.HF_TOKEN=s3cr3t-value-1234", "deployment.env.MODE=a"))
     assert "s3cr3t-value-1234" not in str(record) and record["env.MODE"] == "a"
     # a secret given or not is the same model (the e2e test's rerun leaves its password out)
-    assert "env.HF_TOKEN" not in record and record == serving.serving_record(dep("deployment.env.MODE=a"))
-    assert "env.VLLM_CPU_KVCACHE_SPACE" not in serving.serving_record(dep("deployment.env.VLLM_CPU_KVCACHE_SPACE='8'"))
+    assert "env.HF_TOKEN" not in record and record == jobs.serving_record(dep("deployment.env.MODE=a"))
+    assert "env.VLLM_CPU_KVCACHE_SPACE" not in jobs.serving_record(dep("deployment.env.VLLM_CPU_KVCACHE_SPACE='8'"))
 
 
 def test_a_running_endpoints_url_with_a_user_or_password_is_refused_without_showing_them():

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from nemotron import endpoints, runtime
+from nemotron.serving import endpoints, runtime
 from tests.helpers import REPO, hf_home, nemotron, scores, squeue
 from tests.sentinels import Sentinels, watch_harnesses
 

@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import FlowRunFilter, LogFilter, LogFilterFl
 from prefect.settings import PREFECT_API_URL
 
 from flows.eval import nano3_eval
-from nemotron import runtime
+from nemotron.serving import runtime
 from tests import fake_wandb_api, wandb_offline
 from tests.helpers import FAKE, FAKE_VENV, fake_request, hf_home, nemotron
 
@@ -224,7 +224,7 @@ def test_a_relaunch_that_never_becomes_healthy_still_records_what_finished(tmp_p
 def test_an_export_that_fails_fails_the_run_naming_it_and_the_results_stay(tmp_path, monkeypatch):
     """Issue 26: W&B refusing the export (a fault injected in our export call) leaves every result on disk and
     in Prefect, and the run ends Failed saying so and how to export again: an unexported run has no lineage."""
-    from nemotron import wandb_export
+    from nemotron.records import wandb_export
 
     def refused(*a, **k):
         raise RuntimeError("wandb: 503 Service Unavailable")

@@ -28,10 +28,13 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from nemotron import artifact_events, cli, models, registry, secrets, sizing, wandb_export
+from nemotron import cli
+from nemotron.benchmarks import registry, sizing
+from nemotron.config import models, secrets
+from nemotron.config.profiles import Profile, load_profile
+from nemotron.config.request import MODEL_PATTERN, PREFECT_OVERRIDABLE, EvalRequest, check_prefect_override
 from nemotron.errors import ConfigError
-from nemotron.profiles import Profile, load_profile
-from nemotron.request import MODEL_PATTERN, PREFECT_OVERRIDABLE, EvalRequest, check_prefect_override
+from nemotron.records import artifact_events, wandb_export
 from tests.helpers import REPO, SHARED_HF_HOME, hf_home
 
 # hypothesis keeps caches (and failure patches) in ./.hypothesis even without a database: not in the repository

@@ -15,8 +15,9 @@ import urllib.request
 
 import pytest
 
-from nemotron import endpoints, gate, secrets
-from nemotron.endpoints import free_port
+from nemotron.config import secrets
+from nemotron.serving import endpoints, gate
+from nemotron.serving.endpoints import free_port
 from tests.helpers import FAKE
 
 METRICS = """# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig

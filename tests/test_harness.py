@@ -1,5 +1,5 @@
-"""nemotron.harness: lm-eval's task index read from a file made by lm-eval's own scan, and nemo-evaluator's memory
-sampler at 0.5 s; the harnesses' behaviour otherwise unchanged (the e2e test runs the suite through both)."""
+"""nemotron.benchmarks.harness: lm-eval's task index read from a file made by lm-eval's own scan, and nemo-evaluator's
+memory sampler at 0.5 s; the harnesses' behaviour otherwise unchanged (the e2e test runs the suite through both)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from nemotron import harness
+from nemotron.benchmarks import harness
 
 INDEX_CHECK = r"""
 import json, sys
@@ -24,7 +24,7 @@ def counted(self, task_dir):
     return scan(self, task_dir)
 TaskManager._get_task_and_group = counted
 
-from nemotron import harness
+from nemotron.benchmarks import harness
 harness.cache_task_index(Path(sys.argv[1]))
 TaskManager()                      # the first: scans and keeps the index
 cached = TaskManager()._task_index  # the second: reads it back
@@ -70,7 +70,7 @@ def test_lm_eval_on_the_harness_path_is_lm_evals_cli_with_the_index_cached(tmp_p
     assert os.access(launcher, os.X_OK) and launcher.read_text().startswith(f"#!{sys.executable}\n")
     assert harness.harness_bin(tmp_path) == folder  # unchanged: not written again
     other = subprocess.run([sys.executable, "-c", "import sys; sys.executable = '/another/venv/bin/python'; "
-                            "from nemotron import harness; from pathlib import Path; "
+                            "from nemotron.benchmarks import harness; from pathlib import Path; "
                             "print(harness.harness_bin(Path(sys.argv[1])))", str(tmp_path)],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert other != str(folder) and launcher.read_text().startswith(f"#!{sys.executable}\n")  # not overwritten

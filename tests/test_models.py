@@ -1,8 +1,9 @@
 import pytest
 
-from nemotron import models, runtime
-from nemotron.config import load_config
+from nemotron.config import models
+from nemotron.config.schema import load_config
 from nemotron.errors import ConfigError
+from nemotron.serving import runtime
 from tests import fake_wandb_api
 
 RL_V3 = {"qualified_name": "team/nemotron/nano3-rl-model:v3", "digest": "d" * 32, "aliases": ["latest", "step_100"],

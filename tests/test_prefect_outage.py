@@ -42,7 +42,7 @@ def prefect_server(home: Path, port: int):
 
 
 def test_a_prefect_outage_of_60s_mid_run_is_waited_out_and_the_records_are_whole(tmp_path):
-    from nemotron.endpoints import free_port
+    from nemotron.serving.endpoints import free_port
 
     home = Path(tempfile.mkdtemp(prefix="prefect-outage-"))
     port = free_port()
@@ -98,7 +98,7 @@ def test_a_prefect_api_gone_when_the_benchmarks_end_is_waited_for_then_the_run_f
     API it records the scores through, then fails in one line naming the results it left on disk; no traceback.
     Prefect's own client retries are cut to one (PREFECT_CLIENT_MAX_RETRIES=1) so that the engine's failed report of
     the end takes seconds, not the minutes of its default backoff."""
-    from nemotron.endpoints import free_port
+    from nemotron.serving.endpoints import free_port
 
     home = Path(tempfile.mkdtemp(prefix="prefect-gone-"))
     port = free_port()

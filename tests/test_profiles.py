@@ -1,6 +1,6 @@
 import pytest
 
-from nemotron import profiles
+from nemotron.config import profiles
 from nemotron.errors import ConfigError
 from tests.helpers import REPO
 

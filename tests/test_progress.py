@@ -6,8 +6,8 @@ import time
 
 from rich.console import Console
 
-from nemotron import progress
-from nemotron.progress import Board
+from nemotron.benchmarks import progress
+from nemotron.benchmarks.progress import Board
 
 # what a harness writes, as run_eval.log has it (lm-eval's count, then the adapter's lines per request)
 RUNNING = "2026-12-01:02:59:21 INFO     [evaluator:590] Running {kind} requests"

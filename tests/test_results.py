@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from nemotron import results
-from nemotron.results import BenchmarkResult, SuiteResult
+from nemotron.records import results
+from nemotron.records.results import BenchmarkResult, SuiteResult
 from tests.helpers import FIXTURES
 
 

@@ -1,9 +1,9 @@
-"""The local index of runs (nemotron.runs): the record `eval status`, the crash hook and `eval export` read."""
+"""The local index of runs (nemotron.records.runs): the record `eval status`, the crash hook and `eval export` read."""
 
 import os
 import threading
 
-from nemotron import runs
+from nemotron.records import runs
 
 
 def test_saves_from_many_threads_keep_every_field(tmp_path, monkeypatch):
@@ -33,8 +33,8 @@ def test_status_of_a_run_whose_prefect_api_is_gone_shows_what_this_machine_recor
     or never knew it: `eval status` and `eval logs` show the local record and say why, not a traceback."""
     import json
 
-    from nemotron import results
-    from nemotron.endpoints import free_port
+    from nemotron.records import results
+    from nemotron.serving.endpoints import free_port
     from tests.helpers import nemotron
 
     run_id = "7c0ffee0-1111-4222-8333-444455556666"

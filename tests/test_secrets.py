@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from nemotron import secrets
+from nemotron.config import secrets
 
 
 @pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "PREFECT_API_KEY", "AWS_SECRET_ACCESS_KEY",
@@ -150,16 +150,16 @@ def test_an_uncaught_error_and_a_server_log_tail_are_printed_masked(tmp_path):
     import subprocess
     import sys
 
-    from nemotron import serving
+    from nemotron.serving import jobs
 
-    r = subprocess.run([sys.executable, "-c", "from nemotron import secrets; secrets.mask_uncaught(); "
+    r = subprocess.run([sys.executable, "-c", "from nemotron.config import secrets; secrets.mask_uncaught(); "
                         "raise ValueError('key uncaught-secret-77')"], capture_output=True, text=True,
                        env={**os.environ, "MY_SERVICE_AUTH": "uncaught-secret-77"})
     assert r.returncode == 1 and "ValueError: key ***" in r.stderr and "uncaught-secret-77" not in r.stderr
     log = tmp_path / "server.log"
     log.write_text("loading\nusing token tail-secret-88\n")
     secrets.remember("tail-secret-88")
-    assert serving.log_tail(log) == "loading\nusing token ***\n"
+    assert jobs.log_tail(log) == "loading\nusing token ***\n"
 
 
 def test_what_a_harness_copied_of_a_secret_parameter_is_masked_and_its_databases_are_left_whole(tmp_path,
@@ -181,7 +181,7 @@ def test_what_a_harness_copied_of_a_secret_parameter_is_masked_and_its_databases
 
 
 def test_the_manifest_masks_a_secret_copied_into_a_task_parameter(tmp_path, monkeypatch):
-    from nemotron import results
+    from nemotron.records import results
 
     monkeypatch.setenv("OPENAI_KEY", "sk-manifest-77aa")
     copied = {"hellaswag": {"tokenizer": "/x/sk-manifest-77aa"}}

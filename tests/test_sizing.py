@@ -5,7 +5,8 @@ import time
 
 from helpers import hf_home
 
-from nemotron import benchmarks, runtime, sizing
+from nemotron.benchmarks import runner, sizing
+from nemotron.serving import runtime
 
 
 def params(task: str, limit=None, **extra) -> dict:
@@ -13,7 +14,7 @@ def params(task: str, limit=None, **extra) -> dict:
 
 
 def test_lm_eval_counts_requests_per_document_and_the_count_is_kept(tmp_path):
-    env = benchmarks.harness_env(runtime.writable_hf_home(hf_home(), say=print), offline=True)
+    env = runner.harness_env(runtime.writable_hf_home(hf_home(), say=print), offline=True)
     asked = {"hellaswag": params("hellaswag", 3), "arc_challenge": params("arc_challenge", 0.001),
              "gsm8k": params("gsm8k", 3), "nosuch": params("no_such_task", 3)}
     sizes = sizing.count(asked, env, cache_dir=tmp_path)

@@ -64,7 +64,7 @@ def _cli_until_benchmark_runs(tmp_path, *fake_args, sigint=signal.SIG_DFL):
 
     The record is the one this run added to the index: the index outlives the session, and pytest numbers its
     folders anew once /tmp is cleared, so an earlier session's run can have had this very tmp_path (CI saw two)."""
-    from nemotron import runs
+    from nemotron.records import runs
 
     earlier = {p.stem for p in runs.index_dir().glob("*.json")}
     proc = subprocess.Popen([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "--run",
@@ -108,7 +108,7 @@ def test_crash_hook_cancels_the_job_a_killed_flow_left_behind(tmp_path):
     on_cancellation hook — which Prefect's runner calls after the process is gone — cancels it
     from the run's record."""
     from flows.eval import cancel_server_job
-    from nemotron import runs
+    from nemotron.records import runs
 
     proc, _, record = _cli_until_benchmark_runs(tmp_path, "--delay 600")
     try:
@@ -360,15 +360,16 @@ def test_a_requeued_server_job_starts_again_with_its_secrets_and_leaves_no_priva
     second start that answers its health path had it. Once the job ends for good, the private file is gone."""
     from pathlib import Path
 
-    from nemotron import endpoints, profiles, serving
-    from nemotron.config import load_config
+    from nemotron.config import profiles
+    from nemotron.config.schema import load_config
+    from nemotron.serving import endpoints, jobs
 
     monkeypatch.setenv("NEMOTRON_ENV_FILE", ENV["NEMOTRON_ENV_FILE"])
     monkeypatch.setattr(sys, "stdin", open(os.devnull))  # NeMo-Run's local tunnel (invoke) reads it
     journal = tmp_path / "journal"
     cfg = load_config("local", [*fake_overrides(tmp_path, "--journal", str(journal), "--require-env", "SERVER_TOKEN"),
                                 "deployment.env.SERVER_TOKEN=requeue-secret-7f3e"])
-    with serving.serve(cfg.deployment, str(tmp_path), tmp_path / "run",
+    with jobs.serve(cfg.deployment, str(tmp_path), tmp_path / "run",
                        profile=profiles.load_profile("local-slurm")) as server:
         job, private = server.job, Path(server.job.secrets_file)
         assert private.is_file() and "requeue-secret-7f3e" not in Path(job.job_dir, "scripts", "server.sh").read_text()

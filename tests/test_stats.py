@@ -9,7 +9,7 @@ import pytest
 from scipy import optimize
 from scipy import stats as sp
 
-from nemotron import stats
+from nemotron.records import stats
 
 
 def tables(x: int, y: int, n: int) -> tuple[list[float], list[float]]:

@@ -22,7 +22,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
-from nemotron import runtime
+from nemotron.serving import runtime
 from tests.helpers import REPO, hf_home, sacct_state, scores, squeue
 from tests.sentinels import Sentinels, watch_harnesses
 
@@ -50,7 +50,7 @@ def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture
 def checkpoint():
     """The built-in model as a checkpoint on the cluster's disk (hard links: no copy of the weights)."""
-    from nemotron import runtime
+    from nemotron.serving import runtime
 
     folder = Path(CHECKPOINTS) / uuid.uuid4().hex[:8]
     folder.mkdir(parents=True)
@@ -67,7 +67,7 @@ def limited(tmp_path, model: Path) -> list[str]:
 
 def test_the_identity_of_a_cluster_checkpoint_is_measured_on_the_cluster(checkpoint):
     """Through the login node: (newest mtime, total size) of the whole tree; a file deep inside changes it."""
-    probe = ("import json, sys; from nemotron import cluster, profiles; "
+    probe = ("import json, sys; from nemotron.config import profiles; from nemotron.serving import cluster; "
              "print(json.dumps(cluster.remote_checkpoint(profiles.load_profile('local-slurm-ssh'), sys.argv[1], "
              "sys.argv[1], print)))")
 

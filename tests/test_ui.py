@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import FlowRunFilter
 from prefect.settings import PREFECT_API_URL
 
 from flows.eval import nano3_eval
-from nemotron import runtime
+from nemotron.serving import runtime
 from tests import fake_wandb_api
 from tests.helpers import FAKE, fake_request
 from tests.test_compare_flow import gsm8k_test

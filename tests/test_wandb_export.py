@@ -3,8 +3,8 @@ import os
 import psutil
 import pytest
 
-from nemotron import wandb_export
-from nemotron.config import load_config
+from nemotron.config.schema import load_config
+from nemotron.records import wandb_export
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 
@@ -87,7 +87,7 @@ def test_result_files_keep_results_and_samples_not_caches(tmp_path):
 
 
 def _suite(tmp_path):
-    from nemotron.results import BenchmarkResult, Score, SuiteResult
+    from nemotron.records.results import BenchmarkResult, Score, SuiteResult
 
     scores = (Score("gsm8k", "exact_match", 0.25, 0.05, 40),)
     suite = SuiteResult("builtin:m", str(tmp_path), (BenchmarkResult("gsm8k", "completed", str(tmp_path), 3.0,

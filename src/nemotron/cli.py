@@ -14,23 +14,13 @@ from pathlib import Path
 
 import yaml
 
-from nemotron import (
-    benchmarks,
-    cluster,
-    compare,
-    endpoints,
-    engines,
-    models,
-    profiles,
-    runtime,
-    secrets,
-    serving,
-    sizing,
-    wandb_export,
-)
-from nemotron.config import EvalConfig, RunSection, load_config, slurm_seconds, validate
+from nemotron.benchmarks import runner, sizing
+from nemotron.config import models, profiles, secrets
+from nemotron.config.request import EvalRequest
+from nemotron.config.schema import EvalConfig, RunSection, load_config, slurm_seconds, validate
 from nemotron.errors import ConfigError, NemotronError, PrefectUnreachable
-from nemotron.request import EvalRequest
+from nemotron.records import compare, wandb_export
+from nemotron.serving import cluster, endpoints, engines, jobs, runtime
 
 MONITOR_COMMANDS = ("status", "logs", "export", "compare", "cancel")
 
@@ -101,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def setup() -> int:
-    from nemotron import runtime
+    from nemotron.serving import runtime
 
     python = runtime.ensure_serve_venv()
     model = runtime.ensure_builtin_model("smollm2-135m-instruct")
@@ -133,15 +123,15 @@ def evaluate(args: argparse.Namespace) -> int:
     # the offline data check is where the harnesses run: here, unless --batch sends them elsewhere
     hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home and not args.batch else None
     store = Path(os.path.expanduser(cfg.evaluation.output_dir)).resolve() / "benchmarks"
-    served = serving.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, profile))
-    plans = benchmarks.plan(cfg, benchmarks.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
+    served = jobs.serving_record(cfg.deployment, cluster.image_for(cfg.deployment, profile))
+    plans = runner.plan(cfg, runner.select_tasks(cfg, args.task), model.path or f"<{model.ref}>",
                             engines.identity(model.identity, served), store, hf_home)
     if args.count and not args.dry_run:
         raise ConfigError("--count goes with --dry-run: a run counts each benchmark's requests as it starts")
     if args.dry_run:
         text = render_plan(cfg, model, plans, served, profile, args.force_squash, plan_sizes(cfg, plans, args.count))
         if args.batch and cluster.is_slurm(profile) and profile.remote_job_dir:
-            from nemotron import detached
+            from nemotron.serving import detached
 
             request = _request(args, name, secrets.hidden_overrides(args.overrides))
             given = detached.secrets_for(request, profile, cfg.deployment.api_key_env)
@@ -177,13 +167,13 @@ def _without_parallelism(run_config: dict) -> dict:
     return run_config
 
 
-def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.BenchmarkPlan],
+def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[runner.BenchmarkPlan],
                 served: dict[str, str], profile: profiles.Profile | None = None, force_squash: bool = False,
                 sizes: dict[str, sizing.Size] | None = None) -> str:
     model_path = model.path or f"<{model.ref}>"
     dep = cfg.deployment
     if engines.launches(dep):
-        spec = serving.server_spec(dep, model_path)
+        spec = jobs.server_spec(dep, model_path)
         endpoint = endpoints.Endpoint("http://<node>:<port>", spec.model_id, spec.health_path)
         server = {"engine": dep.type, "where": f"{profile.name} (Slurm, tunnel {profile.tunnel})"
                   if cluster.is_slurm(profile) else "this machine (NeMo-Run LocalExecutor)",
@@ -225,7 +215,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                                "detectable": detectable}
     # the flow reads a venv or an image file on the cluster's disk there; the dry run does not look
     on_cluster = (cluster.is_remote(profile) and dep.venv not in (None, "managed")) or "image" in served
-    if engines.launches(dep) and not on_cluster and (unpinned := serving.unpinned(served)):
+    if engines.launches(dep) and not on_cluster and (unpinned := jobs.unpinned(served)):
         warnings.append(f"{unpinned}: this run's results are scored anew and never reused")
     text = "# dry run: nothing was started\n" + "".join(f"# warning: {w}\n" for w in warnings)
     if sizes:
@@ -235,7 +225,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
                  + f" · suite {suite.describe()}\n")
     text += yaml.safe_dump(doc, sort_keys=False, width=10_000)
     if profile is not None and engines.launches(dep):  # NeMo-Run's own rendering of the job (imports NeMo-Run: ~3 s)
-        job = serving.preview(cfg.deployment, model_path, profile, force_squash)
+        job = jobs.preview(cfg.deployment, model_path, profile, force_squash)
         if "squash" in job:
             when = "always: --force-squash" if force_squash else "if missing"
             text += f"\n# container squash (on the cluster, {when})\n"
@@ -246,7 +236,7 @@ def render_plan(cfg: EvalConfig, model: models.ModelRef, plans: list[benchmarks.
     return secrets.mask(text)
 
 
-def gate_plan(gate_cfg, plans: list[benchmarks.BenchmarkPlan], sizes: dict[str, sizing.Size] | None
+def gate_plan(gate_cfg, plans: list[runner.BenchmarkPlan], sizes: dict[str, sizing.Size] | None
               ) -> tuple[dict[str, str], list[str]]:
     """What the gate can detect per benchmark (compare.detectable_plan), at the baseline's scores when it is a
     results folder or run on this machine (a model version is looked up only when the flow runs)."""
@@ -262,7 +252,7 @@ def gate_plan(gate_cfg, plans: list[benchmarks.BenchmarkPlan], sizes: dict[str, 
     return compare.detectable_plan(compare.rules_of(gate_cfg), documents, scores)
 
 
-def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan], count: bool) -> dict[str, sizing.Size]:
+def plan_sizes(cfg: EvalConfig, plans: list[runner.BenchmarkPlan], count: bool) -> dict[str, sizing.Size]:
     """Each benchmark's documents and requests, as lm-eval counted them on this machine's datasets: from the
     request-count cache, and with `count` (--count) by lm-eval now for the missing ones. Without it the dry run
     loads nothing: lm-eval and the datasets take seconds per benchmark, a minute when the hub does not answer."""
@@ -272,7 +262,7 @@ def plan_sizes(cfg: EvalConfig, plans: list[benchmarks.BenchmarkPlan], count: bo
     hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home else None
     if hf_home is not None and hf_home.is_dir():  # the view a first run makes of a read-only cache, made quietly
         hf_home = runtime.writable_hf_home(hf_home, say=lambda m: None)
-    return sizing.count(named, benchmarks.harness_env(hf_home, cfg.offline))
+    return sizing.count(named, runner.harness_env(hf_home, cfg.offline))
 
 
 def _export_plan(cfg: EvalConfig) -> str:
@@ -296,7 +286,7 @@ def monitor(command: str, rest: list[str]) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if command == "export":
         return export_again(rest[0] if rest else None)
-    from nemotron import detached
+    from nemotron.serving import detached
 
     if rest and (job := detached.load(rest[0])) is not None:  # a Slurm job id that `--batch` submitted itself
         print(detached.cancel(job) if command == "cancel" else detached.report(job, logs=command == "logs"))
@@ -353,7 +343,7 @@ def run_flow(request: EvalRequest) -> int:
     # starts its own, instead of attaching to a service whose life and console are another process's
     os.environ.pop("WANDB_SERVICE", None)
     from flows.eval import nano3_eval
-    from nemotron import results
+    from nemotron.records import results
 
     try:
         state = nano3_eval(**request.model_dump(), return_state=True)
@@ -446,7 +436,7 @@ def submit_batch(request: EvalRequest) -> int:
 def submit_detached(request: EvalRequest, profile: profiles.Profile, route: BatchRoute, output_dir: str,
                     api_key_env: str | None, run: RunSection) -> int:
     """`--batch` without a Prefect deployment: the evaluation itself as a Slurm job in the cluster; returns at once."""
-    from nemotron import detached
+    from nemotron.serving import detached
 
     print(f"{route.reason}: the evaluation goes to the cluster itself, as a Slurm job")
     given = detached.secrets_for(request, profile, api_key_env)
@@ -475,7 +465,7 @@ def _unreachable(error: BaseException | None) -> PrefectUnreachable | None:
 def export_again(ref: str | None) -> int:
     """Export a finished evaluation to W&B again (e.g. online after an offline run): same W&B run."""
     from flows.eval import export_to_wandb
-    from nemotron import results, runs
+    from nemotron.records import results, runs
 
     record = runs.find(ref)
     run_dir = Path(record["run_dir"])
@@ -498,4 +488,8 @@ def export_again(ref: str | None) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("NEMOTRON_JOB_DIR"):  # the detached job's script (serving/detached.py) runs the CLI
+        from nemotron.serving import detached
+
+        sys.exit(detached.as_job(main))
     sys.exit(main())

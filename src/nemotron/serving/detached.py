@@ -19,7 +19,6 @@ import json
 import os
 import shlex
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -27,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron import cluster, profiles, results, runs, runtime, secrets, wandb_export
-from nemotron.config import slurm_seconds
+from nemotron.config import profiles, secrets
+from nemotron.config.profiles import Profile
+from nemotron.config.request import EvalRequest
+from nemotron.config.schema import slurm_seconds
 from nemotron.errors import ConfigError
-from nemotron.profiles import Profile
-from nemotron.request import EvalRequest
+from nemotron.records import results, runs, wandb_export
+from nemotron.serving import cluster, runtime
 
-PROJECT = Path(__file__).resolve().parents[2]  # what the job needs of it: the code, the configs, the lock
+PROJECT = Path(__file__).resolve().parents[3]  # what the job needs of it: the code, the configs, the lock
 SHIPPED = ("src", "flows", "config", "pyproject.toml", "uv.lock")
 JOB_NAME = "flow"
 
@@ -154,7 +155,7 @@ def job_script(request: EvalRequest, profile: Profile, environment: str, secrets
         *([f"export PREFECT_API_URL={shlex.quote(prefect_api)}"] if prefect_api else []),
         f"cd {shlex.quote(profile.remote_job_dir)}",
         # exec: the flow is the step's process, which Slurm signals and, after KillWait, kills with all it started
-        "exec python -m nemotron.detached " + " ".join(map(shlex.quote, args)),
+        "exec python -m nemotron.cli " + " ".join(map(shlex.quote, args)),
     ]
     return "\n".join(lines)
 
@@ -164,7 +165,7 @@ HUB_TOKENS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 def secrets_for(request: EvalRequest, profile: Profile, api_key_env: str | None) -> dict[str, str]:
     """`job_secrets` for this request: the secret variables its config and overrides read."""
-    from nemotron.config import env_references
+    from nemotron.config.schema import env_references
 
     read = env_references(request.config, request.overrides)
     return job_secrets(profile, {n for n in read if secrets.is_secret_name(n) or n.startswith(SECRET_OVERRIDE)},
@@ -384,17 +385,11 @@ def _read_json(sh: cluster.Target, path: str) -> dict[str, Any] | None:
         return None
 
 
-def main(argv: list[str]) -> int:
-    """The job's entry point: the CLI, with Slurm's SIGTERM (scancel, time limit) acting as Ctrl-C, so the flow
-    tears its server job down as it does when interrupted."""
+def as_job(cli: Callable[[], int]) -> int:
+    """The job's CLI (`python -m nemotron.cli` with NEMOTRON_JOB_DIR set), with Slurm's SIGTERM (scancel, time limit)
+    acting as Ctrl-C, so the flow tears its server job down as it does when interrupted."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    from nemotron.cli import main as cli
-
-    rc = cli(argv)
+    rc = cli()
     if rc != 130 and (folder := os.environ.get("NEMOTRON_JOB_DIR")):  # ended on its own: no allocation continues it
         Path(folder, FINISHED).write_text(f"{rc}\n")
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

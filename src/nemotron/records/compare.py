@@ -4,7 +4,7 @@ Two results of a benchmark are comparable when the same task ran with the same h
 few-shot, generation settings, task config; not how requests were sent) under the same harness versions and
 was served the same way (engine, its version, dtype, quantization, ...: engines.served); otherwise the
 comparison names what differs. Comparable results are paired on the documents both evaluated (lm-eval's
-per-sample records: same task, document and prompt) and the difference is tested (nemotron.stats: one test
+per-sample records: same task, document and prompt) and the difference is tested (nemotron.records.stats: one test
 gives the interval and the p-values). The regression gate reads each gated metric's test against its rule's
 margin, in the direction the metric improves, with Holm's correction over the metrics that decide.
 """
@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from nemotron import runs, stats
-from nemotron.benchmarks import TRANSPORT_PARAMS
+from nemotron.benchmarks.runner import TRANSPORT_PARAMS
 from nemotron.errors import ConfigError
-from nemotron.results import SuiteResult, lm_eval_results, read_json, read_summary, top_level
+from nemotron.records import runs, stats
+from nemotron.records.results import SuiteResult, lm_eval_results, read_json, read_summary, top_level
 
 ALPHA = 1 - stats.LEVEL  # two-sided, for "significant"; each gate claim is one-sided at ALPHA / 2
 RUN_CONFIG = "nemotron_run_config.yml"

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nemotron import secrets
+from nemotron.config import secrets
 from nemotron.errors import ConfigError
 
 ENV_FILE_VAR = "NEMOTRON_ENV_FILE"

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nemotron import registry
-from nemotron.config import CONFIG_DIR, EvalConfig, load_config
+from nemotron.benchmarks import registry
+from nemotron.config.schema import CONFIG_DIR, EvalConfig, load_config
 from nemotron.errors import ConfigError
 
 # no character class may start with a-z, #, / or @: Prefect's CLI prints the pattern through rich markup.

@@ -1,4 +1,4 @@
-"""Run a harness so that it cannot outlive the flow: `python -m nemotron.reaper CMD [ARGS...]`.
+"""Run a harness so that it cannot outlive the flow: `python -m nemotron.benchmarks.reaper CMD [ARGS...]`.
 
 The flow starts this in a new session and holds the write end of its stdin. When the flow's process
 ends in any way — including `kill -9`, which runs no cleanup — the pipe closes, this reads EOF and
@@ -19,7 +19,7 @@ import threading
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m nemotron.reaper CMD [ARGS...]", file=sys.stderr)
+        print("usage: python -m nemotron.benchmarks.reaper CMD [ARGS...]", file=sys.stderr)
         return 2
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # after the fork: the harness keeps its own handler

@@ -17,7 +17,7 @@ import re
 import shlex
 from urllib.parse import urlsplit
 
-from nemotron import secrets
+from nemotron.config import secrets
 from nemotron.errors import ConfigError
 
 DEFAULT_COMMAND = {"vllm": "vllm serve", "sglang": "python -m sglang.launch_server"}

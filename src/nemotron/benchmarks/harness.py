@@ -7,7 +7,7 @@ the 2-core machine, per benchmark:
 - nemo-evaluator samples the memory of its whole process tree every 100 ms (psutil walks /proc each time):
   3.5% of a core for as long as the benchmark runs, hours on a large suite.
 
-`python -m nemotron.harness nemo-evaluator ARGS` runs nemo-evaluator's own CLI with the sampler every 0.5 s
+`python -m nemotron.benchmarks.harness nemo-evaluator ARGS` runs nemo-evaluator's own CLI with the sampler every 0.5 s
 (the peak memory it records is as coarse), and `lm-eval` on the harness's PATH is `harness_bin()`'s launcher:
 lm-eval's own CLI, with the index of its built-in tasks read from a file made by the same scan, keyed by the
 size and modification time of every task file and by the scanning code (so an edited or upgraded task set is
@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nemotron import runtime
-from nemotron.results import write_atomic
+from nemotron.records.results import write_atomic
+from nemotron.serving import runtime
 
 SAMPLER_MS = 500
 INDEX_FOLDER = "lm-eval-task-index"
@@ -83,8 +83,8 @@ def harness_bin(cache_dir: Path | None = None) -> Path | None:
     home = cache_dir or runtime.home()
     # one per interpreter: two checkouts (two venvs) on one machine each run their own lm-eval
     launcher = home / "harness-bin" / hashlib.sha256(sys.executable.encode()).hexdigest()[:12] / "lm-eval"
-    text = (f"#!{sys.executable}\n# written by nemotron.harness: lm-eval's CLI with its task index cached\n"
-            f"import sys\nfrom pathlib import Path\nfrom nemotron.harness import main\n"
+    text = (f"#!{sys.executable}\n# written by nemotron.benchmarks.harness: lm-eval's CLI with its task index cached\n"
+            f"import sys\nfrom pathlib import Path\nfrom nemotron.benchmarks.harness import main\n"
             f"sys.exit(main(['lm-eval', *sys.argv[1:]], Path({str(home)!r})))\n")
     try:
         if not (launcher.is_file() and launcher.read_text() == text and os.access(launcher, os.X_OK)):
@@ -122,7 +122,7 @@ def main(argv: list[str], cache_dir: Path | None = None) -> int:
 
         cli_evaluate()
         return 0
-    print("usage: python -m nemotron.harness nemo-evaluator|lm-eval ARGS", file=sys.stderr)
+    print("usage: python -m nemotron.benchmarks.harness nemo-evaluator|lm-eval ARGS", file=sys.stderr)
     return 2
 
 

@@ -26,9 +26,9 @@ from urllib.parse import urlparse
 
 import psutil
 
-from nemotron import secrets
-from nemotron.config import EvalConfig
-from nemotron.results import SuiteResult, score_rows
+from nemotron.config import secrets
+from nemotron.config.schema import EvalConfig
+from nemotron.records.results import SuiteResult, score_rows
 
 RESULTS_TYPE = "evaluation-results"
 # harness output worth keeping; caches (cache/, *.db) are large and only serve reruns

@@ -32,9 +32,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from nemotron import secrets
-from nemotron.endpoints import Endpoint
-from nemotron.results import write_atomic
+from nemotron.config import secrets
+from nemotron.records.results import write_atomic
+from nemotron.serving.endpoints import Endpoint
 
 FALLBACK_BUDGET = 32  # when the server publishes no KV-cache size (not vLLM, or no /metrics)
 TOKENS_PER_REQUEST = 1024  # a benchmark prompt plus its answer, roughly: what one request holds in the KV cache

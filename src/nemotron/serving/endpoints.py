@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from nemotron import engines
-from nemotron.config import DeploymentSection
+from nemotron.config.schema import DeploymentSection
 from nemotron.errors import ServeError
+from nemotron.serving import engines
 
 POLL_SECONDS = 2.0
 

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nemotron.config.profiles import wandb_settings
 from nemotron.errors import ConfigError
-from nemotron.profiles import wandb_settings
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 
 if not OmegaConf.has_resolver("cpu_range"):
     OmegaConf.register_new_resolver("cpu_range", lambda: f"0-{(os.cpu_count() or 1) - 1}")
@@ -140,7 +140,7 @@ class DeploymentSection(Strict):
 
     @model_validator(mode="after")
     def _engine_keys(self) -> DeploymentSection:
-        from nemotron import engines
+        from nemotron.serving import engines
 
         engines.check(self)
         return self

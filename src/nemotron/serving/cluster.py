@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron import engines, models, runtime
-from nemotron.config import DeploymentSection
+from nemotron.config import models
+from nemotron.config.profiles import Profile
+from nemotron.config.schema import DeploymentSection
 from nemotron.errors import ConfigError, ServeError
-from nemotron.profiles import Profile
+from nemotron.serving import engines, runtime
 
 JOB_NAME_PREFIX = "nemotron-eval."
 
@@ -186,7 +187,7 @@ FLOW_TIME_DEFAULT = "1-00:00:00"  # a detached flow job's allocation when its pa
 
 def flow_time(target: Target, profile: Profile) -> str:
     """A detached flow job's walltime when run.flow_time is not set: its partition's maximum, at most a day."""
-    from nemotron.config import slurm_seconds
+    from nemotron.config.schema import slurm_seconds
 
     part = profile.partition_for(True)
     limit = target.sh(f"sinfo -h -o %l {'-p ' + shlex.quote(part) if part else ''} | head -1", check=False).strip()

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
-from nemotron import gate as gates
-from nemotron.endpoints import OK, REFUSED, SLOW, UNHEALTHY, Endpoint, probe, reported_version
 from nemotron.errors import ServeError
-from nemotron.gate import Gate
-from nemotron.serving import FINISHED, REQUEUE_GRACE_SECONDS, REQUEUED_STATES, ServerHandle
+from nemotron.serving import gate as gates
+from nemotron.serving.endpoints import OK, REFUSED, SLOW, UNHEALTHY, Endpoint, probe, reported_version
+from nemotron.serving.gate import Gate
+from nemotron.serving.jobs import FINISHED, REQUEUE_GRACE_SECONDS, REQUEUED_STATES, ServerHandle
 
 PROBE_SECONDS = 5.0  # a health check answered later is SLOW: no death, a hang only if nothing else answers
 STOP_SECONDS = 60.0  # each replica's job is cancelled and its log fetched (serving.STOP_GRACE_SECONDS and more)

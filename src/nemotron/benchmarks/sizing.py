@@ -20,8 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nemotron import harness, runtime
-from nemotron.results import write_atomic
+from nemotron.benchmarks import harness
+from nemotron.records.results import write_atomic
+from nemotron.serving import runtime
 
 TIMEOUT_SECONDS = 300
 CACHE_FILE = "request-counts.json"
@@ -97,8 +98,8 @@ def _run_counter(todo: dict[str, dict[str, Any]], env: dict[str, str], nice: boo
     """key → size (or {"unknown": why}) for every key of `todo`, from one lm-eval subprocess (which reads
     lm-eval's task index from `cache_dir`, as the harnesses do)."""
     try:
-        done = subprocess.run([*(["nice", "-n", "10"] if nice else []), sys.executable, "-m", "nemotron.sizing",
-                               str(cache_dir)],
+        done = subprocess.run([*(["nice", "-n", "10"] if nice else []), sys.executable, "-m",
+                               "nemotron.benchmarks.sizing", str(cache_dir)],
                               input=json.dumps(todo), env=env, capture_output=True, text=True,
                               timeout=TIMEOUT_SECONDS)
         found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}

@@ -12,9 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nemotron import runtime
 from nemotron.errors import ConfigError
-from nemotron.results import write_atomic
+from nemotron.records.results import write_atomic
+from nemotron.serving import runtime
 
 
 def index_dir() -> Path:

@@ -39,12 +39,15 @@ import anyio
 import httpx
 import yaml
 
-from nemotron import engines, harness, registry, results, runtime, secrets
-from nemotron.config import EvalConfig, TaskSpec
-from nemotron.endpoints import Endpoint, free_port, healthy
+from nemotron.benchmarks import harness, registry
+from nemotron.config import secrets
+from nemotron.config.schema import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError, DiskFull
-from nemotron.results import BenchmarkResult, parse_output_dir
-from nemotron.serving import log_tail
+from nemotron.records import results
+from nemotron.records.results import BenchmarkResult, parse_output_dir
+from nemotron.serving import engines, runtime
+from nemotron.serving.endpoints import Endpoint, free_port, healthy
+from nemotron.serving.jobs import log_tail
 
 KILL_GRACE_SECONDS = 10.0
 INTERRUPTED_MARKER = ".nemo_evaluator_interrupted"
@@ -256,7 +259,7 @@ _HARNESS_ENV = ("PATH", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "
                 "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "no_proxy",
                 "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                 "OMP_NUM_THREADS", "HF_ENDPOINT",
-                "PYTHONPATH")  # a detached job's code is on it (nemotron.reaper)
+                "PYTHONPATH")  # a detached job's code is on it (nemotron.benchmarks.reaper)
 _HARNESS_ENV_PREFIXES = ("LC_", "XDG_")
 
 
@@ -269,7 +272,7 @@ def harness_home() -> Path:
 
 
 def harness_env(hf_home: Path | None, offline: bool) -> dict[str, str]:
-    """Environment for run_eval, built from what it needs: `lm-eval` on PATH (nemotron.harness's, then the
+    """Environment for run_eval, built from what it needs: `lm-eval` on PATH (nemotron.benchmarks.harness's, then the
     venv's), telemetry off, a private HOME, the HF cache (the user's, by path) and offline switches, this
     project's folder (lm-eval's task index), and `HF_TOKEN` (gated datasets) when set and the hub is reachable:
     offline, the cache holds everything and the token would be a credential it does not need."""
@@ -421,9 +424,10 @@ async def _run_harness(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, 
         log.write(secrets.mask(f"# nemotron: run_eval {cfg_path} at {time.time():.3f} with {shown}\n").encode())
         # the reaper (stdin: a pipe only this process holds) kills the harness's group if this process dies
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nemotron.reaper", sys.executable, "-m", "nemotron.harness", "nemo-evaluator",
-            "run_eval", "--run_config", str(cfg_path), env=env,
-            cwd=out, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable, "-m", "nemotron.benchmarks.reaper",
+            sys.executable, "-m", "nemotron.benchmarks.harness", "nemo-evaluator",
+            "run_eval", "--run_config", str(cfg_path), env=env, cwd=out,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
         try:

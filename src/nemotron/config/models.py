@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nemotron import runtime
-from nemotron.config import EvalConfig
+from nemotron.config.schema import EvalConfig
 from nemotron.errors import ConfigError, SetupError
+from nemotron.serving import runtime
 
 _ARTIFACT = re.compile(r"^(?:(?:(?P<entity>[^/:\s]+)/)?(?P<project>[^/:\s]+)/)?(?P<name>[^/:\s]+)"
                        r"(?::(?P<version>[^/:\s]+))?$")
