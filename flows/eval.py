@@ -43,7 +43,7 @@ from nemotron.config.profiles import Profile
 from nemotron.config.request import ConfigName, ConfigPath, EvalRequest, ModelReference, Override, ProfileName, TaskName
 from nemotron.config.schema import validate
 from nemotron.errors import ConfigError, DiskFull, PrefectUnreachable
-from nemotron.records import compare, results, runs, wandb_export
+from nemotron.records import baseline, results, runs, wandb_export
 from nemotron.records.results import BenchmarkResult, Previous, SuiteResult
 from nemotron.serving import cluster, engines, gate, jobs, replicas, runtime
 from nemotron.serving.endpoints import Endpoint
@@ -352,8 +352,9 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
         except Exception as e:  # noqa: BLE001 - the scores stand without a change column; a gate fails on it
             log.warning("no comparison with the previous evaluation: its look-up failed: %s", e)
             previous, lookup_failed = None, f"the look-up of the previous evaluation failed: {e}"
-        changes = changes_against(previous, run_dir, log.warning)
-        gated = judge(ev.gate, previous, changes, cfg, run_dir, log.warning, lookup_failed)
+        changes = baseline.changes_against(previous, run_dir, log.warning)
+        gated = baseline.judge(ev.gate, previous, changes, cfg, run_dir, log.warning, lookup_failed,
+                               look_up=lambda key, version: evaluation_of(key, version=version))
         tripped = gated.reasons() if gated is not None and gated.verdict != "pass" else []
         create_table_artifact(results.score_rows(suite), key=scores_key, description=f"Scores of {label}")
         create_markdown_artifact(results.render_markdown(
@@ -459,11 +460,9 @@ LOOKUP_PAGE = 50
 
 
 def evaluation_of(scores_key: str, other_than: str | None = None, version: str | None = None) -> Previous | None:
-    """The newest accepted evaluation under this key (its run Completed, not tagged regression or inconclusive:
-    a regression never becomes the baseline) of another model version than `other_than` (a second evaluation
-    of this version is no "previous"), or of `version`, with its flow run and, when this machine has it, its
-    results folder; None if there is none, however many score tables lie between. A failed look-up raises:
-    the caller says what it costs (a missing change column, or a gate that cannot look)."""
+    """The newest evaluation under this key that `baseline.accepted` takes, with its flow run and, when this machine
+    has it, its results folder; None if there is none, however many score tables lie between. A failed look-up
+    raises: the caller says what it costs (a missing change column, or a gate that cannot look)."""
     with get_client(sync_client=True) as client:
         for offset in itertools.count(0, LOOKUP_PAGE):
             tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[scores_key])),
@@ -473,10 +472,9 @@ def evaluation_of(scores_key: str, other_than: str | None = None, version: str |
                     continue
                 run = client.read_flow_run(art.flow_run_id)
                 model = next((t.split(":", 1)[1] for t in run.tags if t.startswith("model:")), run.name)
-                if model == other_than or (version is not None and model != version):
+                if not baseline.accepted(model, bool(run.state and run.state.is_completed()), run.tags, other_than,
+                                         version):
                     continue
-                if not (run.state and run.state.is_completed()) or {"regression", "inconclusive"} & set(run.tags):
-                    continue  # tripped, failed, or not finished: not accepted
                 rows = json.loads(art.data) if isinstance(art.data, str) else art.data
                 when = (run.start_time or art.created).strftime("%Y-%m-%d %H:%M UTC")
                 folder = (runs.load(str(run.id)) or {}).get("run_dir")
@@ -484,59 +482,6 @@ def evaluation_of(scores_key: str, other_than: str | None = None, version: str |
                                 run_dir=folder if folder and Path(folder, "results.json").is_file() else None)
             if len(tables) < LOOKUP_PAGE:
                 return None
-
-
-def changes_against(before: Previous | None, run_dir: Path, warn) -> list[compare.Change] | None:
-    """Every metric of this run against `before`, tested (None without its results folder here)."""
-    if before is None or before.run_dir is None:
-        return None
-    try:
-        return compare.compare(compare.load(Path(before.run_dir), before.model), compare.load(run_dir))
-    except Exception as e:  # noqa: BLE001 - a comparison that cannot be made leaves the scores as they are
-        warn("no tested comparison with %s: %s", before.model, e)
-        return None
-
-
-def judge(gate_cfg, previous: Previous | None, changes: list[compare.Change] | None, cfg, run_dir: Path,
-          warn, lookup_failed: str | None = None) -> compare.GateOutcome | None:
-    """The regression gate (evaluation.gate) against its baseline. A baseline that cannot be found or compared
-    fails it, and so does a failed look-up: a gate that cannot look must not let a checkpoint through."""
-    if gate_cfg is None:
-        return None
-    rules = compare.rules_of(gate_cfg)
-    fail_on = gate_cfg.fail_on
-    if gate_cfg.baseline == "previous":
-        if lookup_failed is not None:
-            return compare.cannot_look("the previous evaluation", lookup_failed, fail_on)
-        if previous is None:
-            warn("regression gate: no previous evaluation of this series to hold the run against: passed")
-            return compare.GateOutcome("no previous evaluation", fail_on=fail_on,
-                                       note="no previous evaluation of this series to hold the run against")
-        if changes is None:
-            return compare.cannot_look(previous.model, f"the previous evaluation ({previous.model}) has no results "
-                                       "folder on this machine to compare with", fail_on)
-        return compare.gate(changes, rules, previous.model, fail_on)
-    try:
-        folder = compare.results_folder(gate_cfg.baseline)
-        label = gate_cfg.baseline
-    except ConfigError as not_a_run:
-        try:  # a model version: rl:v2 (W&B: looked up, not downloaded), a path, a built-in
-            ref = models.parse(cfg.model_copy(update={"run": cfg.run.model_copy(update={"model": gate_cfg.baseline})}))
-            version = models.resolve(ref, warn, local=False).version if ref.kind == "wandb" else ref.version
-        except ConfigError as e:
-            return compare.cannot_look(gate_cfg.baseline, f"baseline {gate_cfg.baseline!r}: {e}", fail_on)
-        try:
-            found = evaluation_of(results.artifact_key(ref.series, "scores"), version=version)
-        except Exception as e:  # noqa: BLE001 - a look-up that fails is a gate that cannot look
-            return compare.cannot_look(gate_cfg.baseline, f"the look-up of {gate_cfg.baseline!r} failed: {e}", fail_on)
-        if found is None or found.run_dir is None:
-            return compare.cannot_look(gate_cfg.baseline, f"baseline {gate_cfg.baseline!r} not found: no evaluation "
-                                       f"of {version} with its results on this machine ({not_a_run})", fail_on)
-        folder, label = Path(found.run_dir), found.model
-    try:
-        return compare.gate(compare.compare(compare.load(folder, label), compare.load(run_dir)), rules, label, fail_on)
-    except Exception as e:  # noqa: BLE001 - a baseline that cannot be read is a gate that cannot look
-        return compare.cannot_look(label, f"baseline {label} ({folder}) could not be compared: {e}", fail_on)
 
 
 def server_budget(fleet: replicas.Fleet, todo: list[BenchmarkPlan], configured: int | None, say, warn) -> int:

@@ -217,7 +217,7 @@ def test_a_gate_whose_look_up_failed_does_not_pass(tmp_path):
     evaluation of the series": the gate cannot look, so the run fails as inconclusive."""
     from types import SimpleNamespace
 
-    from flows.eval import judge
+    from nemotron.records.baseline import judge
 
     gate = SimpleNamespace(baseline="previous", fail_on="regression",
                            rules=[SimpleNamespace(metric="*", max_drop=0.01, primary=False)])
