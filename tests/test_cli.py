@@ -47,7 +47,8 @@ def test_a_dry_run_with_no_data_cache_and_no_hub_ends_in_seconds_and_writes_noth
     assert r.returncode == 0, r.stderr
     assert took < 15, took
     assert "# requests: adlr_mmlu unknown · hellaswag unknown · arc_challenge unknown" in r.stdout
-    assert "size: 'unknown (not counted yet: a run counts it as it starts; `--dry-run --count` counts it now" in r.stdout
+    assert "size: 'unknown (not counted yet: a run counts it as it starts; `--dry-run --count` counts it now" \
+        in r.stdout
     assert list(home.iterdir()) == []
     alone = nemotron("nano3", "eval", "--count", env=env)
     assert alone.returncode == 2 and "--count goes with --dry-run" in alone.stderr, alone.stderr
