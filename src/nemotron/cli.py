@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def setup() -> int:
-
     python = runtime.ensure_serve_venv()
     model = runtime.ensure_builtin_model("smollm2-135m-instruct")
     print(f"serving venv: {python.parent.parent}\nbuilt-in model: {model}")
