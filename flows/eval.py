@@ -9,6 +9,7 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
 import os
 import signal
 import threading
@@ -344,6 +345,7 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
                        f"{' and its gate' if ev.gate else ''} and the W&B export are not done (export to W&B "
                        f"with `nemotron nano3 eval export {run_id}` once it answers)")
             runs.save(run_id, error=message)
+            api_gone_quietly()
             raise PrefectUnreachable(message)
         label = model.resolved or model.ref
         scores_key = results.artifact_key(model.series, "scores")
@@ -418,6 +420,22 @@ def api_answers(url: str, seconds: float, warn) -> bool:
         if look == 0:
             warn(f"the Prefect API at {url} does not answer: waiting up to {seconds:g} s to record the results there")
         time.sleep(API_PROBE_SECONDS)
+
+
+class _MessageOnly(logging.Filter):
+    """The engine's report of PrefectUnreachable: its message (the CLI prints it), not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PrefectUnreachable):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def api_gone_quietly() -> None:
+    """The API is gone for good: each batch its log handler cannot send is not news (the stdlib prints it while
+    `logging.raiseExceptions`), and the run's failure is said once, in its own words."""
+    logging.raiseExceptions = False
+    logging.getLogger("prefect.flow_runs").addFilter(_MessageOnly())
 
 
 def size_in_background(board: progress.Board, todo: list[BenchmarkPlan], env: dict[str, str]) -> None:
