@@ -55,6 +55,7 @@ def test_untrusted_request_is_checked_before_the_config_is_loaded(monkeypatch):
     ("deployment.queue_timeout=1e9", "deployment.queue_timeout=1e+09 is over limits.max_timeout=86400"),
     ("deployment.hang_timeout=100000", "deployment.hang_timeout=100000 is over limits.max_timeout=86400"),
     ("export.timeout=100000", "export.timeout=100000 is over limits.max_timeout=86400"),
+    ("run.api_wait=100000", "run.api_wait=100000 is over limits.max_timeout=86400"),
     ("evaluation.tasks.0.timeout=999999", "evaluation.tasks.0.timeout=999999 is over limits.max_timeout=86400"),
     ("evaluation.nemo_evaluator_config.config.params.request_timeout=100000",
      "evaluation.nemo_evaluator_config.config.params.request_timeout=100000 is over limits.max_timeout=86400"),
