@@ -46,7 +46,7 @@ from nemotron.config.schema import validate
 from nemotron.errors import ConfigError, DiskFull, PrefectUnreachable
 from nemotron.records import baseline, results, runs, wandb_export
 from nemotron.records.results import BenchmarkResult, Previous, SuiteResult
-from nemotron.serving import cluster, engines, gate, jobs, replicas, runtime
+from nemotron.serving import cluster, engines, gate, jobs, relaunch, replicas, runtime
 from nemotron.serving.endpoints import Endpoint
 
 
@@ -286,53 +286,32 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
                                    offline=cfg.offline or model.kind != "hf")
         provisional = gate.provisional_budget(ev.in_flight, dep.replicas * dep.data_parallel_size)
         served = Endpoint("", dep.served_model_name, api_key_env=dep.api_key_env)  # the gate routes to it by name
-        launches, never_healthy = 0, None
-        while todo:
-            launches += 1
+        never_healthy = None
+        for attempt in relaunch.launches(todo, outcomes, dep.max_restarts, say, log.error):
             sent: dict[str, BenchmarkPlan] = {}
             with stop_when_cancelled(run_id), tags(*model.tags), \
                     replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval,
                                    dep.hang_timeout) as fleet, \
                     gate.open_gate(None, headers=served.headers()) as g:
                 fleet.wait_loading()  # while the job waits in the queue nothing starts; once it runs, harnesses do
-                fleet.open_when_ready(g, functools.partial(server_budget, todo=todo, configured=ev.in_flight, say=say,
-                                                           warn=log.warning))
+                fleet.open_when_ready(g, functools.partial(server_budget, todo=attempt.todo, configured=ev.in_flight,
+                                                           say=say, warn=log.warning))
                 try:
-                    lost = run_benchmarks(todo, served, g, env, ev, fleet.died, fleet.alive, outcomes, board,
-                                          lambda: fleet.budget or provisional, sent)
+                    attempt.lost = run_benchmarks(attempt.todo, served, g, env, ev, fleet.died, fleet.alive, outcomes,
+                                                  board, lambda: fleet.budget or provisional, sent)
                 finally:
-                    gate.append_record(run_dir, {"launch": launches, **g.record()})
+                    gate.append_record(run_dir, {"launch": attempt.number, **g.record()})
                 if fleet.error is not None:  # never healthy: its harnesses have ended on the gate's refusals
-                    if not any(o.ok for o in outcomes.values()):  # nothing finished or reused: only the error
-                        raise fleet.error
-                    # a relaunch that never came up: what earlier launches finished is recorded all the same
-                    never_healthy = secrets.mask(str(fleet.error)).splitlines()[0].rstrip(".")
-                    log.error("%s; recording the %d benchmark(s) that have a result", never_healthy,
-                              sum(o.ok for o in outcomes.values()))
-                    for p in todo:
-                        if p.name not in outcomes or not outcomes[p.name].ok:
-                            outcomes[p.name] = BenchmarkResult(p.name, "failed", p.output_dir, 0.0,
-                                                               error=f"not run: {never_healthy}",
-                                                               failure="infrastructure", attempts=0)
+                    never_healthy = relaunch.never_came_up(fleet.error, attempt.todo, outcomes, log.error)
                     break
                 server = fleet.first
                 if server is not None:  # the gate opened (every harness may have failed before: no server record)
                     manifest = results.write_manifest(run_dir, {**facts, "server": {
-                        "command": server.job.spec.command if server.job else None, "launches": launches,
+                        "command": server.job.spec.command if server.job else None, "launches": attempt.number,
                         "endpoint": server.endpoint.base_url, "replicas": fleet.opened_to,
                         "model_id": server.endpoint.model_id, "in_flight_budget": fleet.budget,
                         "engine_version": fleet.engine_version,
                         "run_configs": {name: p.run_config(g.route(served, name)) for name, p in sent.items()}}})
-            todo = [p for p in plans if p.name in lost]
-            if todo and launches > cfg.deployment.max_restarts:
-                log.error("the server died %d time(s), more than deployment.max_restarts=%d: giving up on %s",
-                          launches, cfg.deployment.max_restarts, ", ".join(lost))
-                outcomes.update(lost)
-                break
-            if todo:
-                say(f"[serve] the server died under {', '.join(lost)}: relaunching it ({launches}/"
-                    f"{cfg.deployment.max_restarts}); they run again in their folders, where answered requests "
-                    "replay from the response cache")
 
         # 5. record: summary files, the comparison and the gate, Prefect artifacts
         suite = SuiteResult(model.ref, str(run_dir), tuple(outcomes[p.name] for p in plans))
