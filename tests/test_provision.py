@@ -100,6 +100,10 @@ def test_a_read_only_hf_cache_is_used_through_a_view_of_links_not_a_copy(tmp_pat
         if not path.is_symlink():
             path.chmod(0o555 if path.is_dir() else 0o444)
     monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    import hashlib
+
+    old_copy = tmp_path / "home" / "hf-home" / hashlib.sha256(str(cache).encode()).hexdigest()[:12]
+    (old_copy / "hub").mkdir(parents=True)  # what earlier versions made: a whole copy, weights and all
     try:
         view = runtime.writable_hf_home(cache, say=lambda m: None)
         seen = view / data.relative_to(cache)
@@ -111,6 +115,7 @@ def test_a_read_only_hf_cache_is_used_through_a_view_of_links_not_a_copy(tmp_pat
         assert sum(f.stat(follow_symlinks=False).st_size for f in view.rglob("*") if f.is_file()) < 10_000
         assert sorted(os.listdir(data)) == ["set-test.arrow"]
         assert runtime.writable_hf_home(cache, say=lambda m: None) == view  # made once
+        assert not old_copy.exists()
     finally:
         for path in cache.rglob("*"):
             if not path.is_symlink():

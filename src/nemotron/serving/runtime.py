@@ -135,9 +135,11 @@ def writable_hf_home(hf_home: Path, say=print) -> Path:
     dirs = [hf_home, *hf_home.glob("datasets"), *hf_home.glob("datasets/*")]
     if all(os.access(d, os.W_OK) and d.stat().st_mode & 0o200 for d in dirs):
         return hf_home
-    view = home() / "hf-home" / hashlib.sha256(str(hf_home).encode()).hexdigest()[:12]
+    name = hashlib.sha256(str(hf_home).encode()).hexdigest()[:12]
+    view = home() / "hf-view" / name
     if (view / ".complete").exists():
         return view
+    shutil.rmtree(home() / "hf-home" / name, ignore_errors=True)  # the whole copy earlier versions made of it
     say(f"[setup] {hf_home} is read-only; the harness writes beside the data: using it through a view of links at "
         f"{view}")
     partial = view.with_name(f"{view.name}.partial-{os.getpid()}")
@@ -145,10 +147,11 @@ def writable_hf_home(hf_home: Path, say=print) -> Path:
     for folder, subfolders, files in os.walk(hf_home):  # a linked folder is listed, not entered: linked as it is
         here = partial / Path(folder).relative_to(hf_home)
         here.mkdir(parents=True, exist_ok=True)
-        for name in [*files, *(d for d in subfolders if os.path.islink(os.path.join(folder, d)))]:
-            (here / name).symlink_to(Path(folder, name))
+        for entry in [*files, *(d for d in subfolders if os.path.islink(os.path.join(folder, d)))]:
+            (here / entry).symlink_to(Path(folder, entry))
     (partial / ".complete").write_text(str(hf_home) + "\n")
-    shutil.rmtree(view, ignore_errors=True)  # an older copy, or a view left unfinished
+    if not (view / ".complete").exists():  # another run may have made it meanwhile: that one stays
+        shutil.rmtree(view, ignore_errors=True)
     try:
         partial.rename(view)
     except OSError:  # another run made it at the same time
