@@ -183,6 +183,8 @@ def _status(record: dict, flow_run, task_runs, figures: dict[str, str], unknown:
              f"model     {model}",
              f"flow      {flow if flow_run else f'unknown: {unknown}; shown: what this machine recorded'}",
              f"results   {run_dir or 'not on this machine (it ran elsewhere, or failed before writing any)'}"]
+    if record.get("error"):  # what ended it, recorded here when the API could not be told (its state stays Running)
+        lines.insert(3, f"error     {record['error']}")
     servers = runs.servers(record)
     for server in servers:  # one per replica
         where = f"Slurm job {server['job_id']}" if server["executor"] == "slurm" else f"local job {server['job_id']}"

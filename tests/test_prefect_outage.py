@@ -5,6 +5,7 @@ database and port, as an operator restarting it would."""
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -134,3 +135,10 @@ def test_a_prefect_api_gone_when_the_benchmarks_end_is_waited_for_then_the_run_f
                            f"s after the benchmarks ended: the results are in {results} and scores.md beside it"), err
     assert "Traceback" not in err, err[-3000:]
     assert 15 <= ended - gone < 120
+    # the API still gone: `eval status` shows what this machine recorded, the failure with it
+    run_id = re.search(r"eval export (\S+)`", last).group(1)
+    status = subprocess.run([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "status", run_id[:8]], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert f"error     the Prefect API at http://127.0.0.1:{port}/api did not answer for run.api_wait=15 s" \
+        in status.stdout, status.stdout
