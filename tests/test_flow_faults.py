@@ -229,7 +229,7 @@ def test_an_export_that_fails_fails_the_run_naming_it_and_the_results_stay(tmp_p
     def refused(*a, **k):
         raise RuntimeError("wandb: 503 Service Unavailable")
 
-    monkeypatch.setattr(wandb_export, "export", refused)
+    monkeypatch.setattr(wandb_export, "export_within", refused)  # the flow's call: the export runs in a child
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     request = fake_request(tmp_path, extra=["run.wandb.entity=team", "run.wandb.project=nemotron"])

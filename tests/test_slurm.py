@@ -156,13 +156,14 @@ def test_cancel_through_the_prefect_api_cancels_the_slurm_job(tmp_path):
 
 def test_a_detached_suite_longer_than_its_allocation_continues_in_a_new_one(tmp_path):
     """Issue 28: `--batch` with run.flow_time=00:02:00 on a suite that needs about three minutes (240 requests of
-    0.5 s, one at a time, after the job's start-up). Slurm ends the
+    0.75 s, one at a time, after the job's start-up: Slurm ends a job up to ~35 s past its limit, and 0.5 s a request
+    once let the first allocation answer all 240). Slurm ends the
     flow job at its time limit; the allocation it queued when it started (afternotok) takes over, reuses what the
     first one answered (the response cache) and completes the suite. `eval status JOB` shows both allocations."""
     journal = tmp_path / "journal"
     env = {**ENV, "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "prefect-home")}
     r = nemotron("nano3", "eval", "-c", "local", "--batch", "local-slurm-ssh", "-t", "gsm8k",
-                 *fake_overrides(tmp_path, "--journal", str(journal), "--delay", "0.5"),
+                 *fake_overrides(tmp_path, "--journal", str(journal), "--delay", "0.75"),
                  "evaluation.nemo_evaluator_config.config.params.limit_samples=240", "evaluation.in_flight=1",
                  "run.flow_time=00:02:00", env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
