@@ -292,7 +292,9 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
             with stop_when_cancelled(run_id), tags(*model.tags), \
                     replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval,
                                    dep.hang_timeout) as fleet, \
-                    gate.open_gate(None, headers=served.headers()) as g:
+                    gate.open_gate(None, headers=served.headers(),
+                                   keep=run_dir / "requests" if ev.keep_requests else None) as g:
+                board.counting(g.answered)  # the board counts this launch's answers
                 fleet.wait_loading()  # while the job waits in the queue nothing starts; once it runs, harnesses do
                 fleet.open_when_ready(g, functools.partial(server_budget, todo=attempt.todo, configured=ev.in_flight,
                                                            say=say, warn=log.warning))

@@ -8,10 +8,12 @@ answers at once (so the pipeline, not the model, sets the pace).
 
 1. starts the instant upstream: an OpenAI-compatible `/v1/completions` that answers every prompt at once with
    echo log-probabilities of one entry per word (as vLLM answers), counting requests and the most it held at once;
-2. runs `lm_eval --model local-completions` alone against it (the same tasks, limit, tokenizer and concurrency);
-3. runs the flow as a user would (`nemotron nano3 eval -c local deployment.type=none deployment.url=...`, or
-   `--run PROFILE deployment.type=generic` launching this upstream as the Slurm job), sampling the descriptors and
+2. runs the flow as a user would (`nemotron nano3 eval -c local deployment.type=none deployment.url=...`, or
+   `--run PROFILE deployment.type=generic` launching this upstream as the Slurm job) against a Prefect server
+   started before it (a team's, already running: its start-up is not the flow's), sampling the descriptors and
    threads of the flow's process tree;
+3. runs lm-eval alone: the very commands nemo-evaluator ran for the flow's benchmarks (their few-shot, cache,
+   per-sample log, concurrency), pointed at the upstream, started together as the flow started its harnesses;
 4. prints requests/s for each, their ratio, the peaks, and failed requests. The figures go to <out>/scale.json.
 """
 
@@ -19,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,14 +158,53 @@ def tokenizer() -> str:
     return str(runtime.ensure_builtin_model("smollm2-135m-instruct"))
 
 
-def lm_eval_alone(url: str, limit: int, concurrency: int, out: Path, env: dict[str, str]) -> dict:
-    """lm-eval by itself, as nemo-evaluator runs it (local-completions, untokenized requests, one per prompt)."""
-    args = (f"model=nano3,base_url={url}/v1/completions,num_concurrent={concurrency},max_retries=0,"
-            f"tokenized_requests=False,tokenizer_backend=huggingface,tokenizer={tokenizer()},timeout=3600")
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", args,
-           "--tasks", ",".join(TASKS), "--limit", str(limit), "--output_path", str(out / "lm-eval"),
-           "--batch_size", "1"]
-    return timed(cmd, env, out / "lm-eval.log")
+def lm_eval_alone(flow_out: Path, url: str, out: Path, env: dict[str, str]) -> dict:
+    """lm-eval by itself: the very commands nemo-evaluator ran for the flow's benchmarks (their few-shot, cache,
+    per-sample log and concurrency), pointed straight at the upstream instead of the gate, into fresh folders,
+    started together as the flow's harnesses were (`evaluation.max_parallel` 2)."""
+    commands = []
+    for log in sorted(flow_out.glob("benchmarks/*/run_eval.log")):
+        (ran,) = re.findall(r"Running command: (.*?)  logger=nemo_evaluator", log.read_text())[:1]
+        words = shlex.split(ran)
+        words = words[1:] if words[0].startswith("OPENAI_API_KEY=") else words
+        fresh = out / "lm-eval" / log.parent.name
+        line = shlex.join(words).replace(str(log.parent.resolve()), str(fresh))
+        commands.append(re.sub(r"base_url=http://127\.0\.0\.1:\d+/[\w.-]+/v1/", f"base_url={url}/v1/", line))
+    script = out / "lm-eval.sh"
+    script.write_text("set -e\n" + "".join(f"{c} > {out}/lm-eval-{i}.log 2>&1 &\n" for i, c in enumerate(commands))
+                      + "for job in $(jobs -p); do wait $job; done\n")
+    return timed(["bash", str(script)], {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
+                 out / "lm-eval.log")
+
+
+@contextlib.contextmanager
+def prefect_server(env: dict[str, str], home: Path) -> Iterator[dict[str, str]]:
+    """The team's Prefect server, running before the suite (as it is for a production run): the flow's figures
+    are not its start-up. One given in PREFECT_API_URL is used as it is."""
+    if env.get("PREFECT_API_URL"):
+        yield env
+        return
+    from nemotron.serving.endpoints import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    server_env = {**env, "PREFECT_HOME": str(home), "PREFECT_UI_API_URL": url}
+    with (home / "server.log").open("w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(port), "--analytics-off"], env=server_env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        import httpx
+
+        while server.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield {**env, "PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
 
 
 def flow(url: str | None, limit: int, in_flight: int, out: Path, env: dict[str, str], ssh: str | None) -> dict:
@@ -228,18 +273,21 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
+        if args.ssh is not None:  # the Slurm job runs the upstream: this one is for lm-eval alone
+            (out / "local-upstream.json").unlink(missing_ok=True)
+        (out / "prefect").mkdir(exist_ok=True)
+        with prefect_server(env, out / "prefect") as flow_env:
+            figures["flow"] = flow(url, args.limit, args.in_flight, out, flow_env, args.ssh)
+        stats = out / ("upstream.json" if args.ssh else "local-upstream.json")
+        figures["flow"]["upstream"] = upstream_counts(stats)
         if not args.skip_lm_eval:
-            figures["lm_eval"] = lm_eval_alone(url, args.limit, args.in_flight, out, env)
-            figures["lm_eval"]["upstream"] = upstream_counts(out / "local-upstream.json")
-        (out / "local-upstream.json").unlink(missing_ok=True)
-        upstream.kill()
-        upstream.wait()
-        if args.ssh is None:
+            upstream.kill()
+            upstream.wait()
             upstream = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port),
-                                         "--stats", str(out / "upstream.json")])
+                                         "--stats", str(out / "lm-eval-upstream.json")])
             time.sleep(2)
-        figures["flow"] = flow(url, args.limit, args.in_flight, out, env, args.ssh)
-        figures["flow"]["upstream"] = upstream_counts(out / "upstream.json")
+            figures["lm_eval"] = lm_eval_alone(out / "flow", url, out, env)
+            figures["lm_eval"]["upstream"] = upstream_counts(out / "lm-eval-upstream.json")
     finally:
         upstream.kill()
     for side in ("lm_eval", "flow"):

@@ -4,7 +4,7 @@
     uv run python perf/throughput.py deployment.replicas=2     # the suite over two servers, the replay too
 
 1. runs the suite through the flow (the CLI, as a user would) into a fresh output folder;
-2. takes the requests the harnesses sent (nemo-evaluator's request cache, every body kept) and
+2. takes the requests the harnesses sent (the bodies the gate kept: `evaluation.keep_requests=true`) and
    replays them with a plain client at high concurrency against a fresh server of the same model (as many
    replicas as the flow had, the requests dealt round-robin): the shortest time the servers need for the
    suite — the physical limit;
@@ -101,14 +101,12 @@ def run_flow(config: str, out: Path, overrides: list[str]) -> tuple[Path, float,
 
 
 def logged_requests(run_dir: Path) -> dict[str, list[dict]]:
-    """Every distinct request body each benchmark sent, from nemo-evaluator's request cache (keyed by
-    content: a request a harness repeats is answered once)."""
-    from nemo_evaluator.adapters.caching.diskcaching import Cache
-
+    """Every distinct request body each benchmark sent, as the gate kept them (`evaluation.keep_requests`):
+    a request sent twice (a retry, a relaunch) is counted once, as a cache would answer it."""
     found = {}
-    for bench in sorted(p for p in run_dir.iterdir() if (p / RESULT_FILE).exists()):
-        cache = Cache(directory=str(bench / "cache" / "requests"))
-        found[bench.name] = [json.loads(cache[k]) if isinstance(cache[k], str | bytes) else cache[k] for k in cache]
+    for kept in sorted((run_dir / "requests").glob("*.jsonl")):
+        bodies = {json.dumps(json.loads(line)["body"], sort_keys=True) for line in kept.read_text().splitlines()}
+        found[kept.stem] = [json.loads(b) for b in sorted(bodies)]
     return found
 
 
@@ -217,7 +215,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     (out / "flow").mkdir()
-    run_dir, wall, busy, cpu = run_flow(args.config, out / "flow", args.overrides)
+    run_dir, wall, busy, cpu = run_flow(args.config, out / "flow", [*args.overrides, "evaluation.keep_requests=true"])
     flow = flow_figures(run_dir, wall, busy, cpu)
     requests = [r for reqs in logged_requests(run_dir).values() for r in reqs]
     limit = physical_limit(args.config, args.overrides, out, requests, args.concurrency)

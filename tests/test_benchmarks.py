@@ -69,8 +69,9 @@ def test_run_config_targets_the_endpoint():
     api = doc["target"]["api_endpoint"]
     assert (api["url"], api["model_id"], api["type"]) == ("http://127.0.0.1:9/v1/completions", "m", "completions")
     assert doc["config"]["type"] == "lm-evaluation-harness.gsm8k"
-    # every request body is kept (perf/ replays them); the flow probes capabilities, not each harness
-    assert api["adapter_config"]["max_saved_requests"] >= 10**6
+    # lm-eval sends straight to the endpoint (the gate), no adapter proxy; the flow probes capabilities, not each
+    # harness
+    assert api["adapter_config"]["mode"] == "client"
     assert doc["config"]["required_capabilities"] == []
 
 

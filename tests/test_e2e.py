@@ -53,8 +53,8 @@ def exited(pid: int) -> bool:
 
 
 def cached_responses(benchmark_dir: Path) -> int:
-    """Distinct requests a benchmark needed: the entries of nemo-evaluator's response cache."""
-    with sqlite3.connect(benchmark_dir / "cache" / "responses" / "cache.db") as db:
+    """Distinct requests a benchmark needed: the entries of lm-eval's own cache (`--use_cache`, one per answer)."""
+    with sqlite3.connect(benchmark_dir / "lm_cache_rank0.db" / "cache.db") as db:
         return db.execute("select count(*) from Cache").fetchone()[0]
 
 

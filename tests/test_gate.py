@@ -70,9 +70,10 @@ def post(g: gate.Gate, url: str) -> int:
         return e.code
 
 
-def test_benchmarks_share_one_budget(upstream):
-    """Two benchmarks send 6 requests each at once; the server never sees more than the budget."""
-    with gate.open_gate(upstream, budget=3) as g:
+def test_benchmarks_share_one_budget(upstream, tmp_path):
+    """Two benchmarks send 6 requests each at once; the server never sees more than the budget. The gate counts
+    each one's answers (the progress board's figures) and, asked to, keeps what each sent."""
+    with gate.open_gate(upstream, budget=3, keep=tmp_path / "requests") as g:
         urls = [f"{g.url}/{name}/v1/completions" for name in ("mmlu", "gsm8k") for _ in range(6)]
         start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
@@ -82,7 +83,11 @@ def test_benchmarks_share_one_budget(upstream):
                                     timeout=5) as r:  # GETs pass, uncounted
             assert json.loads(r.read())["data"][0]["id"] == "fake"
         record = g.record()
+        answered = {name: g.answered(name) for name in ("mmlu", "gsm8k", "arc")}
     assert codes == [200] * 12
+    assert answered == {"mmlu": 6, "gsm8k": 6, "arc": 0}
+    kept = (tmp_path / "requests" / "mmlu.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in kept] == [{"path": "/v1/completions", "body": {"prompt": "2+2="}}] * 6
     assert record["peak_in_flight"] == 3 and record["budget"] == 3
     assert 2.0 < record["mean_in_flight"] <= 3.0
     assert took >= 4 * 0.4  # 12 requests, 3 at a time, 0.4 s each
@@ -103,6 +108,7 @@ def test_a_dead_server_is_a_bad_gateway_the_harness_counts_as_infrastructure(tmp
     with gate.open_gate(f"http://127.0.0.1:{free_port()}", budget=2) as g:
         assert post(g, f"{g.url}/gsm8k/v1/completions") == 502
         record = g.record()
+        assert g.answered("gsm8k") == 0  # a 502 is no answer
     assert record["benchmarks"]["gsm8k"] == {**record["benchmarks"]["gsm8k"], "requests": 1, "failed": 1}
     path = gate.append_record(tmp_path, record)
     gate.append_record(tmp_path, record)

@@ -3,28 +3,32 @@
 import io
 import re
 import time
+from collections import Counter
 
 from rich.console import Console
 
 from nemotron.benchmarks import progress
 from nemotron.benchmarks.progress import Board
 
-# what a harness writes, as run_eval.log has it (lm-eval's count, then the adapter's lines per request)
+# what a harness writes, as run_eval.log has it (lm-eval's count per request type)
 RUNNING = "2026-12-01:02:59:21 INFO     [evaluator:590] Running {kind} requests"
 BUILT = "2026-12-01:02:59:21 INFO     [api.model:418] Cached requests: {cached}, Requests remaining: {left}"
-DONE = ("[I 2026-12-01T02:59:25.669] Request completed status_code={code} path= logger=root "
-        "model_name=smollm2-135m-instruct request_id=f8484eb9")
-REPLAY = "[I 2026-12-01T02:59:25.660] Returning cached response cache_key=9ed6622f... status_code=200"
+
+
+def counted(names: list[str], planned: dict | None = None) -> tuple[Board, Counter]:
+    """A board counting answers as the gate does (`Gate.answered`: per benchmark, over all its attempts)."""
+    answers: Counter = Counter()
+    board = Board.of(names, planned)
+    board.counting(lambda name: answers[name])
+    return board, answers
 
 
 def test_the_harness_lines_give_total_answers_rate_and_eta():
-    board = Board.of(["hellaswag", "gsm8k"], planned={"hellaswag": 40, "gsm8k": None})
+    board, answers = counted(["hellaswag", "gsm8k"], planned={"hellaswag": 40, "gsm8k": None})
     board.start("hellaswag")
     board.read("hellaswag", BUILT.format(cached=0, left=40))
     began = board.tallies["hellaswag"].began
-    for _ in range(10):
-        board.read("hellaswag", DONE.format(code=200))
-    board.read("hellaswag", DONE.format(code=502))  # lm-eval retries it: not an answer
+    answers["hellaswag"] += 10
     rows, suite = board.rows(now=began + 5.0)
     hs, gsm = rows
     assert (hs.state, hs.answered, hs.total) == ("running", 10, 40)
@@ -37,22 +41,25 @@ def test_the_harness_lines_give_total_answers_rate_and_eta():
     assert hs.describe() == "running: 10/40 requests answered · 2.0 req/s · ETA 15s"
 
 
-def test_a_resumed_benchmark_counts_what_the_caches_replay_but_not_in_its_rate():
-    board = Board.of(["mmlu"])
+def test_a_resumed_benchmark_counts_what_its_cache_replays_but_not_in_its_rate():
+    board, answers = counted(["mmlu"])
     board.start("mmlu")
+    answers["mmlu"] += 5  # a first attempt, which failed
+    board.finish("mmlu", progress.FAILED)
+    board.start("mmlu")  # the retry: lm-eval's own cache replays those 5
     board.read("mmlu", RUNNING.format(kind="generate_until"))
-    board.read("mmlu", BUILT.format(cached=4, left=6))  # lm-eval's own cache
+    board.read("mmlu", BUILT.format(cached=5, left=5))
     began = board.tallies["mmlu"].began
-    for _ in range(3):  # the response cache
-        board.read("mmlu", REPLAY)
-        board.read("mmlu", DONE.format(code=200))
-    board.read("mmlu", DONE.format(code=200))  # the server
+    answers["mmlu"] += 2  # the server
     (row,), _ = board.rows(now=began + 1.0)
-    assert (row.answered, row.total, row.rate) == (8, 10, 1.0)
+    assert (row.answered, row.total, row.rate) == (7, 10, 2.0)
+    board.finish("mmlu", progress.DONE)
+    board.counting(lambda name: 0)  # a relaunch's gate counts anew: a finished attempt keeps its figures
+    assert board.tallies["mmlu"].served == 2
 
 
 def test_request_types_add_up_and_an_attempt_starts_over():
-    board = Board.of(["truthfulqa"], planned={"truthfulqa": 34})
+    board, answers = counted(["truthfulqa"], planned={"truthfulqa": 34})
     board.start("truthfulqa")
     board.read("truthfulqa", RUNNING.format(kind="loglikelihood"))
     board.read("truthfulqa", BUILT.format(cached=0, left=31))
@@ -60,7 +67,7 @@ def test_request_types_add_up_and_an_attempt_starts_over():
     assert row.total == 34  # the planned count until the generations are built too
     board.read("truthfulqa", RUNNING.format(kind="generate_until"))
     board.read("truthfulqa", BUILT.format(cached=0, left=3))
-    board.read("truthfulqa", DONE.format(code=200))
+    answers["truthfulqa"] += 1
     assert board.tallies["truthfulqa"].built == {"loglikelihood": 31, "generate_until": 3}
     # a failed harness prints lm-eval's output again: its counts are not added twice
     for line in (RUNNING.format(kind="loglikelihood"), BUILT.format(cached=0, left=31)):
@@ -87,10 +94,10 @@ def test_finished_benchmarks_count_whole_and_reused_ones_are_left_out_of_the_sui
 
 
 def test_plain_lines_have_no_control_characters_and_the_table_a_row_per_benchmark():
-    board = Board.of(["hellaswag", "adlr_mmlu"], planned={"hellaswag": 40, "adlr_mmlu": 57})
+    board, answers = counted(["hellaswag", "adlr_mmlu"], planned={"hellaswag": 40, "adlr_mmlu": 57})
     board.start("hellaswag")
     board.read("hellaswag", BUILT.format(cached=0, left=40))
-    board.read("hellaswag", DONE.format(code=200))
+    answers["hellaswag"] += 1
     lines = progress.plain(board)
     assert lines[0].startswith("[progress] suite running: 1/97 requests answered")
     assert lines[1].startswith("[progress] hellaswag running: 1/40 requests answered")

@@ -1,9 +1,10 @@
 """How far a suite is: per benchmark, the requests answered of those its harness built, their rate, an ETA.
 
 The totals are the harness's own: lm-eval logs "Cached requests: X, Requests remaining: Y" for each request
-type once it has built them; until then, the count `sizing` made before the launch. The answers are counted
-from the harness's adapter ("Request completed status_code=200"), which also sees what its response cache
-replays for a resumed benchmark: those never reach the gate, and are left out of the rate.
+type once it has built them; until then, the count `sizing` made before the launch. The answers are the
+server's, as the in-flight gate counts them per benchmark (`Board.counting`), plus those lm-eval's own cache
+replays for a resumed benchmark (its "Cached requests"): those never reach the gate, and are left out of the
+rate.
 
 `watch()` shows the board while the suite runs: a live table on a terminal (rich), plain lines otherwise
 (a pipe, CI, a Prefect worker), and hands the same rows to a callback (the Prefect artifacts).
@@ -12,6 +13,7 @@ replays for a resumed benchmark: those never reach the gate, and are left out of
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import sys
@@ -26,8 +28,6 @@ from rich.table import Table
 
 _RUNNING = re.compile(r"Running (\w+) requests")
 _BUILT = re.compile(r"Cached requests: (\d+), Requests remaining: (\d+)")
-_ANSWERED = re.compile(r"Request completed status_code=2\d\d\b")
-_REPLAYED = re.compile(r"Returning cached response")
 WAITING, STARTING, RUNNING, DONE, FAILED, REUSED = "waiting", "starting", "running", "done", "failed", "reused"
 FINISHED = (DONE, FAILED, REUSED)
 
@@ -41,8 +41,9 @@ class Tally:
     state: str = WAITING
     built: dict[str, int] = field(default_factory=dict)  # per request type: requests its harness built
     cached: dict[str, int] = field(default_factory=dict)  # of those, answered from lm-eval's own cache
-    completed: int = 0  # answered through its adapter: by the server, or replayed from the response cache
-    replayed: int = 0  # answers replayed from the response cache (not the server's work: not in the rate)
+    count: Callable[[], int] | None = None  # the gate's count of this benchmark's answers (all its attempts)
+    base: int = 0  # that count when this attempt started
+    done: int | None = None  # the answers of this attempt once it ended (the gate of a relaunch counts anew)
     began: float | None = None  # when the harness had built its first requests (monotonic)
     _type: str = ""
 
@@ -55,19 +56,17 @@ class Tally:
             self.built[self._type] = int(m[1]) + int(m[2])
             self.cached[self._type] = int(m[1])
             self.state, self.began = RUNNING, self.began or time.monotonic()
-        elif _ANSWERED.search(line):
-            self.completed += 1
-        elif _REPLAYED.search(line):
-            self.replayed += 1
-
-    @property
-    def answered(self) -> int:
-        return sum(self.cached.values()) + self.completed
 
     @property
     def served(self) -> int:
-        """What the server answered in this attempt (for the rate)."""
-        return self.completed - self.replayed
+        """What the server answered in this attempt (the rate's figure)."""
+        if self.done is not None:
+            return self.done
+        return self.count() - self.base if self.count is not None else 0
+
+    @property
+    def answered(self) -> int:
+        return sum(self.cached.values()) + self.served
 
     @property
     def total(self) -> int | None:
@@ -112,18 +111,28 @@ class Board:
 
     tallies: dict[str, Tally]
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _count: Callable[[str], int] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, names: list[str], planned: dict[str, int | None] | None = None) -> Board:
         return cls({n: Tally(n, (planned or {}).get(n)) for n in names})
 
+    def counting(self, count: Callable[[str], int]) -> None:
+        """Where the answers are counted from: the gate of the server launch the harnesses now send through
+        (a benchmark's count of answers so far)."""
+        with self._lock:
+            self._count = count
+
     def start(self, name: str) -> Tally:
         """A harness starts (an attempt): its counts start over; what earlier attempts answered comes back as
-        lm-eval's or the response cache's."""
+        lm-eval's cache replays."""
         with self._lock:
-            old = self.tallies[name]
-            self.tallies[name] = Tally(name, old.planned, STARTING)
-            return self.tallies[name]
+            old, count = self.tallies[name], self._count
+            tally = Tally(name, old.planned, STARTING)
+            if count is not None:
+                tally.count, tally.base = functools.partial(count, name), count(name)
+            self.tallies[name] = tally
+            return tally
 
     def plan(self, name: str, requests: int | None) -> None:
         """The count made before the launch (sizing), for a benchmark whose harness has not reported yet."""
@@ -136,7 +145,8 @@ class Board:
 
     def finish(self, name: str, state: str) -> None:
         with self._lock:
-            self.tallies[name].state = state
+            tally = self.tallies[name]
+            tally.done, tally.state = tally.served, state
 
     def rows(self, now: float | None = None) -> tuple[list[Row], Row]:
         """The benchmarks' rows and the suite's: its ETA is the requests left over the server's rate so far."""

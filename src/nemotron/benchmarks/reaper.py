@@ -2,7 +2,7 @@
 
 The flow starts this in a new session and holds the write end of its stdin. When the flow's process
 ends in any way — including `kill -9`, which runs no cleanup — the pipe closes, this reads EOF and
-SIGKILLs its whole process group: the harness, lm-eval and the adapter proxy. (A parent-death signal
+SIGKILLs its whole process group: the harness and lm-eval. (A parent-death signal
 would reach only the direct child, and fires when the forking *thread* ends, not the process.)
 SIGTERM from the flow reaches the group directly, so this process ignores it and waits for the
 harness to finish its own shutdown; it exits with the harness's code.

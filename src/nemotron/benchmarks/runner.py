@@ -1,9 +1,9 @@
 """Plan and run benchmarks: one `nemo-evaluator run_eval` subprocess per benchmark.
 
 The harness runs in a subprocess, not in-process: nemo-evaluator's `evaluate()` installs signal
-handlers (main thread only) and calls sys.exit. Each run gets its own output folder and adapter
-port (its proxy binds 127.0.0.1:3825+, and the free-port probe races), telemetry off, and the
-offline Hugging Face switches when a pre-populated cache is configured.
+handlers (main thread only) and calls sys.exit. Each run gets its own output folder, telemetry off,
+and the offline Hugging Face switches when a pre-populated cache is configured; lm-eval sends straight
+to the gate (client mode: no adapter proxy in between, see ADAPTER_CONFIG).
 
 The subprocess code is ours, not prefect-shell's `ShellOperation` (which the flow uses for the
 container squash): prefect-shell 0.3.7 builds every child's environment from `os.environ.copy()`
@@ -46,7 +46,7 @@ from nemotron.errors import BenchmarkError, ConfigError, DiskFull
 from nemotron.records import results
 from nemotron.records.results import BenchmarkResult, parse_output_dir
 from nemotron.serving import engines, runtime
-from nemotron.serving.endpoints import Endpoint, free_port, healthy
+from nemotron.serving.endpoints import Endpoint, healthy
 from nemotron.serving.jobs import log_tail
 
 KILL_GRACE_SECONDS = 10.0
@@ -55,13 +55,13 @@ RESULT_FILE = "nemotron-result.json"  # written last: the benchmark is complete 
 # harness params that change how requests are sent, not what is asked or scored: not part of the key
 TRANSPORT_PARAMS = ("parallelism", "request_timeout", "max_retries")
 HARNESS_PACKAGES = ("nemo-evaluator", "nemo-evaluator-launcher", "nvidia-lm-eval", "vllm")
-# nemo-evaluator keeps 5 request bodies by default; the throughput benchmark (perf/) replays them all
-SAVE_ALL_REQUESTS = 1_000_000_000
-# what the harness's adapter does per request: the response cache (answered requests replay from it on a rerun)
-# and every request body (perf/); not its response statistics or HTML report, which parse every response again
-# and write to SQLite under a lock each time, and which nothing reads (measured: perf/scale.py, README)
-ADAPTER_CONFIG = {"use_caching": True, "save_requests": True, "max_saved_requests": SAVE_ALL_REQUESTS,
-                  "tracking_requests_stats": False, "generate_html_report": False}
+# lm-eval sends straight to the gate (nemo-evaluator's client mode): no adapter proxy per harness, which answered
+# ~95 requests/s whatever the budget (a Flask app, a thread per request in flight; perf/scale.py, README). What it
+# did per request is done elsewhere: lm-eval's own cache (`--use_cache <out>/lm_cache`, written as each answer
+# arrives) replays answered requests on a rerun; the gate counts answers for the board and keeps request bodies
+# when asked (evaluation.keep_requests).
+ADAPTER_CONFIG = {"mode": "client", "use_caching": False, "tracking_requests_stats": False,
+                  "generate_html_report": False}
 # what an infrastructure failure leaves in the harness log: the endpoint unreachable, gone, too slow, or 5xx
 _INFRASTRUCTURE = re.compile(
     r"ClientConnectorError|ServerDisconnectedError|Cannot connect to host|Connection refused|ConnectionResetError"
@@ -299,7 +299,7 @@ def _users_hf_home() -> Path:
 
 
 async def _stop_group(proc: asyncio.subprocess.Process) -> None:
-    """TERM the run's process group (harness, lm-eval, adapter), then KILL after a grace period."""
+    """TERM the run's process group (harness, lm-eval), then KILL after a grace period."""
     for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
@@ -416,11 +416,10 @@ async def _run_harness(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, 
                        on_line: Callable[[str], None], on_output: Callable[[str], None], out: Path,
                        cfg_path: Path) -> BenchmarkResult:
     log_path = out / "run_eval.log"
-    env = {**env, "ADAPTER_PORT": str(free_port())}  # fresh per attempt: a used port stays busy ~60 s
     start = time.monotonic()
     offset = log_path.stat().st_size if log_path.exists() else 0  # earlier attempts' lines are not this one's
     with log_path.open("ab") as log:
-        shown = {k: v for k, v in env.items() if k.startswith(("HF_", "ADAPTER_", "NEMO_EVALUATOR_"))}
+        shown = {k: v for k, v in env.items() if k.startswith(("HF_", "NEMO_EVALUATOR_"))}
         log.write(secrets.mask(f"# nemotron: run_eval {cfg_path} at {time.time():.3f} with {shown}\n").encode())
         # the reaper (stdin: a pipe only this process holds) kills the harness's group if this process dies
         proc = await asyncio.create_subprocess_exec(

@@ -210,6 +210,8 @@ class EvaluationSection(Strict):
         None, ge=1, description="Requests in flight to the server, shared by all benchmarks; None = sized from "
         "the server's KV cache.")
     output_dir: str = Field("results", description="Where each evaluation writes its folder.")
+    keep_requests: bool = Field(False, description="Keep every request body the harnesses send, per benchmark, "
+                                "in <run>/requests/<benchmark>.jsonl (perf/throughput.py replays them).")
     hf_home: str | None = Field(
         None, description="A pre-populated Hugging Face cache for the harness (default: $HF_HOME)."
     )

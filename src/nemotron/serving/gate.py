@@ -94,6 +94,7 @@ class Traffic:
     """What one benchmark sent through the gate (epoch seconds)."""
 
     requests: int = 0
+    answered: int = 0  # a 2xx from the server (the progress board's count)
     failed: int = 0  # no answer from the server, or a 5xx
     first_request: float | None = None
     last_response: float | None = None
@@ -157,6 +158,7 @@ class Gate:
     _busy: float = 0.0
     _since: float = field(default_factory=time.monotonic)
     _sending: dict[int, set] = field(default_factory=dict, repr=False)  # id(replica) → its requests' upstream tasks
+    keep: Path | None = None  # a folder: every request body a benchmark sends goes to <keep>/<benchmark>.jsonl
 
     def _count(self, delta: int) -> None:
         now = time.monotonic()
@@ -296,6 +298,11 @@ class Gate:
         (in the harness's `TOKEN_VAR`, see `harness_env`)."""
         return replace(endpoint, base_url=f"{self.url}/{benchmark}", api_key_env=TOKEN_VAR)
 
+    def answered(self, benchmark: str) -> int:
+        """The requests of one benchmark the server answered (2xx) through this gate so far (from any thread)."""
+        t = self.traffic.get(benchmark)
+        return t.answered if t is not None else 0
+
     def harness_env(self) -> dict[str, str]:
         """What a harness needs in its environment to be let through."""
         return {TOKEN_VAR: self.token}
@@ -334,6 +341,8 @@ class Gate:
             except _Unreachable as e:
                 return web.Response(status=502, text=f"Bad Gateway: {e}")
         t = self.traffic.setdefault(name, Traffic())
+        if self.keep is not None:
+            self._kept(name, path, body)
         async with self._limit:  # type: ignore[union-attr]
             t.requests += 1
             t.first_request = t.first_request or time.time()
@@ -345,7 +354,14 @@ class Gate:
                 t.last_response = time.time()
         if response.status >= 500:
             t.failed += 1
+        elif response.status < 300:
+            t.answered += 1
         return response
+
+    def _kept(self, name: str, path: str, body: bytes) -> None:
+        """One request as sent, a JSON line (only with `keep`: a measurement's replay, not a run's record)."""
+        with contextlib.suppress(OSError, ValueError), (self.keep / f"{name}.jsonl").open("a") as f:  # type: ignore[operator]
+            f.write(json.dumps({"path": path, "body": json.loads(body)}) + "\n")
 
     async def _spread(self, session: aiohttp.ClientSession, path: str, headers: dict, body: bytes) -> web.Response:
         """To the live replica with the fewest in flight; one that gives no answer is suspect and the request goes to
@@ -448,12 +464,15 @@ class Gate:
 
 @contextlib.contextmanager
 def open_gate(upstreams: str | dict[str, str] | None, budget: int = 0,
-              headers: dict[str, str] | None = None) -> Iterator[Gate]:
+              headers: dict[str, str] | None = None, keep: Path | None = None) -> Iterator[Gate]:
     """A gate in front of the server (or its replicas: name → URL) for the duration of the block, on its own event
     loop thread; `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold
-    it). Without upstreams it holds what arrives until `Gate.open()` (the server is healthy) or `Gate.fail()`."""
+    it). Without upstreams it holds what arrives until `Gate.open()` (the server is healthy) or `Gate.fail()`.
+    With `keep` (a folder), every request body goes to `<keep>/<benchmark>.jsonl`."""
     named = {"server": upstreams} if isinstance(upstreams, str) else upstreams or {}
-    gate = Gate([], budget, dict(headers or {}))
+    gate = Gate([], budget, dict(headers or {}), keep=keep)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     secrets.remember(gate.token)
     earlier = os.environ.get(TOKEN_VAR)
     os.environ[TOKEN_VAR] = gate.token  # this process asks through it too (is the server behind it alive?)
