@@ -4,6 +4,7 @@ import contextlib
 import uuid
 from types import SimpleNamespace
 
+import httpx
 from prefect.states import Cancelled, Crashed, Running
 
 from flows import status
@@ -47,3 +48,42 @@ def test_cancel_reports_a_crash_no_hook_turns_into_cancelled(monkeypatch):
     out, client = _cancel(monkeypatch, [Running(), Crashed()])
     assert out == f"run eval-x ({RUN_ID}): Crashed"
     assert client.set == ["Cancelling"]
+
+
+def _servers(monkeypatch):
+    """The servers this machine recorded for the run, and the ones `eval cancel` cancels from here."""
+    recorded = [{"job_id": "4711", "name": "server"}, {"job_id": "4712", "name": "server-replica-2"}]
+    cancelled = []
+    monkeypatch.setattr(status.runs, "servers", lambda record: recorded)
+    monkeypatch.setattr(status.jobs, "cancel_recorded", cancelled.append)
+    return recorded, cancelled
+
+
+def test_a_run_no_process_stops_is_marked_cancelled_and_its_recorded_servers_cancelled_from_here(monkeypatch):
+    """Its process is gone (a laptop closed, a worker killed): the run stays Running after the Cancelling, so after
+    CANCEL_WAIT_SECONDS the command marks it Cancelled itself and cancels the server jobs it recorded."""
+    recorded, cancelled = _servers(monkeypatch)
+    clock = iter(range(0, 10_000, 5))
+    monkeypatch.setattr(status.time, "monotonic", lambda: float(next(clock)))
+    out, client = _cancel(monkeypatch, [Running()])
+    assert client.set == ["Cancelling", "Cancelled"]
+    assert cancelled == recorded
+    assert out.splitlines() == [
+        f"no process stopped run eval-x within {status.CANCEL_WAIT_SECONDS:.0f} s (its process is gone): marked "
+        "Cancelled, and its recorded servers cancelled from here",
+        "server job 4711 [server]: cancelled", "server job 4712 [server-replica-2]: cancelled"]
+
+
+def test_with_no_prefect_api_the_recorded_servers_are_cancelled_from_here(monkeypatch):
+    recorded, cancelled = _servers(monkeypatch)
+
+    class _Gone(_Client):
+        def read_flow_run(self, run_id):
+            raise httpx.ConnectError("connection refused")
+
+    monkeypatch.setattr(status, "get_client", lambda sync_client: contextlib.nullcontext(_Gone([])))
+    monkeypatch.setattr(status, "locate", lambda client, ref: {"flow_run_id": RUN_ID, "name": "eval-x"})
+    out = status.cancel(RUN_ID[:8])
+    assert cancelled == recorded
+    assert "does not answer (ConnectError): the servers this machine recorded for run eval-x are cancelled" in out
+    assert out.endswith("server job 4712 [server-replica-2]: cancelled")
