@@ -96,6 +96,15 @@ def test_benchmarks_share_one_budget(upstream, tmp_path):
         assert b["failed"] == 0 and b["first_request"] <= b["last_response"]
 
 
+def test_a_kept_request_stays_in_its_folder_whatever_its_route(upstream, tmp_path):
+    """The route names the file; `..%2F` decodes to `../` in the route's name."""
+    keep = tmp_path / "run" / "requests"
+    with gate.open_gate(upstream, budget=2, keep=keep) as g:
+        assert post(g, f"{g.url}/..%2F..%2Fescaped/v1/completions") == 200
+    assert [p.name for p in keep.iterdir()] == ["______escaped.jsonl"]
+    assert not list(tmp_path.glob("*.jsonl")) and not list((tmp_path / "run").glob("*.jsonl"))
+
+
 def test_the_budget_comes_from_the_config_or_the_server_or_a_fallback(upstream):
     assert gate.budget_for([upstream], 7) == (7, "evaluation.in_flight")
     budget, why = gate.budget_for([upstream], None)  # the fake publishes no /metrics

@@ -359,8 +359,10 @@ class Gate:
         return response
 
     def _kept(self, name: str, path: str, body: bytes) -> None:
-        """One request as sent, a JSON line (only with `keep`: a measurement's replay, not a run's record)."""
-        with contextlib.suppress(OSError, ValueError), (self.keep / f"{name}.jsonl").open("a") as f:  # type: ignore[operator]
+        """One request as sent, a JSON line (only with `keep`: a measurement's replay, not a run's record). The file
+        is named from the route, made plain: a name never reaches outside the folder."""
+        plain = re.sub(r"[^\w-]", "_", name)
+        with contextlib.suppress(OSError, ValueError), (self.keep / f"{plain}.jsonl").open("a") as f:  # type: ignore[operator]
             f.write(json.dumps({"path": path, "body": json.loads(body)}) + "\n")
 
     async def _spread(self, session: aiohttp.ClientSession, path: str, headers: dict, body: bytes) -> web.Response:
