@@ -18,7 +18,7 @@ from tests.test_e2e import SMALL, vllm_processes
 pytestmark = pytest.mark.e2e
 ENV_FILE = str(REPO / "config" / "env.example.toml")
 TASKS = ["hellaswag", "gsm8k"]
-LONGER = "evaluation.nemo_evaluator_config.config.params.limit_samples=30"  # 150 requests: work past a relaunch
+LONGER = "evaluation.nemo_evaluator_config.config.params.limit_samples=60"  # 300 requests: work past a relaunch
 
 
 @pytest.mark.parametrize("where", [[], ["--run", "local-slurm"]], ids=["local", "slurm"])
@@ -60,7 +60,7 @@ def test_a_replica_killed_mid_suite_is_relaunched_and_no_benchmark_notices(tmp_p
     assert first["requests"] - first["redone"] + sum(r["requests"] - r["redone"] for r in launch["replicas"][1:]) \
         == sum(b["requests"] for b in launch["benchmarks"].values())
     assert all(b["failed"] == 0 for b in launch["benchmarks"].values())  # no harness saw a failure
-    # the relaunched job ran; on two cores busy with the suite its model load outlasts these 150 requests, so it
+    # the relaunched job ran; on two cores busy with the suite its model load outlasts these 300 requests, so it
     # joins the gate only in a longer suite (test_replicas.py shows a relaunched replica taking requests)
     assert "(APIServer pid=" in (run / "server-replica-1-2.log").read_text()
     if "[serve] server-replica-1 serves again" in out:
