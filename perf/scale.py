@@ -186,6 +186,7 @@ def prefect_server(env: dict[str, str], home: Path) -> Iterator[dict[str, str]]:
         return
     from nemotron.serving.endpoints import free_port
 
+    home.mkdir(exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     server_env = {**env, "PREFECT_HOME": str(home), "PREFECT_UI_API_URL": url}
@@ -273,9 +274,6 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        if args.ssh is not None:  # the Slurm job runs the upstream: this one is for lm-eval alone
-            (out / "local-upstream.json").unlink(missing_ok=True)
-        (out / "prefect").mkdir(exist_ok=True)
         with prefect_server(env, out / "prefect") as flow_env:
             figures["flow"] = flow(url, args.limit, args.in_flight, out, flow_env, args.ssh)
         stats = out / ("upstream.json" if args.ssh else "local-upstream.json")
