@@ -14,7 +14,9 @@ answers at once (so the pipeline, not the model, sets the pace).
    threads of the flow's process tree;
 3. runs lm-eval alone: the very commands nemo-evaluator ran for the flow's benchmarks (their few-shot, cache,
    per-sample log, concurrency), pointed at the upstream, started together as the flow started its harnesses;
-4. prints requests/s for each, their ratio, the peaks, and failed requests. The figures go to <out>/scale.json.
+   with `--ssh`, a second time through the same kind of SSH forward to the login node, as lm-eval run here against
+   a cluster's server would have to reach it;
+4. prints requests/s for each, their ratios, the peaks, and failed requests. The figures go to <out>/scale.json.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def tokenizer() -> str:
     return str(runtime.ensure_builtin_model("smollm2-135m-instruct"))
 
 
-def lm_eval_alone(flow_out: Path, url: str, out: Path, env: dict[str, str]) -> dict:
+def lm_eval_alone(flow_out: Path, url: str, out: Path, env: dict[str, str], name: str = "lm-eval") -> dict:
     """lm-eval by itself: the very commands nemo-evaluator ran for the flow's benchmarks (their few-shot, cache,
     per-sample log and concurrency), pointed straight at the upstream instead of the gate, into fresh folders,
     started together as the flow's harnesses were (`evaluation.max_parallel` 2)."""
@@ -167,14 +169,30 @@ def lm_eval_alone(flow_out: Path, url: str, out: Path, env: dict[str, str]) -> d
         (ran,) = re.findall(r"Running command: (.*?)  logger=nemo_evaluator", log.read_text())[:1]
         words = shlex.split(ran)
         words = words[1:] if words[0].startswith("OPENAI_API_KEY=") else words
-        fresh = out / "lm-eval" / log.parent.name
+        fresh = out / name / log.parent.name
         line = shlex.join(words).replace(str(log.parent.resolve()), str(fresh))
         commands.append(re.sub(r"base_url=http://127\.0\.0\.1:\d+/[\w.-]+/v1/", f"base_url={url}/v1/", line))
-    script = out / "lm-eval.sh"
-    script.write_text("set -e\n" + "".join(f"{c} > {out}/lm-eval-{i}.log 2>&1 &\n" for i, c in enumerate(commands))
+    script = out / f"{name}.sh"
+    script.write_text("set -e\n" + "".join(f"{c} > {out}/{name}-{i}.log 2>&1 &\n" for i, c in enumerate(commands))
                       + "for job in $(jobs -p); do wait $job; done\n")
     return timed(["bash", str(script)], {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
-                 out / "lm-eval.log")
+                 out / f"{name}.log")
+
+
+@contextlib.contextmanager
+def forwarded(url: str, profile_name: str) -> Iterator[str]:
+    """`url` reached through the profile's login node by the flow's own kind of forward (OpenSSH's `ssh -L`)."""
+    from urllib.parse import urlsplit
+
+    from nemotron.config.profiles import load_profile
+    from nemotron.serving.cluster import PortForward
+
+    profile, target = load_profile(profile_name), urlsplit(url)
+    forward = PortForward(profile.host, profile.user, profile.identity, target.hostname, target.port)
+    try:
+        yield f"http://127.0.0.1:{forward.local_port}"
+    finally:
+        forward.close()
 
 
 @contextlib.contextmanager
@@ -278,17 +296,20 @@ def main() -> None:
             figures["flow"] = flow(url, args.limit, args.in_flight, out, flow_env, args.ssh)
         stats = out / ("upstream.json" if args.ssh else "local-upstream.json")
         figures["flow"]["upstream"] = upstream_counts(stats)
-        if not args.skip_lm_eval:
+        for side in () if args.skip_lm_eval else ("lm_eval", "lm_eval_ssh") if args.ssh else ("lm_eval",):
             upstream.kill()
             upstream.wait()
-            upstream = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port),
-                                         "--stats", str(out / "lm-eval-upstream.json")])
+            stats = out / f"{side}-upstream.json"
+            upstream = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--stats",
+                                         str(stats)])
             time.sleep(2)
-            figures["lm_eval"] = lm_eval_alone(out / "flow", url, out, env)
-            figures["lm_eval"]["upstream"] = upstream_counts(out / "lm-eval-upstream.json")
+            with forwarded(url, args.ssh) if side == "lm_eval_ssh" else contextlib.nullcontext(url) as reached:
+                figures[side] = lm_eval_alone(out / "flow", reached, out, env, side.replace("_", "-"))
+            figures[side]["upstream"] = upstream_counts(stats)
     finally:
         upstream.kill()
-    for side in ("lm_eval", "flow"):
+    sides = ("lm_eval", "lm_eval_ssh", "flow")
+    for side in sides:
         up = figures.get(side, {}).get("upstream", {})
         if up.get("requests"):
             figures[side]["requests_per_s"] = round(up["requests"] / figures[side]["seconds"], 1)
@@ -297,24 +318,24 @@ def main() -> None:
     (out / "scale.json").write_text(json.dumps(figures, indent=2))
     print(f"scale: {', '.join(TASKS)} at limit {args.limit}, budget {args.in_flight}, "
           f"{'over ' + args.ssh if args.ssh else 'locally'} (figures: {out / 'scale.json'})")
-    for side in ("lm_eval", "flow"):
+    for side in sides:
         if side in figures:
             f, up = figures[side], figures[side].get("upstream", {})
-            print(f"  {side:8s} {f['seconds']:7.1f} s  rc {f['rc']}  {up.get('requests', 0):6d} requests  "
+            print(f"  {side:11s} {f['seconds']:7.1f} s  rc {f['rc']}  {up.get('requests', 0):6d} requests  "
                   f"{f.get('requests_per_s', 0):7.1f} req/s overall, {f.get('sending_requests_per_s', 0):7.1f} req/s "
                   f"while sending ({f.get('sending_seconds', 0)} s)  upstream peak in flight "
                   f"{up.get('peak_in_flight', 0):5d}"
                   f"  peak fds {f['peak_fds']:5d}  peak threads {f['peak_threads']:5d}"
                   + (f"  gate peak {f['gate_peak']} mean {f['gate_mean']} failed {f['gate_failed']}"
                      if "gate_peak" in f else ""))
-    if "lm_eval" in figures and figures["flow"].get("requests_per_s"):
-        ratio = figures["lm_eval"]["seconds"] / figures["flow"]["seconds"]
-        sending = figures["flow"]["sending_requests_per_s"] / figures["lm_eval"]["sending_requests_per_s"]
-        figures.update(ratio=round(ratio, 2), sending_ratio=round(sending, 2))
-        (out / "scale.json").write_text(json.dumps(figures, indent=2))
-        print(f"  ratio: the flow at {ratio:.2f}x lm-eval alone end to end (start-ups included), {sending:.2f}x while "
-              "sending")
-
+    for baseline, what in (("lm_eval", "lm-eval alone"), ("lm_eval_ssh", "lm-eval alone through an SSH forward")):
+        if baseline in figures and figures["flow"].get("requests_per_s"):
+            ratio = figures[baseline]["seconds"] / figures["flow"]["seconds"]
+            sending = figures["flow"]["sending_requests_per_s"] / figures[baseline]["sending_requests_per_s"]
+            figures[f"ratio_{baseline}"], figures[f"sending_ratio_{baseline}"] = round(ratio, 2), round(sending, 2)
+            print(f"  ratio: the flow at {ratio:.2f}x {what} end to end (start-ups included), {sending:.2f}x while "
+                  "sending")
+    (out / "scale.json").write_text(json.dumps(figures, indent=2))
 
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)

@@ -1,6 +1,10 @@
+import contextlib
 import gc
 import logging
 import os
+import time
+
+import pytest
 
 from nemotron.config.profiles import Profile
 from nemotron.config.schema import load_config
@@ -68,6 +72,9 @@ def test_nemorun_home_on_a_shared_filesystem_for_local_tunnels(monkeypatch):
     assert cluster.nemorun_home(None).endswith("/nemorun")
 
 
+LOGIN = ("127.0.0.1:2222", "root", "/etc/slurm/login/id_ed25519")
+
+
 def test_port_forward_survives_connections_refused_while_the_server_starts():
     """Through the project's sshd login node (scripts/slurm/slurm.sh): refused connects before the
     server listens must not break the forward (fabric's forward_local dies on the first one)."""
@@ -75,64 +82,137 @@ def test_port_forward_survives_connections_refused_while_the_server_starts():
     import threading
 
     import httpx
-    import paramiko
 
-    ssh = paramiko.SSHClient()
-    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    ssh.connect("127.0.0.1", port=2222, username="root", key_filename="/etc/slurm/login/id_ed25519")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     port = server.server_address[1]
     server.server_close()  # nothing listens on `port` yet
-    forward = cluster.PortForward(ssh.get_transport, "127.0.0.1", port)
+    forward = cluster.PortForward(*LOGIN, "127.0.0.1", port)
     try:
         for _ in range(3):
-            try:
+            with pytest.raises(httpx.HTTPError):
                 httpx.get(f"http://127.0.0.1:{forward.local_port}/", timeout=5)
-                raise AssertionError("nothing should answer yet")
-            except httpx.HTTPError:
-                pass
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         assert httpx.get(f"http://127.0.0.1:{forward.local_port}/", timeout=5).status_code == 200
     finally:
         forward.close()
         server.shutdown()
-        ssh.close()
 
 
-def test_port_forward_carries_a_connection_whose_descriptors_are_past_1023():
-    """Issue 28: the forward watched its sockets with select(), which raises for a descriptor >= 1024
-    (`filedescriptor out of range in select()`) whatever the open-file limit: with many connections open (a
-    production in-flight budget over SSH) the forward carried nothing. Through the project's sshd login node."""
-    import http.server
-    import os
+def test_port_forward_carries_1100_connections_at_once():
+    """Issue 28: a production budget over SSH holds more connections open through the forward than select() can
+    watch (descriptors past 1023). 1,100 connections are opened through it, each sends a line, and only then does
+    any get its answer: all are open together, and all are answered."""
+    import asyncio
     import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # ssh inherits it, as from the flow
+    opened = 1100
+
+    async def main() -> list[bytes]:
+        arrived = asyncio.Event()
+        waiting = 0
+
+        async def echo(reader, writer):
+            nonlocal waiting
+            line = await reader.readline()
+            waiting += 1
+            if waiting == opened:
+                arrived.set()
+            await arrived.wait()  # nobody is answered before all are connected
+            writer.write(line)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, backlog=opened)
+        forward = await asyncio.to_thread(cluster.PortForward, *LOGIN, "127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            async def one(n: int) -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+                writer.write(b"%d\n" % n)
+                await writer.drain()
+                answer = await reader.readline()
+                writer.close()
+                return answer
+
+            return await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(opened))), 120)
+        finally:
+            forward.close()
+            server.close()
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert answers == [b"%d\n" % n for n in range(opened)]
+
+
+def test_port_forward_restarts_ssh_when_its_connection_drops():
+    """The SSH connection drops (its ssh killed): a new ssh carries later connections on the same local port, the
+    server untouched. Closed, the forward's port stops answering."""
+    import http.server
+    import signal
     import threading
 
     import httpx
-    import paramiko
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
-    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # what the forward opens next is past 1023
-    ssh = paramiko.SSHClient()
-    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    forward = cluster.PortForward(*LOGIN, "127.0.0.1", server.server_address[1])
+    url = f"http://127.0.0.1:{forward.local_port}/"
     try:
-        ssh.connect("127.0.0.1", port=2222, username="root", key_filename="/etc/slurm/login/id_ed25519")
-        forward = cluster.PortForward(ssh.get_transport, "127.0.0.1", server.server_address[1])
-        try:
-            for _ in range(3):
-                assert httpx.get(f"http://127.0.0.1:{forward.local_port}/", timeout=10).status_code == 200
-        finally:
-            forward.close()
+        first = forward._proc.pid
+        assert httpx.get(url, timeout=5).status_code == 200
+        os.killpg(first, signal.SIGKILL)
+        assert _answers(url, within=30), "the forward never came back"
+        assert forward._proc.pid != first
     finally:
+        forward.close()
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url, timeout=5)
         server.shutdown()
-        ssh.close()
-        for fd in filler:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_port_forward_does_not_outlive_a_flow_killed_with_sigkill():
+    """Its ssh runs under the reaper: when the process that opened the forward dies without cleanup, the ssh goes
+    too, and the local port stops answering (a leftover ssh would hold the login session for ever)."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    opener = subprocess.Popen([sys.executable, "-c", "import time; from nemotron.serving import cluster; "
+                               f"f = cluster.PortForward(*{LOGIN!r}, '127.0.0.1', {server.server_address[1]}); "
+                               "print(f.local_port, flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{int(opener.stdout.readline())}/"
+        assert _answers(url, within=5)
+        opener.kill()
+        opener.wait()
+        deadline = time.monotonic() + 10
+        while _answers(url, within=0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _answers(url, within=0), "the forward outlived the process that opened it"
+    finally:
+        opener.kill()
+        server.shutdown()
+
+
+def _answers(url: str, within: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def test_a_collected_experiment_leaves_the_callers_console_handler(tmp_path):

@@ -15,12 +15,15 @@ import io
 import logging
 import os
 import re
-import selectors
 import shlex
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -155,7 +158,7 @@ _CONNECTING = threading.Lock()
 
 def connected(tunnel):
     """The tunnel, its SSH session opened anew if the connection dropped (NeMo-Run's `connect()` makes a new one
-    when the old is not connected); one thread reconnects while the others (forwards, job polls) wait for it."""
+    when the old is not connected); one thread reconnects while the others (job polls, file reads) wait for it."""
     with _CONNECTING:
         tunnel.connect()
     return tunnel
@@ -263,12 +266,6 @@ def connect(target: Target, profile: Profile) -> None:
                          "check host, user and identity (a key the login node accepts, or one in ssh-agent)") from None
 
 
-def _not_a_refused_channel(record: logging.LogRecord) -> bool:
-    """paramiko logs ERROR `Secsh channel N open FAILED: Connection refused` for each probe of a server that
-    is still loading: expected, and the wait reports the server's state itself."""
-    return "open FAILED" not in record.getMessage()
-
-
 @contextlib.contextmanager
 def login_shell(profile: Profile) -> Iterator[Target]:
     """A shell where the cluster's files are: its login node over SSH, or here when this machine is part of the
@@ -357,55 +354,73 @@ def _look(profile: Profile, command: str) -> str:
 
 
 class PortForward:
-    """127.0.0.1:<local_port> → host:port through the SSH login node (paramiko direct-tcpip).
+    """127.0.0.1:<local_port> → host:port through the login node, by OpenSSH's client (`ssh -N -L`).
 
-    Unlike fabric's forward_local, a connection refused while the server is still starting only
-    closes that one client; the forward keeps serving later connections. `transport()` gives the SSH connection's
-    transport for each new client, so a dropped connection is replaced by a new one (the connections it carried
-    close, as the server's own would; the server is not touched).
+    OpenSSH moves the bytes in C in its own process. paramiko did it in the flow's process, and its packetizer and
+    crypto took a core at a budget of 2,048 on the machine that also runs the harnesses (perf/scale.py over SSH:
+    0.31x of lm-eval alone with paramiko, 0.91x with this). A connection refused while the server still loads
+    closes only that client. When the SSH connection drops, ssh exits and a new one starts on the same local port:
+    the connections it carried close, as the server's own would; the server is not touched. It logs in as the
+    tunnel does (host, user, identity; never a prompt) and honours ~/.ssh/config (a ProxyJump, say). It runs under
+    the reaper, so it cannot outlive the flow, even a `kill -9`ed one.
     """
 
-    def __init__(self, transport: Callable[[], object], host: str, port: int):
-        paramiko_log = logging.getLogger("paramiko.transport")
-        if _not_a_refused_channel not in paramiko_log.filters:
-            paramiko_log.addFilter(_not_a_refused_channel)
-        self.transport, self.target = transport, (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.5)
-        self.local_port = self.listener.getsockname()[1]
+    RESTART_SECONDS = 1.0
+
+    def __init__(self, login: str, user: str | None, identity: str | None, host: str, port: int,
+                 ready_seconds: float = 30.0):
+        name, _, login_port = login.rpartition(":") if login.count(":") == 1 else (login, "", "")
+        self.local_port = _free_port()
+        self.command = ["ssh", "-N", "-T", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+                        "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=15",
+                        "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR",
+                        *(["-p", login_port] if login_port else []), *(["-i", identity] if identity else []),
+                        "-L", f"127.0.0.1:{self.local_port}:{host}:{port}", f"{user}@{name}" if user else name]
         self.closed = threading.Event()
-        threading.Thread(target=self._accept, name="ssh-forward", daemon=True).start()
+        self._errors = tempfile.TemporaryFile()
+        self._proc = self._start()
+        self._wait_listening(ready_seconds)
+        threading.Thread(target=self._keep, name="ssh-forward", daemon=True).start()
 
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, peer = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            try:
-                channel = self.transport().open_channel("direct-tcpip", self.target, peer)
-            except (Exception, SystemExit):  # noqa: BLE001 - not listening yet, or no SSH connection now (NeMo-Run
-                # exits when it cannot authenticate): the client sees a closed connection
-                client.close()
-                continue
-            threading.Thread(target=self._pump, args=(client, channel), daemon=True).start()
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "nemotron.benchmarks.reaper", *self.command],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._errors,
+                                start_new_session=True)
 
-    def _pump(self, client: socket.socket, channel) -> None:
-        """Both ways until either side closes. A selector (epoll), not select(): select() cannot watch a descriptor
-        past 1023 (FD_SETSIZE) whatever the open-file limit, and a flow with many connections open gets there."""
-        with client, channel, selectors.DefaultSelector() as ready:
-            ready.register(client, selectors.EVENT_READ, channel)
-            ready.register(channel, selectors.EVENT_READ, client)
-            while not self.closed.is_set():
-                for key, _ in ready.select(0.5):
-                    data = key.fileobj.recv(65536)
-                    if not data:
-                        return
-                    key.data.sendall(data)
+    def _wait_listening(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.local_port), 0.5):
+                return
+            time.sleep(0.1)
+        self.close()
+        self._errors.seek(0)
+        said = self._errors.read().decode(errors="replace").strip().splitlines()
+        raise ServeError(f"the SSH port forward ({shlex.join(self.command)}) did not start"
+                         + (f": {said[-1]}" if said else ""))
+
+    def _keep(self) -> None:
+        """A new ssh whenever the last one exits (its connection dropped), until closed."""
+        while True:
+            self._proc.wait()
+            if self.closed.wait(self.RESTART_SECONDS):
+                return
+            self._proc.stdin.close()
+            self._proc = self._start()
 
     def close(self) -> None:
         self.closed.set()
-        self.listener.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGTERM)  # its own session: the reaper and ssh
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(5)
+        self._proc.stdin.close()  # the reaper's pipe: should anything be left, it goes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # --- container images: squash once to an enroot .sqsh on the cluster ---------------------------

@@ -540,8 +540,8 @@ def _status_name(exp) -> str:
 def _forward(stack: contextlib.ExitStack, target: Target, url: str) -> str:
     """Reach http://node:port on the cluster through the SSH login node: a local port forward."""
     parsed = urlsplit(url)
-    forward = cluster.PortForward(lambda: cluster.connected(target.tunnel).session.transport, parsed.hostname,
-                                  parsed.port)
+    tunnel = target.tunnel
+    forward = cluster.PortForward(tunnel.host, tunnel.user, tunnel.identity, parsed.hostname, parsed.port)
     stack.callback(forward.close)
     return f"http://127.0.0.1:{forward.local_port}"
 
