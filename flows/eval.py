@@ -37,7 +37,7 @@ from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_shell import ShellOperation
 
-from nemotron.benchmarks import progress, runner, sizing
+from nemotron.benchmarks import environments, progress, runner, sizing
 from nemotron.benchmarks.runner import BenchmarkPlan
 from nemotron.config import models, profiles, secrets
 from nemotron.config.profiles import Profile
@@ -263,9 +263,14 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
                     outcomes[p.name] = reuse_benchmark(done)
                     board.finish(p.name, progress.REUSED)
         todo = [p for p in plans if p.name not in outcomes]
+        try:  # before serving: a harness environment that cannot be built costs no model load
+            environments.build_all({p.harness for p in todo}, say)
+        except ConfigError as e:
+            log.error("%s", e)
+            return Failed(message=secrets.mask(str(e)), data=e)
         size_in_background(board, todo, env)
         facts = {"evaluation_id": eval_id, "flow_run_id": run_id, "model": model.record(),
-                 "harness": runner.harness_versions(), "serving": serving_record, "profile": profile,
+                 "harness": runner.suite_versions(plans), "serving": serving_record, "profile": profile,
                  "config": secrets.masked(cfg.model_dump(mode="json")),
                  "benchmarks": {p.name: {"output_dir": p.output_dir, "key": p.key, "reused": p.name in outcomes}
                                 for p in plans}}
@@ -423,7 +428,8 @@ def size_in_background(board: progress.Board, todo: list[BenchmarkPlan], env: di
     """The board's totals before the harnesses report theirs (the dry run's count: lm-eval loads for ~10 s the
     first time, so not in the way of the launch)."""
     def run() -> None:
-        for name, size in sizing.count({p.name: p.params for p in todo}, env, nice=True).items():
+        for name, size in sizing.count({p.name: p.params for p in todo}, env, nice=True,
+                                       harnesses={p.name: p.harness for p in todo}).items():
             board.plan(name, size.requests)
 
     threading.Thread(target=run, name="sizing", daemon=True).start()

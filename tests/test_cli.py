@@ -1,3 +1,4 @@
+import re
 import time
 
 from tests import fake_wandb_api
@@ -166,10 +167,17 @@ def test_overrides_go_before_between_and_after_options(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: nemotron: unrecognized arguments: --nope"
 
 
-def test_a_task_whose_framework_is_not_installed_is_refused_naming_its_package():
+def test_a_task_whose_harness_fetches_its_data_is_refused_offline_in_one_line():
+    """simple_evals downloads AIME at run time: offline (the local config's cache) it is refused before anything
+    starts; bfcl ships its data and plans offline, its harness and environment named."""
     r = nemotron("nano3", "eval", "-c", "local", "-t", "AIME_2025", "--dry-run")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "simple_evals framework, which is not installed" in r.stderr and "uv add nvidia-simple-evals" in r.stderr
+    assert "'AIME_2025' runs on the simple_evals harness, which fetches its data at run time, and this run is " \
+           "offline" in r.stderr and "evaluation.hf_offline=false" in r.stderr
+    r = nemotron("nano3", "eval", "-c", "local", "-t", "bfclv3_ast_prompting", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"harness: 'bfcl in \S+/harness-envs/bfcl-\w+ \(nemo-evaluator 0\.2\.8, nvidia-bfcl 26\.3\)",
+                     r.stdout) and "size: unknown (the bfcl harness is not counted before it runs)" in r.stdout
 
 
 def test_dry_run_masks_secret_values_not_words_that_contain_token(tmp_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemotron import preview
-from nemotron.benchmarks import runner
+from nemotron.benchmarks import environments, runner
 from nemotron.config import models, profiles, secrets
 from nemotron.config.request import EvalRequest
 from nemotron.config.schema import RunSection, load_config, slurm_seconds, validate
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force-squash", action="store_true", help="re-import the container image to .sqsh")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
-    stage.add_parser("setup", help="Install the local vLLM (CPU) serving venv and the built-in model.")
+    setup_cmd = stage.add_parser("setup", help="Install the local vLLM (CPU) serving venv and the built-in model.")
+    setup_cmd.add_argument("--harness", action="append", metavar="NAME", default=[],
+                       help="also build this harness's environment (repeatable; `all` for every one)")
     return root
 
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             return compare_runs(words[3:])
         args = parse(argv)
         if args.stage == "setup":
-            return setup()
+            return setup(args.harness)
         return evaluate(args)
     except NemotronError as e:
         print(secrets.mask(f"error: {e}"), file=sys.stderr)
@@ -89,10 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def setup() -> int:
+def setup(harnesses: list[str]) -> int:
+    """The serving venv and the built-in model; with --harness, harness environments (checked first: a bad name
+    builds nothing)."""
+    named = environments.named(harnesses)
     python = runtime.ensure_serve_venv()
     model = runtime.ensure_builtin_model("smollm2-135m-instruct")
     print(f"serving venv: {python.parent.parent}\nbuilt-in model: {model}")
+    for harness in named:
+        print(f"{harness} environment: {environments.build(harness)}")
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from nemotron.benchmarks import runner, sizing
+from nemotron.benchmarks import environments, runner, sizing
 from nemotron.config import models, profiles, secrets
 from nemotron.config.schema import EvalConfig
 from nemotron.errors import ConfigError
@@ -51,7 +51,8 @@ def render(cfg: EvalConfig, model: models.ModelRef, plans: list[runner.Benchmark
                 if model.kind == "wandb" else {"checkpoint_path": model.path})},
             "server": server,
             "in_flight": cfg.evaluation.in_flight or "sized from the server's KV cache once it is up",
-            "benchmarks": [{"name": p.name, **({"size": sizes[p.name].describe()} if sizes else {}),
+            "benchmarks": [{"name": p.name, "harness": f"{p.harness} in {environments.state(p.harness)}",
+                            **({"size": sizes[p.name].describe()} if sizes else {}),
                             "timeout": p.timeout, "retries": p.retries,
                             "parallelism": p.max_parallelism or "the in-flight budget",
                             "run_config": _without_parallelism(p.run_config(endpoint))} for p in plans],
@@ -112,13 +113,13 @@ def sizes(cfg: EvalConfig, plans: list[runner.BenchmarkPlan], count: bool) -> di
     """Each benchmark's documents and requests, as lm-eval counted them on this machine's datasets: from the
     request-count cache, and with `count` (--count) by lm-eval now for the missing ones. Without it the dry run
     loads nothing: lm-eval and the datasets take seconds per benchmark, a minute when the hub does not answer."""
-    named = {p.name: p.params for p in plans}
+    named, harnesses = {p.name: p.params for p in plans}, {p.name: p.harness for p in plans}
     if not count:
-        return sizing.count(named, {}, counting=False)
+        return sizing.count(named, {}, counting=False, harnesses=harnesses)
     hf_home = Path(os.path.expanduser(cfg.evaluation.hf_home)) if cfg.evaluation.hf_home else None
     if hf_home is not None and hf_home.is_dir():  # the view a first run makes of a read-only cache, made quietly
         hf_home = runtime.writable_hf_home(hf_home, say=lambda m: None)
-    return sizing.count(named, runner.harness_env(hf_home, cfg.offline))
+    return sizing.count(named, runner.harness_env(hf_home, cfg.offline), harnesses=harnesses)
 
 
 def export_plan(cfg: EvalConfig) -> str:

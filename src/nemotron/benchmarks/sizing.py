@@ -25,6 +25,7 @@ from nemotron.records.results import write_atomic
 from nemotron.serving import runtime
 
 TIMEOUT_SECONDS = 300
+LM_EVAL = "lm-evaluation-harness"  # the harness whose tasks are counted (its TaskManager builds the requests)
 CACHE_FILE = "request-counts.json"
 # harness args that would change the count in ways we do not model: such a benchmark is not sized
 _UNMODELLED_ARGS = ("--limit", "--samples", "--tasks", "--include_path")
@@ -62,18 +63,20 @@ NOT_COUNTED = ("not counted yet: a run counts it as it starts; `--dry-run --coun
 
 
 def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path | None = None,
-          nice: bool = False, counting: bool = True) -> dict[str, Size]:
+          nice: bool = False, counting: bool = True, harnesses: dict[str, str] | None = None) -> dict[str, Size]:
     """The size of each benchmark (name → harness params), from the cache or one lm-eval subprocess for all
     missing ones; a failure of that process makes those sizes unknown, never an error (this is a preview).
     `nice`: counting while a suite runs yields the CPU to the model load and the harnesses. Not `counting`: the
-    cache only, the missing ones unknown."""
+    cache only, the missing ones unknown. `harnesses`: a benchmark's harness when not lm-eval (not counted)."""
     cache_dir = cache_dir or runtime.home()
     cache_path = cache_dir / CACHE_FILE
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
-    asked = {name: question(params) for name, params in named.items()}
+    others = {name: h for name, h in (harnesses or {}).items() if h != LM_EVAL}
+    asked = {name: f"the {others[name]} harness is not counted before it runs" if name in others
+             else question(params) for name, params in named.items()}
     keys = {name: _key(q) for name, q in asked.items() if isinstance(q, dict)}
     todo = {keys[n]: asked[n] for n in keys if keys[n] not in cache}
     if not todo:

@@ -1,0 +1,59 @@
+"""Write the lock of each harness environment: `src/nemotron/benchmarks/locks/<harness>.txt`.
+
+    uv run python scripts/lock_harnesses.py              # every harness with a PyPI package
+    uv run python scripts/lock_harnesses.py bfcl tau     # those
+
+A lock pins the harness's package and everything it needs, with nemo-evaluator at the project's own version (the
+run config and output format the flow writes and reads), for the project's Python. Two machines that build an
+environment from it get the same packages. Re-run it to move a harness to a newer release, and commit the lock.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from nemotron.benchmarks import environments
+from nemotron.serving.provision import find_uv
+
+
+def lock(harness: str, uv: str) -> str:
+    package = environments.PACKAGES[harness]
+    wanted = f"{package}\nnemo-evaluator=={metadata.version('nemo-evaluator')}\n"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "requirements.in").write_text(wanted)
+        done = subprocess.run([uv, "pip", "compile", "--quiet", "--python-version", python, "--no-header",
+                               "requirements.in"], cwd=tmp, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{harness} ({package}): {done.stderr.strip().splitlines()[-1]}")
+    return (f"# {harness}: {package} and nemo-evaluator {metadata.version('nemo-evaluator')}, for Python {python}\n"
+            f"# written by scripts/lock_harnesses.py (uv pip compile); do not edit\n" + done.stdout)
+
+
+def main(names: list[str]) -> int:
+    uv = find_uv()
+    if uv is None:
+        print("uv is needed to write the locks", file=sys.stderr)
+        return 2
+    failed = 0
+    for harness in names or sorted(set(environments.PACKAGES) - {environments.IN_PROJECT}):
+        try:
+            text = lock(harness, uv)
+        except RuntimeError as e:
+            print(f"not locked: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        path = environments.LOCKS / f"{harness}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}: "
+              f"{environments.pinned(harness)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

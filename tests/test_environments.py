@@ -1,0 +1,109 @@
+"""Issue 30: each harness but lm-eval runs in an environment of its own, built from PyPI from a lock in the
+repository."""
+
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from nemotron.benchmarks import environments, runner
+from nemotron.errors import ConfigError
+
+
+def test_every_lock_pins_its_harness_package_and_the_projects_nemo_evaluator():
+    """The flow writes nemo-evaluator's run config and reads its output: every environment must run the same
+    nemo-evaluator as the project, and name its harness's package."""
+    locks = sorted(environments.LOCKS.glob("*.txt"))
+    assert {p.stem for p in locks} == set(environments.PACKAGES) - {environments.IN_PROJECT}
+    for lock in locks:
+        pins = environments.pinned(lock.stem)
+        assert pins["nemo-evaluator"] == metadata.version("nemo-evaluator"), lock.name
+        assert environments.PACKAGES[lock.stem] in pins, lock.name
+
+
+def test_a_new_lock_is_a_new_environment_and_its_versions_are_in_the_result_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(environments, "LOCKS", tmp_path)
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    (tmp_path / "bfcl.txt").write_text("nvidia-bfcl==26.3\nnemo-evaluator==0.2.8\nnumpy==1.26.4\n")
+    before = environments.folder("bfcl")
+    key = runner.result_key("m", "bfcl.bfclv3", {"task": "simple"})
+    (tmp_path / "bfcl.txt").write_text("nvidia-bfcl==26.4\nnemo-evaluator==0.2.8\nnumpy==1.26.4\n")
+    assert environments.folder("bfcl") != before and before.parent == tmp_path / "home" / "harness-envs"
+    assert environments.pinned("bfcl") == {"nvidia-bfcl": "26.4", "nemo-evaluator": "0.2.8"}
+    assert runner.result_key("m", "bfcl.bfclv3", {"task": "simple"}) != key  # an upgraded harness scores anew
+    assert runner.result_key("m", "lm-evaluation-harness.gsm8k", {}) == \
+        runner.result_key("m", "lm-evaluation-harness.gsm8k", {})
+
+
+def test_a_harness_that_cannot_run_here_is_refused_at_planning_in_one_line(tmp_path, monkeypatch):
+    environments.check("lm-evaluation-harness", offline=True)
+    environments.check("bfcl", offline=True)  # its data is in its package
+    with pytest.raises(ConfigError, match=r"task 'AIME_2025' runs on the simple_evals harness, which fetches its "
+                                          r"data at run time, and this run is offline .*hf_offline=false"):
+        environments.check("simple_evals", offline=True, task="AIME_2025")
+    environments.check("simple_evals", offline=False)
+    monkeypatch.setattr(environments, "LOCKS", tmp_path)
+    with pytest.raises(ConfigError, match=r"no environment here; lock it: `uv run python scripts/lock_harnesses.py "
+                                          r"bfcl` \(its package is nvidia-bfcl\)"):
+        environments.check("bfcl")
+    with pytest.raises(ConfigError, match="no PyPI package: run it with nemo-evaluator-launcher"):
+        environments.check("nemo_skills")
+
+
+def test_setup_names_harnesses_or_all_and_refuses_an_unknown_one():
+    assert environments.named(["all"]) == sorted(set(environments.PACKAGES) - {environments.IN_PROJECT})
+    assert environments.named(["bfcl", "bfcl", "lm-evaluation-harness"]) == ["bfcl"]
+    with pytest.raises(ConfigError, match=r"unknown harness 'bfcll'; valid: all, bfcl, "):
+        environments.named(["bfcll"])
+
+
+def test_the_bfcl_environment_is_built_from_pypi_beside_the_projects_and_once(tmp_path, monkeypatch):
+    """Built from its lock: numpy 1.26.4 there (nvidia-bfcl pins it), the project's own numpy here; `bfcl` and
+    nemo-evaluator in its bin. A second build finds it complete and runs nothing; a half-built one is made anew."""
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    said = []
+    built = environments.build("bfcl", said.append)
+    assert built == environments.folder("bfcl") and environments.ready("bfcl")
+    assert said and "nvidia-bfcl==26.3" in said[0]
+    there = subprocess.run([str(built / "bin" / "python"), "-c", "import numpy; print(numpy.__version__)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert there == "1.26.4" and metadata.version("numpy") != there
+    assert (built / "bin" / "bfcl").is_file() and (built / "bin" / "nemo-evaluator").is_file()
+    assert "ready" in environments.state("bfcl")
+
+    def no_build(*_a, **_k):
+        raise AssertionError("a complete environment is not built again")
+
+    monkeypatch.setattr(environments.subprocess, "run", no_build)
+    assert environments.build("bfcl", said.append) == built
+    monkeypatch.undo()
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    (built / environments.COMPLETE).unlink()  # as a build killed half way leaves it
+    (built / "bin" / "bfcl").unlink()
+    assert not environments.ready("bfcl")
+    environments.build("bfcl", said.append)
+    assert (built / "bin" / "bfcl").is_file() and environments.ready("bfcl")
+
+
+def test_an_environment_that_cannot_be_built_is_one_line_naming_the_package_and_leaves_nothing(tmp_path,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(environments, "LOCKS", tmp_path / "locks")
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "bfcl.txt").write_text("nvidia-bfcl==0.0.0.dev404\nnemo-evaluator==0.2.8\n")
+    with pytest.raises(ConfigError) as e:
+        environments.build("bfcl", lambda m: None)
+    assert str(e.value).startswith("the bfcl environment (nvidia-bfcl==0.0.0.dev404, nemo-evaluator==0.2.8) could "
+                                   "not be built: ") and "\n" not in str(e.value)
+    assert not environments.folder("bfcl").exists() and not environments.ready("bfcl")
+
+
+def test_a_harness_runs_its_own_environments_nemo_evaluator(tmp_path, monkeypatch):
+    """lm-eval's benchmarks run the project's nemo-evaluator (in-process CLI); another harness's run the
+    nemo-evaluator of its environment, with its programs first on PATH."""
+    monkeypatch.setenv("NEMOTRON_HOME", str(tmp_path / "home"))
+    assert environments.bin_dir("lm-evaluation-harness") is None
+    assert environments.bin_dir("bfcl") == environments.folder("bfcl") / "bin"
+    plan = runner.BenchmarkPlan("b", "bfcl.bfclv3_ast_prompting", "chat", str(tmp_path), 60, 0, {})
+    assert plan.harness == "bfcl" and Path(environments.bin_dir(plan.harness)).name == "bin"

@@ -1,0 +1,57 @@
+"""Issue 30, on the real stack: a harness other than lm-eval, in its own environment, scores the served model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nemotron.benchmarks import environments
+from tests import wandb_offline
+from tests.helpers import hf_home, scores
+from tests.test_e2e import vllm_processes
+
+BFCL = ["-t", "bfclv3_ast_prompting",  # BFCL v3 by prompting (no native tool calls): SmolLM2 has none
+        "evaluation.nemo_evaluator_config.config.params.task=simple",  # one category of it
+        "evaluation.nemo_evaluator_config.config.params.limit_samples=3"]
+
+
+@pytest.mark.e2e
+def test_bfcl_in_its_own_environment_scores_the_served_model_through_the_gate(tmp_path):
+    """The embedded default with `-t bfclv3_ast_prompting`: the bfcl environment (numpy 1.26.4 there, the project's
+    numpy here) runs nemo-evaluator and `bfcl`, SmolLM2 served by vLLM answers every request through the gate, the
+    scores are recorded with the versions that made them and exported to W&B (offline)."""
+    assert not vllm_processes(), "a vLLM server is already running"
+    r = subprocess.run([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", *BFCL,
+                        f"evaluation.output_dir={tmp_path}", "export.wandb.project=harnesses"],
+                       capture_output=True, text=True, timeout=1200,
+                       env={**os.environ, "HF_HOME": str(hf_home()), "WANDB_MODE": "offline"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    assert environments.ready("bfcl")
+    there = subprocess.run([str(environments.folder("bfcl") / "bin" / "python"), "-c",
+                            "import numpy; print(numpy.__version__)"], capture_output=True, text=True).stdout.strip()
+    import numpy
+    assert there == "1.26.4" != numpy.__version__
+
+    (summary,) = tmp_path.glob("smollm2-135m-instruct/*/results.json")
+    doc = json.loads(summary.read_text())
+    (result,) = doc["results"]
+    assert result["benchmark"] == "bfclv3_ast_prompting" and result["status"] == "completed", result
+    found = {s["metric"]: s["value"] for s in result["scores"]}
+    assert "python_simple_ast_non_live" in found and 0.0 <= found["python_simple_ast_non_live"] <= 1.0, found
+    assert ("bfclv3_ast_prompting", "python_simple_ast_non_live") in scores(out), out[-3000:]
+    manifest = json.loads((summary.parent / "manifest.json").read_text())
+    assert manifest["harness"]["nvidia-bfcl"] == "26.3"  # the versions that scored it
+    log = (summary.parent / "bfclv3_ast_prompting" / "run_eval.log").read_text()
+    assert "bfcl generate" in log and "--test-category simple" in log
+
+    (launch,) = json.loads((summary.parent / "in-flight.json").read_text())
+    counted = launch["benchmarks"]["bfclv3_ast_prompting"]
+    assert counted["requests"] >= 3 and counted["failed"] == 0, launch  # bfcl's requests crossed the gate
+
+    (wb,) = wandb_offline.runs(summary.parent)
+    for score in result["scores"]:
+        assert float(wb.summary[f"bfclv3_ast_prompting/{score['metric']}"]) == score["value"]
+    assert not vllm_processes(), "a server outlived the run"
