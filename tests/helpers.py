@@ -34,6 +34,19 @@ def nemotron(*args: str, env: dict[str, str] | None = None, timeout: float = 120
     )
 
 
+def in_this_lane(pid: int) -> bool:
+    """Whether a process belongs to this test session's lane (scripts/lanes.py runs two sessions at once): its
+    environment names the lane, as everything a test starts inherits, Slurm jobs submitted here included. Without
+    lanes, every process does."""
+    lane = os.environ.get("NEMOTRON_TEST_LANE")
+    if lane is None:
+        return True
+    try:
+        return f"NEMOTRON_TEST_LANE={lane}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone, or not ours to read
+
+
 def scores(out: str) -> dict[tuple[str, str], float]:
     """(benchmark, metric) → value from the score table the CLI prints."""
     return {(b, m): float(v) for b, m, v in re.findall(r"^(\w+)\s+(\S+)\s+(\d\.\d{4})\b", out, re.M)}

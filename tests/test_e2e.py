@@ -27,7 +27,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from nemotron.serving import runtime
-from tests.helpers import answered, hf_home, kill_server_once_it_answered, nemotron
+from tests.helpers import answered, hf_home, in_this_lane, kill_server_once_it_answered, nemotron
 from tests.sentinels import Sentinels, watch_harnesses
 
 SUITE = ["adlr_mmlu", "hellaswag", "arc_challenge", "adlr_arc_challenge_llama_25_shot",
@@ -39,10 +39,11 @@ KILL_AFTER = 12  # answered requests: mmlu (57) is under way
 
 
 def vllm_processes() -> str:
-    """Live vLLM processes. A zombie (an engine core whose killed parent left it to PID 1, not reaped yet) has
-    exited and holds nothing, so it is not a server that outlived a run."""
+    """Live vLLM processes of this test lane. A zombie (an engine core whose killed parent left it to PID 1, not
+    reaped yet) has exited and holds nothing, so it is not a server that outlived a run."""
     listed = subprocess.run(["pgrep", "-af", "vllm.entrypoints|VLLM::"], capture_output=True, text=True).stdout
-    return "".join(line for line in listed.splitlines(keepends=True) if not exited(int(line.split()[0])))
+    return "".join(line for line in listed.splitlines(keepends=True)
+                   if not exited(int(line.split()[0])) and in_this_lane(int(line.split()[0])))
 
 
 def exited(pid: int) -> bool:

@@ -107,3 +107,24 @@ def test_a_harness_runs_its_own_environments_nemo_evaluator(tmp_path, monkeypatc
     assert environments.bin_dir("bfcl") == environments.folder("bfcl") / "bin"
     plan = runner.BenchmarkPlan("b", "bfcl.bfclv3_ast_prompting", "chat", str(tmp_path), 60, 0, {})
     assert plan.harness == "bfcl" and Path(environments.bin_dir(plan.harness)).name == "bin"
+
+
+def test_an_environment_that_cannot_be_built_fails_the_run_before_any_server_starts(tmp_path, monkeypatch):
+    """The flow builds what its benchmarks' harnesses need before it serves: an environment that cannot be built
+    is the run's one-line failure, and the server (the fake, journalling its starts) is never launched."""
+    from flows.eval import nano3_eval
+    from tests.helpers import fake_request
+
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "bfcl.txt").write_text("nvidia-bfcl==0.0.0.dev404\nnemo-evaluator==0.2.8\n")
+    monkeypatch.setattr(environments, "LOCKS", locks)
+    journal = tmp_path / "journal"
+    request = fake_request(tmp_path, "--journal", str(journal), tasks=("bfclv3_ast_prompting",),
+                           extra=["evaluation.nemo_evaluator_config.config.params.task=simple"])
+    state = nano3_eval(**request, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("the bfcl environment (nvidia-bfcl==0.0.0.dev404, nemo-evaluator==0.2.8) could "
+                                    "not be built: ") and "\n" not in state.message, state.message
+    assert not journal.exists(), journal.read_text()  # no server start
+    assert not environments.folder("bfcl").exists()
