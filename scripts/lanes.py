@@ -1,12 +1,12 @@
 """The test suite in two lanes that run at once: what uses the project's Slurm and its sshd login node, and the rest.
 
-Run as one session the suite keeps this machine's two cores half busy (51% on average over a CI run, sampled each
-minute from /proc/stat): much of its time is waiting (a queued job, a model loading, a server relaunched), and a
-lane that waits lets the other run. Each lane is a pytest session of its own (its own Prefect server and temporary folders,
-`NEMOTRON_TEST_LANE` set to its name). The cluster lane holds every test file that submits to the Slurm queue or
-uses the login node (a test there stops sshd, and the job guard of tests/conftest.py reads the queue between
-tests): a new such file goes into CLUSTER below. Tests that look for servers left behind look only at their own
-lane's (tests/helpers.py: `in_this_lane`).
+Run as one session the suite keeps this machine's two cores half busy (51% on average over a CI run, sampled
+each minute from /proc/stat): much of its time is waiting (a queued job, a model loading, a server relaunched),
+and a lane that waits lets the other run. Each lane is a pytest session of its own (its own Prefect server and
+temporary folders, `NEMOTRON_TEST_LANE` set to its name). The cluster lane holds every test file that submits to
+the Slurm queue or uses the login node (a test there stops sshd, and the job guard of tests/conftest.py reads the
+queue between tests): a new such file goes into CLUSTER below. Tests that look for servers left behind look only
+at their own lane's (tests/helpers.py: `in_this_lane`).
 
     HF_HOME=../shared/hf-home uv run python scripts/lanes.py    # after scripts/test.sh has set the machine up
 
