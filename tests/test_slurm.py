@@ -183,7 +183,9 @@ def test_a_detached_suite_longer_than_its_allocation_continues_in_a_new_one(tmp_
     assert allocations[0] == (job, "TIMEOUT") and allocations[-1][1] == "COMPLETED", status.stdout
     assert len(allocations) >= 2
     assert ("gsm8k", "exact_match__strict-match") in scores(status.stdout), status.stdout
-    assert journal.read_text().count("start") == len(allocations)  # one server per allocation
+    # one server at most per allocation, and at least two: the first answered some, not all, and the suite completed.
+    # Under load an allocation may end before its flow launches a server (the lanes run: 2 starts in 3 allocations)
+    assert 2 <= journal.read_text().count("start") <= len(allocations), (journal.read_text()[:2000], status.stdout)
     (run_dir,) = {p.parent for p in tmp_path.glob("*/*/results.json")}
     assert json.loads((run_dir / "results.json").read_text())["results"][0]["status"] == "completed"
     answered_first = journal.read_text().split("start")[1].count("request")
