@@ -11,7 +11,6 @@ by `nemotron nano3 setup --harness NAME`, and shared by every run on the machine
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import re
@@ -152,17 +151,8 @@ def _commands(target: Path, lock: Path) -> list[list[str]]:
     if uv is None:
         return [[sys.executable, "-m", "venv", str(target)],
                 [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps", "-r", str(lock)]]
-    where: list[str] = ["--index-url", settings.index_url] if settings.index_url else []
-    for url in settings.extra_index_urls:
-        where += ["--extra-index-url", url]
-    for link in settings.find_links:
-        where += ["--find-links", link]
     return [[uv, "venv", "--quiet", "--python", sys.executable, str(target)],
             # the user's indexes are trusted alike (a mirror beside PyPI): each package from whichever holds its pin
-            [uv, "pip", "sync", "--quiet", "--python", python, "--index-strategy", "unsafe-best-match", *where,
-             str(lock)]]
+            [uv, "pip", "sync", "--quiet", "--python", python, "--index-strategy", "unsafe-best-match",
+             *provision.uv_sources(settings), str(lock)]]
 
-
-def remove(harness: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(folder(harness))

@@ -20,12 +20,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nemotron.benchmarks import harness
+from nemotron.benchmarks import environments, harness
 from nemotron.records.results import write_atomic
 from nemotron.serving import runtime
 
 TIMEOUT_SECONDS = 300
-LM_EVAL = "lm-evaluation-harness"  # the harness whose tasks are counted (its TaskManager builds the requests)
 CACHE_FILE = "request-counts.json"
 # harness args that would change the count in ways we do not model: such a benchmark is not sized
 _UNMODELLED_ARGS = ("--limit", "--samples", "--tasks", "--include_path")
@@ -74,7 +73,8 @@ def count(named: dict[str, dict[str, Any]], env: dict[str, str], cache_dir: Path
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
-    others = {name: h for name, h in (harnesses or {}).items() if h != LM_EVAL}
+    # only lm-eval's tasks are counted: its TaskManager builds the requests
+    others = {name: h for name, h in (harnesses or {}).items() if h != environments.IN_PROJECT}
     asked = {name: f"the {others[name]} harness is not counted before it runs" if name in others
              else question(params) for name, params in named.items()}
     keys = {name: _key(q) for name, q in asked.items() if isinstance(q, dict)}

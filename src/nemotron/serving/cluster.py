@@ -35,7 +35,7 @@ from nemotron.config import models
 from nemotron.config.profiles import Profile
 from nemotron.config.schema import DeploymentSection
 from nemotron.errors import ConfigError, ServeError
-from nemotron.serving import engines, runtime
+from nemotron.serving import endpoints, engines, runtime
 
 JOB_NAME_PREFIX = "nemotron-eval."
 
@@ -370,7 +370,7 @@ class PortForward:
     def __init__(self, login: str, user: str | None, identity: str | None, host: str, port: int,
                  ready_seconds: float = 30.0):
         name, _, login_port = login.rpartition(":") if login.count(":") == 1 else (login, "", "")
-        self.local_port = _free_port()
+        self.local_port = endpoints.free_port()  # outside the ephemeral range: still free when ssh restarts
         self.command = ["ssh", "-N", "-T", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
                         "-o", "StrictHostKeyChecking=accept-new", "-o", "ServerAliveInterval=15",
                         "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR",
@@ -415,12 +415,6 @@ class PortForward:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(5)
         self._proc.stdin.close()  # the reaper's pipe: should anything be left, it goes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- container images: squash once to an enroot .sqsh on the cluster ---------------------------

@@ -93,17 +93,23 @@ def install_commands(venv: Path, packages: list[str], no_deps: list[str], unused
         extra = ["--extra-index-url", torch_index] if torch_index else []
         return [[sys.executable, "-m", "venv", str(venv)], [*pip, "install", *extra, *packages],
                 [*pip, "install", "--no-deps", *no_deps], [*pip, "uninstall", "-y", *unused]]
-    where: list[str] = ["--index-url", settings.index_url] if settings.index_url else []
-    for url in (*settings.extra_index_urls, *([torch_index] if torch_index else [])):
-        where += ["--extra-index-url", url]
-    for link in settings.find_links:
-        where += ["--find-links", link]
+    where = uv_sources(settings, extra_index_urls=(torch_index,) if torch_index else ())
     for constraint in settings.constraints:
         where += ["--constraint", constraint]
     # torch's +cpu build sits on one index, its dependencies on another: consider every index for each package
     pip = [uv, "pip", "install", "--python", python, "--quiet", "--index-strategy", "unsafe-best-match", *where]
     return [[uv, "venv", "--quiet", "--python", sys.executable, str(venv)], [*pip, *packages],
             [*pip, "--no-deps", *no_deps], [uv, "pip", "uninstall", "--python", python, "--quiet", *unused]]
+
+
+def uv_sources(settings: PipSettings, extra_index_urls: tuple[str, ...] = ()) -> list[str]:
+    """uv's arguments for where packages come from: the user's index, extra indexes and wheel folders."""
+    where: list[str] = ["--index-url", settings.index_url] if settings.index_url else []
+    for url in (*settings.extra_index_urls, *extra_index_urls):
+        where += ["--extra-index-url", url]
+    for link in settings.find_links:
+        where += ["--find-links", link]
+    return where
 
 
 def find_uv() -> str | None:
