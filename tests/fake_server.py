@@ -9,6 +9,8 @@ It accepts vLLM's command line (so `deployment.command` can point at it) and can
 --require-env NAME exits at once when the variable NAME (a secret it needs) is not set;
 --die-after N exits on the request after the first N, and --never-healthy-on-restart (with --journal) never
 becomes healthy once started again, so a test can lose a server and its relaunch;
+--think opens every chat answer with a finished reasoning trace that names another answer
+(`<think>The answer is 7.</think>`), as a reasoning model's do;
 --answers FILE (JSON: question → answer) answers those questions (the last "Question: ...\nAnswer:" of a prompt,
 as gsm8k asks) with their answer, so a test decides which share of a benchmark a "model" gets right; with
 --answers-in-model the file is answers.json in the `--model` folder, so one command serves versions that answer
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--fail-logprobs", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--answer", default="The answer is 42.", help="what every completion says")
+    ap.add_argument("--think", action="store_true", help="chat answers start with <think>The answer is 7.</think>")
     ap.add_argument("--fail-first", type=int, default=0, help="answer the first N completion requests with a 503")
     ap.add_argument("--die-after", type=int, default=0, help="exit, as if killed, on the request after the first N")
     ap.add_argument("--never-healthy-on-restart", action="store_true",
@@ -111,6 +114,7 @@ def main() -> None:
                 return
             if self.path.endswith("/chat/completions"):  # a chat task: the last message is the prompt
                 said = answer(str((req.get("messages") or [{}])[-1].get("content", "")))
+                said = f"<think>The answer is 7.</think> {said}" if args.think else said
                 self._send(200, {"id": "chat-fake", "object": "chat.completion", "model": args.served_model_name,
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": f" {said}\n\n"}}],

@@ -155,3 +155,35 @@ def test_a_hugging_face_model_id_is_served_from_the_hub_cache_offline(tmp_path):
     (manifest,) = (tmp_path / "out").glob("*/*/manifest.json")
     model = json.loads(manifest.read_text())["model"]
     assert (model["kind"], model["digest"], model["slug"]) == ("hf", commit, "smollm2-135m-instruct")
+
+
+def test_chat_tasks_with_a_system_prompt_are_scored_anew_and_not_comparable_with_those_without(tmp_path, running_vllm):
+    """Issue 30: gsm8k_cot_instruct and arc_challenge_chat through /v1/chat/completions, then the same with
+    evaluation.chat.system_prompt. The prompt reaches the server in every request (through nemo-evaluator's adapter,
+    then the gate), the benchmarks get new keys (not reused from the first run's store) and `eval compare` finds
+    every metric not comparable, naming the system prompt."""
+    url, key = running_vllm
+    prompt = 'Answer "briefly"; show the final answer.'
+    runs = []
+    for extra in ([], [f"evaluation.chat.system_prompt='{prompt}'", "evaluation.keep_requests=true"]):
+        r = nemotron("nano3", "eval", "-c", "local", "-t", "gsm8k_cot_instruct", "-t", "arc_challenge_chat",
+                     "deployment.type=none", f"deployment.url={url}/v1", "deployment.served_model_name=smollm2",
+                     "deployment.api_key_env=ENDPOINT_API_KEY", "run.model=builtin:smollm2-135m-instruct",
+                     *limited(tmp_path), "evaluation.nemo_evaluator_config.config.params.max_new_tokens=48", *extra,
+                     env={"ENDPOINT_API_KEY": key}, timeout=600)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out[-4000:]
+        assert {b for b, _ in scores(out)} == {"gsm8k_cot_instruct", "arc_challenge_chat"}, out[-2000:]
+        runs.append(sorted(tmp_path.glob("*/*/results.json"), key=lambda p: p.stat().st_mtime)[-1].parent)
+    plain, prompted = (json.loads((run / "results.json").read_text())["results"] for run in runs)
+    assert not any(b["reused"] for b in prompted)
+    assert {b["output_dir"] for b in plain}.isdisjoint(b["output_dir"] for b in prompted)
+    for name in ("gsm8k_cot_instruct", "arc_challenge_chat"):
+        sent = [json.loads(line) for line in (runs[1] / "requests" / f"{name}.jsonl").read_text().splitlines()]
+        assert sent and all(s["path"] == "/v1/chat/completions" for s in sent)
+        assert all(s["body"]["messages"][0] == {"role": "system", "content": prompt} for s in sent), sent[0]
+    apart = nemotron("nano3", "eval", "compare", *map(str, runs))
+    assert apart.returncode == 0, apart.stderr
+    rows = [line for line in apart.stdout.splitlines() if line.startswith(("gsm8k_cot_instruct", "arc_challenge_chat"))]
+    assert rows and all("not comparable: chat.system_prompt unset → 'Answer \"briefly\"" in row for row in rows), \
+        apart.stdout

@@ -433,3 +433,22 @@ def test_a_full_disk_stops_the_suite_naming_its_path_and_a_rerun_reuses_what_fin
             ("gsm8k_cot_llama", "completed", False)]
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_reasoning_trace_is_stripped_before_the_answer_is_scored(tmp_path):
+    """Issue 30: the endpoint answers `<think>The answer is 7.</think> The answer is 42.` (a reasoning model's
+    answer) to gsm8k_cot_zeroshot, whose strict-match takes the first "The answer is N." it finds. As sent, the trace's
+    7 is scored; with evaluation.chat.strip_reasoning, nemo-evaluator's adapter strips the trace and 42, the answer
+    after it, is scored: in another folder (another key), not reused from the first run."""
+    scored = {}
+    for extra in ([], ["evaluation.chat.strip_reasoning={}"]):
+        request = fake_request(tmp_path, "--think", tasks=("gsm8k_cot_zeroshot",), extra=extra)
+        state = nano3_eval(**request, return_state=True)
+        assert state.is_completed(), state.message
+        (result,) = json.loads((Path(state.result().run_dir) / "results.json").read_text())["results"]
+        assert not result["reused"]
+        (samples,) = Path(result["output_dir"]).rglob("samples_gsm8k_cot_zeroshot_*.jsonl")
+        strict = [json.loads(line) for line in samples.read_text().splitlines()]
+        strict = [s for s in strict if s["filter"] == "strict-match"]
+        scored[bool(extra)] = {s["filtered_resps"][0].rstrip(".") for s in strict}
+    assert scored == {False: {"7"}, True: {"42"}}, scored

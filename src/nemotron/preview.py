@@ -53,12 +53,13 @@ def render(cfg: EvalConfig, model: models.ModelRef, plans: list[runner.Benchmark
             "in_flight": cfg.evaluation.in_flight or "sized from the server's KV cache once it is up",
             "benchmarks": [{"name": p.name, "harness": f"{p.harness} in {environments.state(p.harness)}",
                             **({"size": sizes[p.name].describe()} if sizes else {}),
+                            **({"chat": p.chat} if p.chat else {}),
                             "timeout": p.timeout, "retries": p.retries,
                             "parallelism": p.max_parallelism or "the in-flight budget",
                             "run_config": _without_parallelism(p.run_config(endpoint))} for p in plans],
             "benchmark_folders": "<output_dir>/benchmarks/<name>-<key>: the key is the model's identity, what "
-                                 "serves it (engine, version, numerics flags), the task and its harness params; a "
-                                 "folder that holds a result is reused, not recomputed"
+                                 "serves it (engine, version, numerics flags), the task, its harness params and chat "
+                                 "controls; a folder that holds a result is reused, not recomputed"
                                  + (" (W&B: the identity is the artifact digest, known after the look-up; the keys "
                                     "above are placeholders)" if model.kind == "wandb" else ""),
             "offline_hf_cache": cfg.evaluation.hf_home if cfg.offline else None,

@@ -3,7 +3,8 @@
 The harness runs in a subprocess, not in-process: nemo-evaluator's `evaluate()` installs signal
 handlers (main thread only) and calls sys.exit. Each run gets its own output folder, telemetry off,
 and the offline Hugging Face switches when a pre-populated cache is configured; lm-eval sends straight
-to the gate (client mode: no adapter proxy in between, see ADAPTER_CONFIG).
+to the gate (client mode: no adapter proxy in between, see chat.DIRECT) unless the benchmark has chat
+controls (chat.adapter_config).
 
 The subprocess code is ours, not prefect-shell's `ShellOperation` (which the flow uses for the
 container squash): prefect-shell 0.3.7 builds every child's environment from `os.environ.copy()`
@@ -39,14 +40,14 @@ import anyio
 import httpx
 import yaml
 
-from nemotron.benchmarks import environments, harness, registry
+from nemotron.benchmarks import chat, environments, harness, registry
 from nemotron.config import secrets
 from nemotron.config.schema import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError, DiskFull
 from nemotron.records import results
 from nemotron.records.results import BenchmarkResult, parse_output_dir
 from nemotron.serving import engines, runtime
-from nemotron.serving.endpoints import Endpoint, healthy
+from nemotron.serving.endpoints import Endpoint, free_port, healthy
 from nemotron.serving.jobs import log_tail
 
 KILL_GRACE_SECONDS = 10.0
@@ -55,13 +56,6 @@ RESULT_FILE = "nemotron-result.json"  # written last: the benchmark is complete 
 # harness params that change how requests are sent, not what is asked or scored: not part of the key
 TRANSPORT_PARAMS = ("parallelism", "request_timeout", "max_retries")
 HARNESS_PACKAGES = ("nemo-evaluator", "nemo-evaluator-launcher", "nvidia-lm-eval", "vllm")
-# lm-eval sends straight to the gate (nemo-evaluator's client mode): no adapter proxy per harness, which answered
-# ~95 requests/s whatever the budget (a Flask app, a thread per request in flight; perf/scale.py, README). What it
-# did per request is done elsewhere: lm-eval's own cache (`--use_cache <out>/lm_cache`, written as each answer
-# arrives) replays answered requests on a rerun; the gate counts answers for the board and keeps request bodies
-# when asked (evaluation.keep_requests).
-ADAPTER_CONFIG = {"mode": "client", "use_caching": False, "tracking_requests_stats": False,
-                  "generate_html_report": False}
 # what an infrastructure failure leaves in the harness log: the endpoint unreachable, gone, too slow, or 5xx
 _INFRASTRUCTURE = re.compile(
     r"ClientConnectorError|ServerDisconnectedError|Cannot connect to host|Connection refused|ConnectionResetError"
@@ -88,6 +82,7 @@ class BenchmarkPlan:
     key: str = ""  # model identity + task + harness params: the same key means the same results
     max_parallelism: int | None = None  # the user's `parallelism`, a cap; else the whole in-flight budget
     capabilities: tuple[str, ...] = ()  # what the endpoint must support: logprobs, ...
+    chat: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # chat.effective: {} = none
 
     @property
     def harness(self) -> str:
@@ -111,7 +106,8 @@ class BenchmarkPlan:
             "target": {"api_endpoint": {"url": url, "model_id": endpoint.model_id, "type": self.endpoint_type,
                                         # the variable's name; the harness sends its value as its bearer token
                                         **({"api_key_name": endpoint.api_key_env} if endpoint.api_key_env else {}),
-                                        "adapter_config": ADAPTER_CONFIG}},
+                                        "adapter_config": chat.adapter_config(self.chat, self.output_dir,
+                                                                              self.endpoint_type)}},
         }
 
 
@@ -155,14 +151,17 @@ def suite_versions(plans: list[BenchmarkPlan]) -> dict[str, str]:
     return found
 
 
-def result_key(model_identity: str, task_type: str, params: dict[str, Any]) -> str:
+def result_key(model_identity: str, task_type: str, params: dict[str, Any],
+               controls: dict[str, Any] | None = None) -> str:
     """What makes two runs of a benchmark give the same results (transport settings aside): the model, the
-    task, its params and the harness versions — an upgraded nemo-evaluator, lm-eval or harness package scores
-    anew."""
+    task, its params, its chat controls and the harness versions — an upgraded nemo-evaluator, lm-eval or
+    harness package scores anew."""
     asked = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS}
     versions = versions_for(task_type.split(".", 1)[0])
-    doc = json.dumps({"model": model_identity, "task": task_type, "params": asked, "harness": versions},
-                     sort_keys=True, default=str)
+    doc = {"model": model_identity, "task": task_type, "params": asked, "harness": versions}
+    if controls:  # absent when there are none: the keys of results made before controls existed still match
+        doc["chat"] = controls
+    doc = json.dumps(doc, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
@@ -192,13 +191,19 @@ def plan(
         params = deep_merge(info.defaults.get("config", {}).get("params", {}),
                             ev.nemo_evaluator_config.config.params.model_dump(exclude_none=True))
         params = deep_merge(params, spec.nemo_evaluator_config.config.params.model_dump(exclude_none=True))
+        controls = _controls(cfg, spec, info)
+        if args := chat.lm_eval_args(controls, info.endpoint_type) if info.harness == environments.IN_PROJECT else "":
+            extra = params.setdefault("extra", {})
+            extra["args"] = f"{extra.get('args') or ''} {args}".strip()
         copy = None
-        if info.needs_logprobs and not params.get("extra", {}).get("tokenizer"):
-            # log-likelihood tasks score continuations client-side: they need the model's tokenizer
+        client_side = info.needs_logprobs or "apply_chat_template" in controls
+        if client_side and not params.get("extra", {}).get("tokenizer"):
+            # log-likelihood tasks score continuations client-side, and a chat template is rendered there: they need
+            # the model's tokenizer
             own = engines.tokenizer(cfg.deployment, model_path)
             params = deep_merge(params, {"extra": {"tokenizer": own, "tokenizer_backend": "huggingface"}})
             copy = tokenizer
-        key = result_key(model_identity, info.qualified, params)  # names the checkpoint's own tokenizer
+        key = result_key(model_identity, info.qualified, params, controls)  # names the checkpoint's own tokenizer
         if copy:  # the harness reads the local copy
             params = deep_merge(params, {"extra": {"tokenizer": copy}})
         cap = spec.nemo_evaluator_config.config.params.parallelism or ev.nemo_evaluator_config.config.params.parallelism
@@ -206,9 +211,22 @@ def plan(
             name=spec.name, task_type=info.qualified, endpoint_type=info.endpoint_type,
             output_dir=str(store / f"{spec.name}-{key[:12]}"), timeout=spec.timeout or ev.timeout,
             retries=ev.retries if spec.retries is None else spec.retries, params=params, key=key,
-            max_parallelism=cap, capabilities=info.capabilities,
+            max_parallelism=cap, capabilities=info.capabilities, chat=controls,
         ))
     return plans
+
+
+def _controls(cfg: EvalConfig, spec: TaskSpec, info: registry.TaskInfo) -> dict[str, Any]:
+    """A benchmark's chat controls, refused in one line where its harness cannot apply them."""
+    controls = chat.effective(cfg.evaluation.chat, spec.chat)
+    if info.endpoint_type == "chat":
+        controls.pop("apply_chat_template", None)  # a chat task's prompts are always rendered by the template
+    elif info.harness != environments.IN_PROJECT:
+        for name in ("system_prompt", "apply_chat_template"):
+            if name in controls:
+                raise ConfigError(f"task {spec.name!r} sends prompts, not chat messages ({info.harness}): chat.{name} "
+                                  "applies to chat tasks and lm-evaluation-harness's; unset it for this task")
+    return controls
 
 
 def finished(bench: BenchmarkPlan) -> BenchmarkResult | None:
@@ -448,6 +466,9 @@ async def _run_harness(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, 
         else:  # its own environment's nemo-evaluator, and its programs first on PATH
             evaluator = [str(programs / "nemo-evaluator")]
             env = {**env, "PATH": os.pathsep.join([str(programs), env.get("PATH", os.defpath)])}
+        if chat.through_adapter(bench.chat, bench.endpoint_type):
+            # a port of its own: nemo-evaluator's search from 3825 races with the other benchmarks' adapters
+            env = {**env, "ADAPTER_PORT": str(free_port())}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nemotron.benchmarks.reaper", *evaluator,
             "run_eval", "--run_config", str(cfg_path), env=env, cwd=out,

@@ -169,11 +169,39 @@ class NemoEvaluatorConfig(Strict):
     config: HarnessSection = Field(default_factory=HarnessSection)
 
 
+class ReasoningTrace(Strict):
+    """A reasoning trace to strip from each answer before it is scored."""
+
+    start: str | None = Field("<think>", description="The token that opens a trace; None: answers have no opening "
+                              "token, the trace runs from the start to `end`.")
+    end: str = Field("</think>", min_length=1, description="The token that closes a trace: what follows is scored.")
+    unfinished: Literal["keep", "empty"] = Field(
+        "keep", description="An answer whose trace never ends: keep it whole, or score it as empty.")
+
+
+class ChatControls(Strict):
+    """How requests are changed and answers cleaned (nemo-evaluator's adapter interceptors). Part of the result key
+    and of `eval compare`'s like-for-like check: a system prompt changes scores."""
+
+    system_prompt: str | None = Field(None, description="A system message put first in every chat request (before the "
+                                      "task's own, if it has one); for lm-eval completions tasks, its "
+                                      "--system_instruction.")
+    strip_reasoning: ReasoningTrace | None = Field(None, description="Strip a reasoning trace from each answer "
+                                                   "before scoring; None = score answers as they come.")
+    add_params: dict[str, Any] = Field(default_factory=dict, description="Request fields to add (over the "
+                                       "harness's), e.g. chat_template_kwargs: {enable_thinking: false}.")
+    drop_params: list[str] = Field(default_factory=list, description="Request fields to remove, e.g. [logprobs].")
+    apply_chat_template: bool | None = Field(None, description="lm-eval completions tasks: render prompts with the "
+                                             "model's chat template (lm-eval --apply_chat_template); None = the "
+                                             "harness's default (chat tasks always use it).")
+
+
 class TaskSpec(Strict):
     name: str = Field(description="Task name in the nemo-evaluator registry (or harness.task).")
     nemo_evaluator_config: NemoEvaluatorConfig = Field(
         default_factory=NemoEvaluatorConfig, description="Merged over the evaluation-wide one."
     )
+    chat: ChatControls | None = Field(None, description="Merged over evaluation.chat, field by field.")
     timeout: float | None = Field(None, gt=0, description="Overrides evaluation.timeout.")
     retries: int | None = Field(None, ge=0, description="Overrides evaluation.retries.")
 
@@ -202,6 +230,8 @@ class EvaluationSection(Strict):
     nemo_evaluator_config: NemoEvaluatorConfig = Field(
         default_factory=NemoEvaluatorConfig, description="Harness config for every task."
     )
+    chat: ChatControls = Field(default_factory=ChatControls, description="Chat and reasoning controls for every "
+                               "task: a system prompt, reasoning traces stripped, request fields added or dropped.")
     timeout: float = Field(14400, gt=0, description="Seconds per benchmark run before it is stopped.")
     retries: int = Field(1, ge=0, description="Retries of a failed benchmark run.")
     retry_delay: float = Field(10, ge=0, description="Seconds between retries.")

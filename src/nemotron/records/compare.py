@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from nemotron.benchmarks import chat
 from nemotron.benchmarks.runner import TRANSPORT_PARAMS
 from nemotron.errors import ConfigError
 from nemotron.records import runs, stats
@@ -135,9 +136,13 @@ def load(run_dir: Path, label: str | None = None) -> Evaluation:
         if not r.ok:
             continue
         out = Path(r.output_dir)
-        config = _run_config(out)
+        run_config = _run_config(out)
+        config = run_config.get("config") or {}
+        controls, args = chat.recorded(run_config)
         params = {k: v for k, v in _flat(config.get("params") or {}).items()
-                  if k not in TRANSPORT_PARAMS and k not in _PLACE_PARAMS}
+                  if k not in TRANSPORT_PARAMS and k not in _PLACE_PARAMS and k != "extra.args"}
+        # a system prompt changes scores: the chat controls are held side by side as the config names them
+        params.update({**({"extra.args": args} if args else {}), **_flat({"chat": controls})})
         benchmarks[r.benchmark] = Benchmark(r.benchmark, config.get("type", ""), params, harness, out,
                                             {s.metric: s.value for s in r.scores})
     model = (manifest.get("model") or {})
@@ -146,7 +151,7 @@ def load(run_dir: Path, label: str | None = None) -> Evaluation:
 
 def _run_config(out: Path) -> dict[str, Any]:
     try:
-        return (yaml.safe_load((out / RUN_CONFIG).read_text()) or {}).get("config") or {}
+        return yaml.safe_load((out / RUN_CONFIG).read_text()) or {}
     except OSError:
         return {}
 
@@ -181,8 +186,10 @@ def _is_version(v: Any) -> bool:
     return isinstance(v, str) and v[:1].isdigit()
 
 
-def _shown(v: Any) -> str:
-    return "unset" if v is None else str(v)
+def _shown(v: Any, width: int = 60) -> str:
+    """A setting as a difference names it: a long one (a system prompt) cut to `width` characters."""
+    shown = "unset" if v is None else repr(v) if isinstance(v, str) and " " in v else str(v)
+    return shown if len(shown) <= width else shown[:width - 1] + "…"
 
 
 def samples(bench: Benchmark, metric: str) -> dict[tuple, float]:
