@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from scipy import stats as _scipy
 
 LEVEL = 0.95  # the interval; each one-sided claim (regression, pass) is tested at (1 − LEVEL) / 2
 ALPHA_ONE_SIDED = (1 - LEVEL) / 2
@@ -53,7 +52,11 @@ class Paired:
     def _cdf(self, t: float) -> float:
         if math.isinf(t):
             return 0.0 if t < 0 else 1.0
-        return float(_scipy.t.cdf(t, self.n - 1)) if self.method == "paired t" else _NORMAL.cdf(t)
+        if self.method != "paired t":
+            return _NORMAL.cdf(t)
+        from scipy import stats  # here, not at import: 1 s of every CLI command's start-up, for the t test alone
+
+        return float(stats.t.cdf(t, self.n - 1))
 
     def p_below(self, d0: float) -> float:
         """One-sided p for "the difference is below d0" (a drop beyond the margin, when d0 = −max_drop)."""
