@@ -5,6 +5,7 @@ import pytest
 
 from nemotron.config.schema import load_config
 from nemotron.records import wandb_export
+from tests import wandb_offline
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 
@@ -135,6 +136,42 @@ def test_an_offline_export_in_its_own_process_returns_what_it_recorded(tmp_path,
     suite, manifest = _suite(tmp_path)
     config = cfg("export.wandb.project=p", "run.wandb.entity=team")
     where, _ = wandb_export.target(config)
-    record = wandb_export.export_within(60, suite, manifest, config, where)
-    assert record["offline"] and record["project"] == "p" and record["run_id"] == "eval-0123456789abcdef"
-    assert list(tmp_path.glob("wandb/offline-run-*/run-eval-0123456789abcdef.wandb"))
+    for attempt in range(3):  # the run's log is whole once the export has returned, every time
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path / str(attempt)))
+        record = wandb_export.export_within(60, suite, manifest, config, where)
+        assert record["offline"] and record["project"] == "p" and record["run_id"] == "eval-0123456789abcdef"
+        logs = list((tmp_path / str(attempt)).glob("wandb/offline-run-*"))
+        assert [p.name.endswith("eval-0123456789abcdef") for p in logs] == [True]
+        # the parent stops the export's process tree once told: a W&B service stopped before it wrote the log out
+        # left an offline run with its header alone (seen in CI: wb.run None, a run recorded as exported)
+        found = wandb_offline.read(logs[-1])
+        assert found.run is not None and found.run.run_id == "eval-0123456789abcdef", attempt
+        assert any(k.endswith("/status") for k in found.summary), (attempt, found.summary)
+
+
+def test_the_export_process_says_it_is_done_only_once_its_wandb_service_has_closed_the_run(tmp_path, monkeypatch):
+    """The parent stops the export's process tree (its W&B service included) as soon as it is told the result. The
+    service writes a run's log out when the run's stream is closed, which atexit's teardown does: told before that,
+    the parent sometimes stopped the service first (CI: an offline run with its header alone, 7 bytes, recorded as
+    exported). So the child tears W&B down before it tells: by then its service has closed the run and is leaving."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    suite, manifest = _suite(tmp_path)
+    config = cfg("export.wandb.project=p", "run.wandb.entity=team")
+    where, _ = wandb_export.target(config)
+
+    class Told:
+        def send(self, message):
+            services = [p for p in psutil.Process().children(recursive=True) if "wandb-core" in " ".join(p.cmdline())]
+            _, self.left = psutil.wait_procs(services, timeout=10)  # a service still serving the run stays
+            for proc in self.left:
+                proc.kill()
+            (log,) = tmp_path.glob("wandb/offline-run-*")
+            self.message, self.found = message, wandb_offline.read(log)
+
+    told = Told()
+    wandb_export._export_in_child(told, [], suite, manifest, config, where)  # here, not spawned: told is in reach
+    assert told.message[0] is True, told.message
+    assert told.left == [], "the W&B service was still running the export's run when the parent was told"
+    assert told.found.run is not None and told.found.run.run_id == "eval-0123456789abcdef"
+    assert any(k.endswith("/status") for k in told.found.summary), told.found.summary

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
-
 LEVEL = 0.95  # the interval; each one-sided claim (regression, pass) is tested at (1 − LEVEL) / 2
 ALPHA_ONE_SIDED = (1 - LEVEL) / 2
 POWER = 0.8

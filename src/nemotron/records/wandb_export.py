@@ -149,9 +149,17 @@ def _export_in_child(send, remembered: list[str], suite: SuiteResult, manifest: 
                      where: Target) -> None:
     secrets.remember(*remembered)
     try:
-        send.send((True, export(suite, manifest, cfg, where)))
+        record = export(suite, manifest, cfg, where)
+        import wandb
+
+        # The W&B service writes the run's log out when it is torn down, which atexit does not do reliably in a
+        # multiprocessing child, and the parent stops this process tree once told: told first, the service was
+        # sometimes stopped before its flush, leaving an offline run with an empty log (recorded as exported).
+        wandb.teardown()
     except BaseException as e:  # noqa: BLE001 - the parent says it, masked
         send.send((False, secrets.mask(f"{type(e).__name__}: {e}")))
+        return
+    send.send((True, record))
 
 
 def export(suite: SuiteResult, manifest: dict[str, Any], cfg: EvalConfig, where: Target) -> dict[str, Any]:
