@@ -12,18 +12,19 @@ from tests import wandb_offline
 from tests.helpers import hf_home, scores
 from tests.test_e2e import vllm_processes
 
-BFCL = ["-t", "bfclv3_ast_prompting",  # BFCL v3 by prompting (no native tool calls): SmolLM2 has none
-        "evaluation.nemo_evaluator_config.config.params.task=simple",  # one category of it
-        "evaluation.nemo_evaluator_config.config.params.limit_samples=3"]
+# BFCL v3 by prompting (no native tool calls: SmolLM2 has none), one category of it; and lm-eval's gsm8k beside it
+SUITE = ["evaluation.tasks=[{name: bfclv3_ast_prompting, nemo_evaluator_config: {config: {params: {task: simple}}}},"
+         " {name: gsm8k}]", "evaluation.nemo_evaluator_config.config.params.limit_samples=3"]
 
 
 @pytest.mark.e2e
-def test_bfcl_in_its_own_environment_scores_the_served_model_through_the_gate(tmp_path):
-    """The embedded default with `-t bfclv3_ast_prompting`: the bfcl environment (numpy 1.26.4 there, the project's
-    numpy here) runs nemo-evaluator and `bfcl`, SmolLM2 served by vLLM answers every request through the gate, the
-    scores are recorded with the versions that made them and exported to W&B (offline)."""
+def test_bfcl_in_its_own_environment_and_lm_eval_share_one_server_and_one_budget(tmp_path):
+    """The embedded default with bfclv3_ast_prompting and gsm8k: the bfcl environment (numpy 1.26.4 there, the
+    project's numpy here) runs nemo-evaluator and `bfcl`, lm-eval runs in the project's; SmolLM2, served once by vLLM,
+    answers both harnesses' requests through the gate under one in-flight budget; the scores are recorded with the
+    versions that made them and exported to W&B (offline)."""
     assert not vllm_processes(), "a vLLM server is already running"
-    r = subprocess.run([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", *BFCL,
+    r = subprocess.run([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", *SUITE,
                         f"evaluation.output_dir={tmp_path}", "export.wandb.project=harnesses"],
                        capture_output=True, text=True, timeout=1200,
                        env={**os.environ, "HF_HOME": str(hf_home()), "WANDB_MODE": "offline"})
@@ -37,8 +38,10 @@ def test_bfcl_in_its_own_environment_scores_the_served_model_through_the_gate(tm
 
     (summary,) = tmp_path.glob("smollm2-135m-instruct/*/results.json")
     doc = json.loads(summary.read_text())
-    (result,) = doc["results"]
-    assert result["benchmark"] == "bfclv3_ast_prompting" and result["status"] == "completed", result
+    results = {r["benchmark"]: r for r in doc["results"]}
+    assert {b: r["status"] for b, r in results.items()} == {"bfclv3_ast_prompting": "completed",
+                                                            "gsm8k": "completed"}, results
+    result = results["bfclv3_ast_prompting"]
     found = {s["metric"]: s["value"] for s in result["scores"]}
     assert "python_simple_ast_non_live" in found and 0.0 <= found["python_simple_ast_non_live"] <= 1.0, found
     assert ("bfclv3_ast_prompting", "python_simple_ast_non_live") in scores(out), out[-3000:]
@@ -47,9 +50,12 @@ def test_bfcl_in_its_own_environment_scores_the_served_model_through_the_gate(tm
     log = (summary.parent / "bfclv3_ast_prompting" / "run_eval.log").read_text()
     assert "bfcl generate" in log and "--test-category simple" in log
 
-    (launch,) = json.loads((summary.parent / "in-flight.json").read_text())
-    counted = launch["benchmarks"]["bfclv3_ast_prompting"]
-    assert counted["requests"] >= 3 and counted["failed"] == 0, launch  # bfcl's requests crossed the gate
+    (launch,) = json.loads((summary.parent / "in-flight.json").read_text())  # one server launch for both
+    for name in ("bfclv3_ast_prompting", "gsm8k"):  # both harnesses' requests crossed the gate
+        counted = launch["benchmarks"][name]
+        assert counted["requests"] >= 3 and counted["failed"] == 0, launch
+    assert 0 < launch["peak_in_flight"] <= launch["budget"], launch  # one budget, shared
+    assert manifest["harness"]["nvidia-lm-eval"] and manifest["harness"]["nemo-evaluator"], manifest["harness"]
 
     (wb,) = wandb_offline.runs(summary.parent)
     for score in result["scores"]:
