@@ -163,6 +163,8 @@ def test_a_secret_in_the_servers_environment_never_reaches_the_serving_record():
     # a secret given or not is the same model (the e2e test's rerun leaves its password out)
     assert "env.HF_TOKEN" not in record and record == jobs.serving_record(dep("deployment.env.MODE=a"))
     assert "env.VLLM_CPU_KVCACHE_SPACE" not in jobs.serving_record(dep("deployment.env.VLLM_CPU_KVCACHE_SPACE='8'"))
+    in_process = dep("deployment.env.VLLM_ENABLE_V1_MULTIPROCESSING='0'")  # the embedded default's
+    assert "env.VLLM_ENABLE_V1_MULTIPROCESSING" not in jobs.serving_record(in_process)
 
 
 def test_a_running_endpoints_url_with_a_user_or_password_is_refused_without_showing_them():

@@ -52,7 +52,8 @@ def running_vllm(tmp_path_factory):
                              "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
                              "--api-key", key, "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager"],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                                 "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while not endpoints.healthy(f"{url}/health"):

@@ -123,7 +123,8 @@ CAPACITY_FLAGS = frozenset({
 
 # Server variables that place the engine or size its caches, not what it computes (same reason as above).
 CAPACITY_ENV = frozenset({"VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "CUDA_VISIBLE_DEVICES",
-                          "OMP_NUM_THREADS", "VLLM_LOGGING_LEVEL", "NCCL_DEBUG"})
+                          "OMP_NUM_THREADS", "VLLM_LOGGING_LEVEL", "NCCL_DEBUG",
+                          "VLLM_ENABLE_V1_MULTIPROCESSING"})  # how many processes it takes, not what they answer
 
 
 def flags(extra_args: str) -> dict[str, str]:
