@@ -6,6 +6,10 @@
 A lock pins the harness's package and everything it needs, with nemo-evaluator at the project's own version (the
 run config and output format the flow writes and reads), for the project's Python. Two machines that build an
 environment from it get the same packages. Re-run it to move a harness to a newer release, and commit the lock.
+
+A harness that needs torch gets PyTorch's CPU build, the one the serving venv has (runtime.TORCH): a harness sends
+requests and runs no model, and PyPI's torch brings ~3 GB of CUDA libraries. It comes from where the serving venv's
+comes from (the user's pip configuration: a wheel folder, or the PyTorch CPU index when it answers).
 """
 
 from __future__ import annotations
@@ -17,21 +21,32 @@ from importlib import metadata
 from pathlib import Path
 
 from nemotron.benchmarks import environments
+from nemotron.serving import provision, runtime
 from nemotron.serving.provision import find_uv
 
 
 def lock(harness: str, uv: str) -> str:
     package = environments.PACKAGES[harness]
-    wanted = f"{package}\nnemo-evaluator=={metadata.version('nemo-evaluator')}\n"
+    wanted = [package, f"nemo-evaluator=={metadata.version('nemo-evaluator')}"]
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "requirements.in").write_text(wanted)
-        done = subprocess.run([uv, "pip", "compile", "--quiet", "--python-version", python, "--no-header",
-                               "requirements.in"], cwd=tmp, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{harness} ({package}): {done.stderr.strip().splitlines()[-1]}")
+    pinned = _compile(harness, uv, wanted, python)
+    if "\ntorch==" in pinned and "+cpu" not in pinned:
+        pinned = _compile(harness, uv, [*wanted, f"torch=={runtime.TORCH}"], python)
     return (f"# {harness}: {package} and nemo-evaluator {metadata.version('nemo-evaluator')}, for Python {python}\n"
-            f"# written by scripts/lock_harnesses.py (uv pip compile); do not edit\n" + done.stdout)
+            f"# written by scripts/lock_harnesses.py (uv pip compile); do not edit\n" + pinned)
+
+
+def _compile(harness: str, uv: str, wanted: list[str], python: str) -> str:
+    where = provision.uv_sources(provision.pip_settings(), extra_index_urls=tuple(
+        url for url in (provision.TORCH_CPU_INDEX,) if provision.reachable(url)))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "requirements.in").write_text("\n".join(wanted) + "\n")
+        done = subprocess.run([uv, "pip", "compile", "--quiet", "--python-version", python, "--no-header",
+                               "--index-strategy", "unsafe-best-match", *where, "requirements.in"],
+                              cwd=tmp, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{harness} ({wanted[0]}): {done.stderr.strip().splitlines()[-1]}")
+    return done.stdout
 
 
 def main(names: list[str]) -> int:
