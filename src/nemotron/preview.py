@@ -54,6 +54,8 @@ def render(cfg: EvalConfig, model: models.ModelRef, plans: list[runner.Benchmark
             "benchmarks": [{"name": p.name, "harness": f"{p.harness} in {environments.state(p.harness)}",
                             **({"size": sizes[p.name].describe()} if sizes else {}),
                             **({"chat": p.chat} if p.chat else {}),
+                            **({"judge": "this run's served model, on the gate's route <name>-judge"
+                                if p.judge.get("served") else p.judge} if p.judge else {}),
                             "timeout": p.timeout, "retries": p.retries,
                             "parallelism": p.max_parallelism or "the in-flight budget",
                             "run_config": _without_parallelism(p.run_config(endpoint))} for p in plans],

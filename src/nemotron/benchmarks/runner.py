@@ -83,6 +83,7 @@ class BenchmarkPlan:
     max_parallelism: int | None = None  # the user's `parallelism`, a cap; else the whole in-flight budget
     capabilities: tuple[str, ...] = ()  # what the endpoint must support: logprobs, ...
     chat: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # chat.effective: {} = none
+    judge: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # evaluation.judge, if it needs one
 
     @property
     def harness(self) -> str:
@@ -95,13 +96,25 @@ class BenchmarkPlan:
         parallelism = min(budget, self.max_parallelism or budget)
         return replace(self, params={**self.params, "parallelism": parallelism})
 
+    def judge_endpoint(self, endpoint: Endpoint) -> Endpoint | None:
+        """Where this benchmark's judge answers: a served judge on the gate's route `<benchmark>-judge` beside the
+        benchmark's own (`endpoint` is the gate's route `<benchmark>`: its requests are counted apart, under the one
+        budget), a running judge at its URL."""
+        if self.judge.get("served"):
+            return replace(endpoint, base_url=f"{endpoint.base_url}-judge")
+        return None
+
     def run_config(self, endpoint: Endpoint) -> dict[str, Any]:
         """The `--run_config` document nemo-evaluator reads."""
         url = endpoint.chat_url if self.endpoint_type == "chat" else endpoint.completions_url
+        params = self.params
+        if (judge := self.judge_endpoint(endpoint)) is not None:
+            params = deep_merge(params, {"extra": {"judge": {
+                "url": judge.chat_url, "model_id": judge.model_id, "api_key_name": judge.api_key_env}}})
         return {
             # no capability probe: it has a fixed 30 s timeout, which a busy server misses (the harness
             # then dies before its first request); the flow checks capabilities once, itself
-            "config": {"type": self.task_type, "output_dir": self.output_dir, "params": self.params,
+            "config": {"type": self.task_type, "output_dir": self.output_dir, "params": params,
                        "required_capabilities": []},
             "target": {"api_endpoint": {"url": url, "model_id": endpoint.model_id, "type": self.endpoint_type,
                                         # the variable's name; the harness sends its value as its bearer token
@@ -152,15 +165,17 @@ def suite_versions(plans: list[BenchmarkPlan]) -> dict[str, str]:
 
 
 def result_key(model_identity: str, task_type: str, params: dict[str, Any],
-               controls: dict[str, Any] | None = None) -> str:
+               controls: dict[str, Any] | None = None, judge: dict[str, Any] | None = None) -> str:
     """What makes two runs of a benchmark give the same results (transport settings aside): the model, the
-    task, its params, its chat controls and the harness versions — an upgraded nemo-evaluator, lm-eval or
-    harness package scores anew."""
+    task, its params (a running judge's URL and model among them), its chat controls, a served judge, and the
+    harness versions — an upgraded nemo-evaluator, lm-eval or harness package scores anew."""
     asked = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS}
     versions = versions_for(task_type.split(".", 1)[0])
     doc = {"model": model_identity, "task": task_type, "params": asked, "harness": versions}
     if controls:  # absent when there are none: the keys of results made before controls existed still match
         doc["chat"] = controls
+    if judge and judge.get("served"):  # the model judges itself: its identity is the key's already
+        doc["judge"] = "served"
     doc = json.dumps(doc, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
@@ -192,6 +207,10 @@ def plan(
                             ev.nemo_evaluator_config.config.params.model_dump(exclude_none=True))
         params = deep_merge(params, spec.nemo_evaluator_config.config.params.model_dump(exclude_none=True))
         controls = _controls(cfg, spec, info)
+        judge = _judge(cfg, spec, info, params)
+        if judge.get("url"):
+            params = deep_merge(params, {"extra": {"judge": {"url": judge["url"], "model_id": judge["model_id"],
+                                                             "api_key_name": judge.get("api_key_env")}}})
         if args := chat.lm_eval_args(controls, info.endpoint_type) if info.harness == environments.IN_PROJECT else "":
             extra = params.setdefault("extra", {})
             extra["args"] = f"{extra.get('args') or ''} {args}".strip()
@@ -203,7 +222,7 @@ def plan(
             own = engines.tokenizer(cfg.deployment, model_path)
             params = deep_merge(params, {"extra": {"tokenizer": own, "tokenizer_backend": "huggingface"}})
             copy = tokenizer
-        key = result_key(model_identity, info.qualified, params, controls)  # names the checkpoint's own tokenizer
+        key = result_key(model_identity, info.qualified, params, controls, judge)  # the checkpoint's own tokenizer
         if copy:  # the harness reads the local copy
             params = deep_merge(params, {"extra": {"tokenizer": copy}})
         cap = spec.nemo_evaluator_config.config.params.parallelism or ev.nemo_evaluator_config.config.params.parallelism
@@ -211,9 +230,30 @@ def plan(
             name=spec.name, task_type=info.qualified, endpoint_type=info.endpoint_type,
             output_dir=str(store / f"{spec.name}-{key[:12]}"), timeout=spec.timeout or ev.timeout,
             retries=ev.retries if spec.retries is None else spec.retries, params=params, key=key,
-            max_parallelism=cap, capabilities=info.capabilities, chat=controls,
+            max_parallelism=cap, capabilities=info.capabilities, chat=controls, judge=judge,
         ))
     return plans
+
+
+def _judge(cfg: EvalConfig, spec: TaskSpec, info: registry.TaskInfo, params: dict[str, Any]) -> dict[str, Any]:
+    """The judge a judged task is handed (evaluation.judge); {} for a task that takes none, or whose params name their
+    own (extra.judge.url). A judged task with neither is refused: its harness would send to no judge, or to one of
+    its defaults' (gpt-4 at OpenAI) with no key."""
+    if "judge" not in (info.defaults.get("config", {}).get("params", {}).get("extra") or {}):
+        return {}
+    judge = cfg.evaluation.judge
+    if judge is None:
+        if (params.get("extra", {}).get("judge") or {}).get("url"):
+            return {}
+        raise ConfigError(f"task {spec.name!r} is scored by a judge model and none is set: set "
+                          "evaluation.judge.served=true (this run's model judges itself) or evaluation.judge.url, "
+                          "model_id and api_key_env (a running judge)")
+    if judge.api_key_env:
+        if not os.environ.get(judge.api_key_env):
+            raise ConfigError(f"evaluation.judge.api_key_env={judge.api_key_env} names a variable that is not set "
+                              "here; export it (the judge's key) or drop evaluation.judge.api_key_env")
+        secrets.remember(os.environ[judge.api_key_env])
+    return judge.model_dump(exclude_none=True, exclude_defaults=True)
 
 
 def _controls(cfg: EvalConfig, spec: TaskSpec, info: registry.TaskInfo) -> dict[str, Any]:
@@ -466,6 +506,8 @@ async def _run_harness(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, 
         else:  # its own environment's nemo-evaluator, and its programs first on PATH
             evaluator = [str(programs / "nemo-evaluator")]
             env = {**env, "PATH": os.pathsep.join([str(programs), env.get("PATH", os.defpath)])}
+        if key_env := bench.judge.get("api_key_env"):  # a running judge's key, by the name the harness is given
+            env = {**env, key_env: os.environ.get(key_env, "")}
         if chat.through_adapter(bench.chat, bench.endpoint_type):
             # a port of its own: nemo-evaluator's search from 3825 races with the other benchmarks' adapters
             env = {**env, "ADAPTER_PORT": str(free_port())}

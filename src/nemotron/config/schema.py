@@ -206,6 +206,28 @@ class TaskSpec(Strict):
     retries: int | None = Field(None, ge=0, description="Overrides evaluation.retries.")
 
 
+class JudgeSection(Strict):
+    """The model that scores the answers of a judged benchmark (MT-Bench, simple-evals' judged tasks), handed to every
+    task whose harness takes one (its `extra.judge`)."""
+
+    served: bool = Field(False, description="This run's own served model judges: its requests cross the gate on a "
+                         "route of their own, under the suite's in-flight budget.")
+    url: str | None = Field(None, description="A running judge: its chat completions URL "
+                            "(https://host/v1/chat/completions).")
+    model_id: str | None = Field(None, description="The judge's model name at that URL.")
+    api_key_env: str | None = Field(None, description="The variable holding the judge's key (sent as a bearer "
+                                    "token); its value is masked everywhere.")
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> JudgeSection:
+        if self.served == bool(self.url):
+            raise ValueError("set evaluation.judge.served=true (this run's model judges) or evaluation.judge.url "
+                             "(a running judge), not both or neither")
+        if self.url and not self.model_id:
+            raise ValueError("evaluation.judge.url needs evaluation.judge.model_id (the judge's model name there)")
+        return self
+
+
 class GateRule(Strict):
     metric: str = Field(description="A metric of every benchmark (acc), one benchmark's (gsm8k/exact_match__strict-"
                         "match), or * for all.")
@@ -248,6 +270,8 @@ class EvaluationSection(Strict):
     hf_offline: bool | None = Field(
         None, description="Hub offline switches; None = on when hf_home is set."
     )
+    judge: JudgeSection | None = Field(None, description="The judge of judged benchmarks; a judged task without one "
+                                       "is refused at planning.")
     gate: GateSection | None = Field(
         None, description="A regression gate: each gated metric is a regression (shown worse than its rule "
         "allows), a pass (that ruled out) or inconclusive, against the baseline; the run fails (tagged) on a "

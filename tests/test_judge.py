@@ -1,0 +1,65 @@
+"""Issue 30: evaluation.judge, handed to every task whose harness takes a judge (its `extra.judge`)."""
+
+from pathlib import Path
+
+import pytest
+
+from nemotron.benchmarks import runner
+from nemotron.config import secrets
+from nemotron.config.schema import load_config
+from nemotron.errors import ConfigError
+from nemotron.serving.endpoints import Endpoint
+
+MODEL = "/models/m"
+ONLINE = "evaluation.hf_offline=false"  # MT-Bench's harness is planned where the hub is reachable
+
+
+def plan(*overrides, tasks=("mtbench", "gsm8k")):
+    cfg = load_config("local", [ONLINE, *overrides])
+    found = runner.plan(cfg, runner.select_tasks(cfg, list(tasks)), MODEL, f"{MODEL}@1", Path("/out"), None)
+    return {p.name: p for p in found}
+
+
+def test_a_judged_task_without_a_judge_is_refused_in_one_line_naming_how_to_set_one():
+    with pytest.raises(ConfigError) as e:
+        plan()
+    said = str(e.value)
+    assert said.startswith("task 'mtbench' is scored by a judge model and none is set") and "\n" not in said
+    assert "evaluation.judge.served=true" in said and "evaluation.judge.url" in said
+
+
+def test_the_served_model_judges_itself_on_a_gate_route_of_its_own():
+    p = plan("evaluation.judge.served=true")
+    assert p["mtbench"].judge == {"served": True} and p["gsm8k"].judge == {}
+    route = Endpoint("http://127.0.0.1:5000/mtbench", "smollm2", api_key_env="NEMOTRON_GATE_TOKEN")
+    judge = p["mtbench"].run_config(route)["config"]["params"]["extra"]["judge"]
+    assert judge["url"] == "http://127.0.0.1:5000/mtbench-judge/v1/chat/completions"
+    assert judge["model_id"] == "smollm2" and judge["api_key_name"] == "NEMOTRON_GATE_TOKEN"
+    assert judge["max_tokens"] == 2048  # the registry's other judge settings stay
+    # the gate's URL is new each run: not in the key, which is the same run to run
+    assert p["mtbench"].key == plan("evaluation.judge.served=true")["mtbench"].key
+    assert p["gsm8k"].key == plan(tasks=("gsm8k",))["gsm8k"].key  # a task that takes no judge: as without one
+
+
+def test_a_running_judge_is_named_in_the_params_and_the_key_and_its_key_is_a_secret(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "judge-secret-5e1f9a")
+    running = ["evaluation.judge={url: 'https://judge.example/v1/chat/completions', model_id: big-judge, "
+               "api_key_env: JUDGE_KEY}"]
+    p = plan(*running)
+    judge = p["mtbench"].params["extra"]["judge"]
+    assert judge["url"] == "https://judge.example/v1/chat/completions" and judge["model_id"] == "big-judge"
+    assert judge["api_key_name"] == "JUDGE_KEY"
+    assert "judge-secret-5e1f9a" in secrets.values()  # masked wherever it would show
+    other = plan("evaluation.judge={url: 'https://judge.example/v1/chat/completions', model_id: other-judge, "
+                 "api_key_env: JUDGE_KEY}")
+    assert other["mtbench"].key != p["mtbench"].key != plan("evaluation.judge.served=true")["mtbench"].key
+    monkeypatch.delenv("JUDGE_KEY")
+    with pytest.raises(ConfigError, match=r"^evaluation.judge.api_key_env=JUDGE_KEY names a variable that is not set"):
+        plan(*running)
+
+
+@pytest.mark.parametrize("judge", ["{served: true, url: 'https://j/v1/chat/completions', model_id: j}", "{}",
+                                   "{url: 'https://j/v1/chat/completions'}"])
+def test_a_judge_is_served_or_running_not_both_or_neither(judge):
+    with pytest.raises(ConfigError, match="evaluation.judge"):
+        load_config("local", [f"evaluation.judge={judge}"])
