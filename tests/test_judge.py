@@ -63,3 +63,29 @@ def test_a_running_judge_is_named_in_the_params_and_the_key_and_its_key_is_a_sec
 def test_a_judge_is_served_or_running_not_both_or_neither(judge):
     with pytest.raises(ConfigError, match="evaluation.judge"):
         load_config("local", [f"evaluation.judge={judge}"])
+
+
+def test_two_runs_judged_by_their_own_served_model_compare_like_for_like(tmp_path):
+    """The served judge's URL is the run's gate (a new port each run): not a difference; a running judge's is."""
+    import yaml
+
+    from nemotron.records import compare
+    from tests.test_compare import evaluation
+
+    def judged(name, url, key_name):
+        run = evaluation(tmp_path, name, {"strict-match": [1.0, 0.0, 1.0]}, limit=3)
+        config = tmp_path / "benchmarks" / f"gsm8k-{name}" / "nemotron_run_config.yml"
+        doc = yaml.safe_load(config.read_text())
+        doc["config"]["params"]["extra"]["judge"] = {"url": url, "model_id": "smollm2", "api_key_name": key_name}
+        config.write_text(yaml.safe_dump(doc))
+        return compare.load(run)
+
+    a = judged("a", "http://127.0.0.1:5001/gsm8k-judge/v1/chat/completions", "NEMOTRON_GATE_TOKEN")
+    b = judged("b", "http://127.0.0.1:6002/gsm8k-judge/v1/chat/completions", "NEMOTRON_GATE_TOKEN")
+    (same,) = compare.compare(a, b)
+    assert same.comparable, same.differs
+    c = judged("c", "https://judge.example/v1/chat/completions", "JUDGE_KEY")
+    (apart,) = compare.compare(a, c)
+    assert not apart.comparable and apart.differs == (
+        "extra.judge.url 'the served model' → https://judge.example/v1/chat/completions",), \
+        apart.differs

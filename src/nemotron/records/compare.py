@@ -25,11 +25,12 @@ from nemotron.benchmarks.runner import TRANSPORT_PARAMS
 from nemotron.errors import ConfigError
 from nemotron.records import runs, stats
 from nemotron.records.results import SuiteResult, lm_eval_results, read_json, read_summary, top_level
+from nemotron.serving.gate import TOKEN_VAR
 
 ALPHA = 1 - stats.LEVEL  # two-sided, for "significant"; each gate claim is one-sided at ALPHA / 2
 RUN_CONFIG = "nemotron_run_config.yml"
 # params that name where things are on one machine, not what is asked: the tokenizer is the model's own
-_PLACE_PARAMS = {"extra.tokenizer"}
+_PLACE_PARAMS = {"extra.tokenizer", "extra.judge.api_key_name"}  # where, not what: a copy, a variable's name
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,9 @@ def load(run_dir: Path, label: str | None = None) -> Evaluation:
                   if k not in TRANSPORT_PARAMS and k not in _PLACE_PARAMS and k != "extra.args"}
         # a system prompt changes scores: the chat controls are held side by side as the config names them
         params.update({**({"extra.args": args} if args else {}), **_flat({"chat": controls})})
+        # judged by the run's own served model, through its gate (a new port each run)
+        if _flat(config.get("params") or {}).get("extra.judge.api_key_name") == TOKEN_VAR:
+            params["extra.judge.url"] = "the served model"
         benchmarks[r.benchmark] = Benchmark(r.benchmark, config.get("type", ""), params, harness, out,
                                             {s.metric: s.value for s in r.scores})
     model = (manifest.get("model") or {})
