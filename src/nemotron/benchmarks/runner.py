@@ -107,10 +107,13 @@ class BenchmarkPlan:
     def run_config(self, endpoint: Endpoint) -> dict[str, Any]:
         """The `--run_config` document nemo-evaluator reads."""
         url = endpoint.chat_url if self.endpoint_type == "chat" else endpoint.completions_url
+        based = self.harness in environments.BASE_URL
+        url = f"{endpoint.base_url}/v1" if based else url
         params = self.params
         if (judge := self.judge_endpoint(endpoint)) is not None:
             params = deep_merge(params, {"extra": {"judge": {
-                "url": judge.chat_url, "model_id": judge.model_id, "api_key_name": judge.api_key_env}}})
+                "url": f"{judge.base_url}/v1" if based else judge.chat_url, "model_id": judge.model_id,
+                "api_key_name": judge.api_key_env}}})
         return {
             # no capability probe: it has a fixed 30 s timeout, which a busy server misses (the harness
             # then dies before its first request); the flow checks capabilities once, itself
