@@ -91,3 +91,13 @@ def test_two_runs_judged_by_their_own_served_model_compare_like_for_like(tmp_pat
     assert not apart.comparable and apart.differs == (
         "extra.judge.url 'the served model' → https://judge.example/v1/chat/completions",), \
         apart.differs
+
+
+def test_the_dry_run_names_each_benchmarks_judge_and_chat_controls():
+    from tests.helpers import nemotron
+
+    r = nemotron("nano3", "eval", "-c", "local", "--dry-run", "-t", "mtbench", "-t", "gsm8k_cot_instruct",
+                 "evaluation.judge.served=true", "evaluation.chat.system_prompt=Be brief.")
+    assert r.returncode == 0, r.stderr
+    assert "judge: this run's served model, on the gate's route <name>-judge" in r.stdout, r.stdout
+    assert "system_prompt: Be brief." in r.stdout and "name: system_message" in r.stdout, r.stdout
