@@ -25,20 +25,24 @@ from nemotron.serving import provision, runtime
 from nemotron.serving.provision import find_uv
 
 
-def lock(harness: str, uv: str) -> str:
+def sources() -> list[str]:
+    """Where packages come from: the user's pip configuration, and the PyTorch CPU index when it answers."""
+    return provision.uv_sources(provision.pip_settings(), extra_index_urls=tuple(
+        url for url in (provision.TORCH_CPU_INDEX,) if provision.reachable(url)))
+
+
+def lock(harness: str, uv: str, where: list[str]) -> str:
     package = environments.PACKAGES[harness]
     wanted = [package, f"nemo-evaluator=={metadata.version('nemo-evaluator')}"]
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    pinned = _compile(harness, uv, wanted, python)
+    pinned = _compile(harness, uv, wanted, python, where)
     if "\ntorch==" in pinned and "+cpu" not in pinned:
-        pinned = _compile(harness, uv, [*wanted, f"torch=={runtime.TORCH}"], python)
+        pinned = _compile(harness, uv, [*wanted, f"torch=={runtime.TORCH}"], python, where)
     return (f"# {harness}: {package} and nemo-evaluator {metadata.version('nemo-evaluator')}, for Python {python}\n"
             f"# written by scripts/lock_harnesses.py (uv pip compile); do not edit\n" + pinned)
 
 
-def _compile(harness: str, uv: str, wanted: list[str], python: str) -> str:
-    where = provision.uv_sources(provision.pip_settings(), extra_index_urls=tuple(
-        url for url in (provision.TORCH_CPU_INDEX,) if provision.reachable(url)))
+def _compile(harness: str, uv: str, wanted: list[str], python: str, where: list[str]) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "requirements.in").write_text("\n".join(wanted) + "\n")
         done = subprocess.run([uv, "pip", "compile", "--quiet", "--python-version", python, "--no-header",
@@ -54,10 +58,10 @@ def main(names: list[str]) -> int:
     if uv is None:
         print("uv is needed to write the locks", file=sys.stderr)
         return 2
-    failed = 0
+    failed, where = 0, sources()  # looked up once: an index that does not answer costs its timeout
     for harness in names or sorted(set(environments.PACKAGES) - {environments.IN_PROJECT}):
         try:
-            text = lock(harness, uv)
+            text = lock(harness, uv, where)
         except RuntimeError as e:
             print(f"not locked: {e}", file=sys.stderr)
             failed += 1

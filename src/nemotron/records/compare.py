@@ -140,12 +140,13 @@ def load(run_dir: Path, label: str | None = None) -> Evaluation:
         run_config = _run_config(out)
         config = run_config.get("config") or {}
         controls, args = chat.recorded(run_config)
-        params = {k: v for k, v in _flat(config.get("params") or {}).items()
+        given = _flat(config.get("params") or {})
+        params = {k: v for k, v in given.items()
                   if k not in TRANSPORT_PARAMS and k not in _PLACE_PARAMS and k != "extra.args"}
         # a system prompt changes scores: the chat controls are held side by side as the config names them
         params.update({**({"extra.args": args} if args else {}), **_flat({"chat": controls})})
         # judged by the run's own served model, through its gate (a new port each run)
-        if _flat(config.get("params") or {}).get("extra.judge.api_key_name") == TOKEN_VAR:
+        if given.get("extra.judge.api_key_name") == TOKEN_VAR:
             params["extra.judge.url"] = "the served model"
         benchmarks[r.benchmark] = Benchmark(r.benchmark, config.get("type", ""), params, harness, out,
                                             {s.metric: s.value for s in r.scores})
