@@ -128,3 +128,14 @@ def test_an_environment_that_cannot_be_built_fails_the_run_before_any_server_sta
                                     "not be built: ") and "\n" not in state.message, state.message
     assert not journal.exists(), journal.read_text()  # no server start
     assert not environments.folder("bfcl").exists()
+
+
+def test_a_harness_that_needs_torch_gets_the_cpu_build_and_no_cuda_libraries():
+    """README: mtbench, tooltalk, garak, helm and vlmevalkit get PyTorch's CPU build, the serving venv's."""
+    from nemotron.serving import runtime
+
+    with_torch = {lock.stem for lock in environments.LOCKS.glob("*.txt") if "\ntorch==" in lock.read_text()}
+    assert with_torch == {"mtbench", "tooltalk", "garak", "helm", "vlmevalkit"}
+    for name in with_torch:
+        text = (environments.LOCKS / f"{name}.txt").read_text()
+        assert f"\ntorch=={runtime.TORCH}\n" in text and "\nnvidia-cublas" not in text, name
