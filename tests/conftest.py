@@ -110,3 +110,36 @@ def _no_inherited_wandb_service():
     must start their own service, as a user's would."""
     yield
     os.environ.pop("WANDB_SERVICE", None)
+
+
+def _machine_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (all processes, Slurm jobs and servers included), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+_cpu_by_test: dict[str, float] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Machine CPU per test: the suite's floor on two cores is its CPU time, not its wall time, so what to make
+    lighter is read from here (in a one-session run; in lanes a test's figure includes the other lane's)."""
+    start = _machine_cpu_seconds()
+    yield
+    _cpu_by_test[item.nodeid] = _machine_cpu_seconds() - start
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _cpu_by_test:
+        return
+    heaviest = sorted(_cpu_by_test.items(), key=lambda kv: kv[1], reverse=True)
+    terminalreporter.write_sep("=", f"ten heaviest tests by machine CPU ({sum(_cpu_by_test.values()):.0f} CPU-s "
+                                    f"in all tests)")
+    for nodeid, seconds in heaviest[:10]:
+        terminalreporter.write_line(f"{seconds:8.1f} CPU-s  {nodeid}")
+    report = os.environ.get("NEMOTRON_TEST_CPU_REPORT")
+    if report:
+        with open(report, "w") as f:
+            f.writelines(f"{seconds:.1f}\t{nodeid}\n" for nodeid, seconds in heaviest)
