@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README Quick start, .ci/run): installs what the tests need, then runs pytest.
+# The test command (README Quick start, .ci/run): installs what the tests need, then runs the suite in two pytest
+# sessions at once (scripts/lanes.py: what uses Slurm and the login node, and the rest); arguments go to both.
 # Idempotent: the Python deps come from uv.lock; the vLLM CPU venv and the built-in model are
 # provisioned once under $NEMOTRON_HOME (default ~/.cache/nemotron) and reused; Slurm's daemons are
 # started if they are not running (stop them with `bash scripts/slurm/slurm.sh stop`).
@@ -28,4 +29,4 @@ if [ -z "${HF_HOME:-}" ] && [ -d ../shared/hf-home ]; then
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false NEMO_EVALUATOR_TELEMETRY_LEVEL=0
 
-exec uv run pytest "$@"
+exec uv run python scripts/lanes.py "$@"

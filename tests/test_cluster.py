@@ -75,6 +75,7 @@ def test_nemorun_home_on_a_shared_filesystem_for_local_tunnels(monkeypatch):
 LOGIN = ("127.0.0.1:2222", "root", "/etc/slurm/login/id_ed25519")
 
 
+@pytest.mark.cluster  # through the project's sshd login node
 def test_port_forward_survives_connections_refused_while_the_server_starts():
     """Through the project's sshd login node (scripts/slurm/slurm.sh): refused connects before the
     server listens must not break the forward (fabric's forward_local dies on the first one)."""
@@ -99,6 +100,7 @@ def test_port_forward_survives_connections_refused_while_the_server_starts():
         server.shutdown()
 
 
+@pytest.mark.cluster  # through the project's sshd login node
 def test_port_forward_carries_1100_connections_at_once():
     """Issue 28: a production budget over SSH holds more connections open through the forward than select() can
     watch (descriptors past 1023). 1,100 connections are opened through it, each sends a line, and only then does
@@ -148,6 +150,7 @@ def test_port_forward_carries_1100_connections_at_once():
     assert answers == [b"%d\n" % n for n in range(opened)]
 
 
+@pytest.mark.cluster  # through the project's sshd login node
 def test_port_forward_restarts_ssh_when_its_connection_drops():
     """The SSH connection drops (its ssh killed): a new ssh carries later connections on the same local port, the
     server untouched. Closed, the forward's port stops answering."""
@@ -174,6 +177,7 @@ def test_port_forward_restarts_ssh_when_its_connection_drops():
         server.shutdown()
 
 
+@pytest.mark.cluster  # through the project's sshd login node
 def test_port_forward_does_not_outlive_a_flow_killed_with_sigkill():
     """Its ssh runs under the reaper: when the process that opened the forward dies without cleanup, the ssh goes
     too, and the local port stops answering (a leftover ssh would hold the login session for ever)."""

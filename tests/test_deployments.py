@@ -23,6 +23,8 @@ from tests import fake_wandb_api, wandb_offline
 from tests.helpers import REPO, hf_home, nemotron, sacct_state, squeue
 from tests.sentinels import Sentinels, watch_harnesses
 
+pytestmark = pytest.mark.cluster  # the worker serves on local-slurm-ssh (its NEMOTRON_PROFILE)
+
 POOL = "nemotron-eval"
 DEPLOYMENT = "nano3-eval/nano3-eval"
 ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # [wandb] entity YOUR-TEAM, project nemotron

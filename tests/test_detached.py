@@ -14,6 +14,8 @@ from nemotron.config.request import EvalRequest
 from nemotron.serving import detached
 from tests.helpers import REPO, nemotron
 
+pytestmark = pytest.mark.cluster  # detached runs on the project's Slurm, over its login node
+
 ENV_FILE = REPO / "config" / "env.example.toml"
 
 

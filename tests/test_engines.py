@@ -129,6 +129,7 @@ def test_a_venv_on_the_clusters_disk_is_read_through_the_login_node(monkeypatch)
     assert jobs.engine_version(dep("deployment.venv=/envs/vllm"), None, profile).startswith("unknown (no vllm")
 
 
+@pytest.mark.cluster  # the login node reads the file
 @pytest.mark.parametrize("name", ["local-slurm", "local-slurm-ssh"])
 def test_the_image_file_on_the_clusters_disk_is_in_the_key_and_one_nobody_has_seen_is_unpinned(tmp_path, name):
     """Issue 26: the squashed file is what serves, whatever its tag names now. Its size and time, read where the

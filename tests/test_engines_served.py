@@ -26,7 +26,8 @@ def limited(tmp_path) -> list[str]:
             f"evaluation.hf_home={hf_home()}"]
 
 
-@pytest.mark.parametrize("where", [[], ["--run", "local-slurm"]], ids=["local", "slurm"])
+@pytest.mark.parametrize("where", [pytest.param([], id="local"),
+                                   pytest.param(["--run", "local-slurm"], id="slurm", marks=pytest.mark.cluster)])
 def test_generic_serves_from_a_command_template(tmp_path, where):
     task = "hellaswag" if not where else "gsm8k"  # the log-likelihood path here, generation on Slurm
     r = nemotron("nano3", "eval", "-c", "local", "-t", task, *where, "deployment.type=generic",

@@ -128,6 +128,7 @@ def attempts_in(run_dir: str) -> int:
     return (Path(run_dir) / "run_eval.log").read_text().count("# nemotron: run_eval")
 
 
+@pytest.mark.waits
 def test_benchmark_over_its_timeout_is_stopped_retried_then_failed(tmp_path):
     request = fake_request(tmp_path, "--delay 600", extra=["evaluation.timeout=25", "evaluation.retries=1"])
     state = nano3_eval(**request, return_state=True)
@@ -196,6 +197,7 @@ def test_an_engine_from_the_nodes_path_is_scored_anew_each_run_and_its_reported_
     assert "not comparable:" not in out.stdout and "0 not comparable" in out.stdout, out.stdout
 
 
+@pytest.mark.waits
 def test_a_relaunch_that_never_becomes_healthy_still_records_what_finished(tmp_path):
     """Issue 26: the server dies under the third benchmark and its relaunch never comes up; the two that finished
     are in results.json and the summary artifact, and the run fails naming the one that is missing."""
@@ -258,6 +260,7 @@ def test_server_that_never_becomes_healthy_fails_within_the_startup_timeout(tmp_
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.waits
 def test_harnesses_start_while_the_model_loads_and_their_requests_wait_for_it(tmp_path):
     """Issue 17: the harness starts once the server process runs, not once it is healthy; the gate holds its first
     requests until /health answers, then they go through."""

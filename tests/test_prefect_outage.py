@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import FAKE, FAKE_VENV, hf_home
+
+pytestmark = pytest.mark.waits  # a minute of outage each: scripts/lanes.py runs them beside the CPU-heavy tests
 
 OUTAGE_SECONDS = 60
 

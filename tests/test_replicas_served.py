@@ -21,7 +21,8 @@ TASKS = ["hellaswag", "gsm8k"]
 LONGER = "evaluation.nemo_evaluator_config.config.params.limit_samples=60"  # 300 requests: work past a relaunch
 
 
-@pytest.mark.parametrize("where", [[], ["--run", "local-slurm"]], ids=["local", "slurm"])
+@pytest.mark.parametrize("where", [pytest.param([], id="local"),
+                                   pytest.param(["--run", "local-slurm"], id="slurm", marks=pytest.mark.cluster)])
 def test_a_replica_killed_mid_suite_is_relaunched_and_no_benchmark_notices(tmp_path, where):
     assert not vllm_processes(), "a vLLM server is already running"
     proc = subprocess.Popen(

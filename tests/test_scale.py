@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO, hf_home
+
+pytestmark = pytest.mark.cluster  # the flow over the login node's forward, its upstream a Slurm job
 
 
 def test_scale_at_budget_2048_over_ssh_answers_every_request(tmp_path):

@@ -19,6 +19,8 @@ import pytest
 
 from tests.helpers import FAKE, FAKE_VENV, REPO, hf_home, nemotron, sacct_state, scores, squeue
 
+pytestmark = pytest.mark.cluster  # every test submits to the project's Slurm or reads its queue
+
 ENV = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}  # local-slurm and local-slurm-ssh
 
 

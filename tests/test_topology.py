@@ -26,6 +26,8 @@ from nemotron.serving import runtime
 from tests.helpers import REPO, hf_home, sacct_state, scores, squeue
 from tests.sentinels import Sentinels, watch_harnesses
 
+pytestmark = pytest.mark.cluster  # the login node and the Slurm queue, from a namespace that cannot see their disk
+
 PROFILES = {"NEMOTRON_ENV_FILE": str(REPO / "config" / "env.example.toml")}
 LOGIN_JOBS = "/var/tmp/nemotron-login/jobs"  # local-slurm-ssh's remote_job_dir
 CHECKPOINTS = "/var/tmp/nemotron-ckpt"  # the cluster's checkpoint folder
