@@ -298,7 +298,9 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
                     replicas.serve(launch, dep.replicas, say, dep.max_restarts, dep.health_interval,
                                    dep.hang_timeout) as fleet, \
                     gate.open_gate(None, headers=served.headers(),
-                                   keep=run_dir / "requests" if ev.keep_requests else None) as g:
+                                   keep=run_dir / "requests" if ev.keep_requests else None,
+                                   judged=any(p.judge.get("served") for p in attempt.todo),
+                                   judge_in_flight=ev.judge.in_flight if ev.judge else None) as g:
                 board.counting(g.answered)  # the board counts this launch's answers
                 fleet.wait_loading()  # while the job waits in the queue nothing starts; once it runs, harnesses do
                 fleet.open_when_ready(g, functools.partial(server_budget, todo=attempt.todo, configured=ev.in_flight,

@@ -96,6 +96,32 @@ def test_benchmarks_share_one_budget(upstream, tmp_path):
         assert b["failed"] == 0 and b["first_request"] <= b["last_response"]
 
 
+def test_a_served_judge_has_its_share_of_the_budget_and_waits_behind_no_answer(upstream):
+    """MT-Bench on the served model: its judge's requests (route `<benchmark>-judge`) would otherwise queue behind a
+    whole suite's answers. With a budget of 8 the judge gets a quarter: 2 at once at most, the answers 6; judge
+    requests sent while 30 answers wait are through before them."""
+    assert gate.judge_split(8, None) == (6, 2) and gate.judge_split(8, 5) == (3, 5)
+    assert gate.judge_split(8, 50) == (1, 7) and gate.judge_split(1, None) == (1, 1)
+    with gate.open_gate(upstream, budget=8, judged=True) as g:
+        answers = [f"{g.url}/mtbench/v1/completions"] * 30 + [f"{g.url}/gsm8k/v1/completions"] * 6
+        with concurrent.futures.ThreadPoolExecutor(42) as pool:
+            sent = [pool.submit(post, g, url) for url in answers]
+            time.sleep(0.2)  # the answers fill their six places; 30 wait (2.4 s of them)
+            judged = [pool.submit(post, g, f"{g.url}/mtbench-judge/v1/completions") for _ in range(6)]
+            assert [f.result() for f in judged] == [200] * 6  # 1.2 s: three rounds of two
+            assert [f.result() for f in sent] == [200] * 36
+        record = g.record()
+    routes = record["benchmarks"]
+    assert record["judge_share"] == 2 and routes["mtbench-judge"]["peak_in_flight"] == 2
+    assert max(routes["mtbench"]["peak_in_flight"], routes["gsm8k"]["peak_in_flight"]) == 6  # 30 sent, 6 let through
+    assert record["peak_in_flight"] <= 8
+    assert routes["mtbench-judge"]["last_response"] < routes["mtbench"]["last_response"]  # not queued behind them
+    with gate.open_gate(upstream, budget=8) as g:  # no judged benchmark: the answers have the whole budget
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(functools.partial(post, g), [f"{g.url}/gsm8k/v1/completions"] * 16)) == [200] * 16
+        assert g.record()["peak_in_flight"] == 8 and "judge_share" not in g.record()
+
+
 def test_a_kept_request_stays_in_its_folder_whatever_its_route(upstream, tmp_path):
     """The route names the file; `..%2F` decodes to `../` in the route's name."""
     keep = tmp_path / "run" / "requests"

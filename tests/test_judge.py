@@ -40,6 +40,8 @@ def test_the_served_model_judges_itself_on_a_gate_route_of_its_own():
     assert judge["max_tokens"] == 2048  # the registry's other judge settings stay
     # the gate's URL is new each run: not in the key, which is the same run to run
     assert p["mtbench"].key == plan("evaluation.judge.served=true")["mtbench"].key
+    # its share of the budget is a capacity setting: the same results
+    assert p["mtbench"].key == plan("evaluation.judge={served: true, in_flight: 3}")["mtbench"].key
     assert p["gsm8k"].key == plan(tasks=("gsm8k",))["gsm8k"].key  # a task that takes no judge: as without one
 
 
@@ -61,7 +63,8 @@ def test_a_running_judge_is_named_in_the_params_and_the_key_and_its_key_is_a_sec
 
 
 @pytest.mark.parametrize("judge", ["{served: true, url: 'https://j/v1/chat/completions', model_id: j}", "{}",
-                                   "{url: 'https://j/v1/chat/completions'}"])
+                                   "{url: 'https://j/v1/chat/completions'}",
+                                   "{url: 'https://j/v1/chat/completions', model_id: j, in_flight: 4}"])
 def test_a_judge_is_served_or_running_not_both_or_neither(judge):
     with pytest.raises(ConfigError, match="evaluation.judge"):
         load_config("local", [f"evaluation.judge={judge}"])

@@ -46,7 +46,7 @@ from nemotron.config.schema import EvalConfig, TaskSpec
 from nemotron.errors import BenchmarkError, ConfigError, DiskFull
 from nemotron.records import results
 from nemotron.records.results import BenchmarkResult, parse_output_dir
-from nemotron.serving import engines, runtime
+from nemotron.serving import engines, gate, runtime
 from nemotron.serving.endpoints import Endpoint, free_port, healthy
 from nemotron.serving.jobs import log_tail
 
@@ -98,10 +98,10 @@ class BenchmarkPlan:
 
     def judge_endpoint(self, endpoint: Endpoint) -> Endpoint | None:
         """Where this benchmark's judge answers: a served judge on the gate's route `<benchmark>-judge` beside the
-        benchmark's own (`endpoint` is the gate's route `<benchmark>`: its requests are counted apart, under the one
-        budget), a running judge at its URL."""
+        benchmark's own (`endpoint` is the gate's route `<benchmark>`: its requests are counted apart, within the
+        judge's share of the budget), a running judge at its URL."""
         if self.judge.get("served"):
-            return replace(endpoint, base_url=f"{endpoint.base_url}-judge")
+            return replace(endpoint, base_url=f"{endpoint.base_url}{gate.JUDGE_ROUTE}")
         return None
 
     def run_config(self, endpoint: Endpoint) -> dict[str, Any]:

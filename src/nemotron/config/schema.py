@@ -211,12 +211,16 @@ class JudgeSection(Strict):
     task whose harness takes one (its `extra.judge`)."""
 
     served: bool = Field(False, description="This run's own served model judges: its requests cross the gate on a "
-                         "route of their own, under the suite's in-flight budget.")
+                         "route of their own (`<benchmark>-judge`), within their share of the in-flight budget "
+                         "(in_flight).")
     url: str | None = Field(None, description="A running judge: its chat completions URL "
                             "(https://host/v1/chat/completions).")
     model_id: str | None = Field(None, description="The judge's model name at that URL.")
     api_key_env: str | None = Field(None, description="The variable holding the judge's key (sent as a bearer "
                                     "token); its value is masked everywhere.")
+    in_flight: int | None = Field(None, ge=1, description="A served judge's share of the in-flight budget: its "
+                                  "requests at once, held apart from the answering benchmarks' (who keep the rest), "
+                                  "so neither waits behind the other. Default: a quarter of the budget.")
 
     @model_validator(mode="after")
     def _one_judge(self) -> JudgeSection:
@@ -225,6 +229,9 @@ class JudgeSection(Strict):
                              "(a running judge), not both or neither")
         if self.url and not self.model_id:
             raise ValueError("evaluation.judge.url needs evaluation.judge.model_id (the judge's model name there)")
+        if self.url and self.in_flight is not None:
+            raise ValueError("evaluation.judge.in_flight is a served judge's share of this run's budget; a running "
+                             "judge's requests do not cross it: drop in_flight, or set served=true")
         return self
 
 

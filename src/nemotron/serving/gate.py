@@ -43,6 +43,7 @@ RECORD_FILE = "in-flight.json"
 CLOSE_SECONDS = 1.0
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 TOKEN_VAR = "NEMOTRON_GATE_TOKEN"  # the harness's variable holding the gate's token (its api_key_name)
+JUDGE_ROUTE = "-judge"  # `<benchmark>-judge`: a served judge's requests for that benchmark
 _KV_TOKENS = re.compile(r'^vllm:cache_config_info\{[^}]*\bkv_cache_size_tokens="?(\d+)', re.M)
 _BLOCKS = re.compile(r'^vllm:cache_config_info\{[^}]*\bnum_gpu_blocks="(\d+)"', re.M)
 _BLOCK_SIZE = re.compile(r'^vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', re.M)
@@ -95,9 +96,19 @@ class Traffic:
 
     requests: int = 0
     answered: int = 0  # a 2xx from the server (the progress board's count)
+    in_flight: int = 0
+    peak_in_flight: int = 0
     failed: int = 0  # no answer from the server, or a 5xx
     first_request: float | None = None
     last_response: float | None = None
+
+
+def judge_split(budget: int, configured: int | None) -> tuple[int, int]:
+    """(answering, judging): the budget split for a served judge, whose requests would otherwise wait behind a
+    whole suite's answers (or fill the server while answers wait). The judge's configured share, else a quarter of
+    the budget; at least one each (a budget of one is then exceeded by one)."""
+    judging = max(1, min(configured or budget // 4, budget - 1))
+    return max(1, budget - judging), judging
 
 
 class _Unreachable(Exception):
@@ -159,6 +170,10 @@ class Gate:
     _since: float = field(default_factory=time.monotonic)
     _sending: dict[int, set] = field(default_factory=dict, repr=False)  # id(replica) → its requests' upstream tasks
     keep: Path | None = None  # a folder: every request body a benchmark sends goes to <keep>/<benchmark>.jsonl
+    judge_in_flight: int | None = None  # a served judge's configured share (`judge_split`); None: the run has none
+    judged: bool = False  # a benchmark of this run is judged by the served model: its judge gets a share apart
+    judge_share: int = 0  # what `judge_split` gave it, once open
+    _judge_limit: asyncio.Semaphore | None = None
 
     def _count(self, delta: int) -> None:
         now = time.monotonic()
@@ -237,7 +252,11 @@ class Gate:
     def _open(self, upstreams: dict[str, str], budget: int) -> None:
         for name, url in upstreams.items():
             self.add(url, name)
-        self.budget, self._limit, self.opened = budget, asyncio.Semaphore(budget), time.time()
+        answering = budget
+        if self.judged:
+            answering, self.judge_share = judge_split(budget, self.judge_in_flight)
+            self._judge_limit = asyncio.Semaphore(self.judge_share)
+        self.budget, self._limit, self.opened = budget, asyncio.Semaphore(answering), time.time()
         self._ready.set()  # type: ignore[union-attr]
 
     def _fail(self, reason: str) -> None:
@@ -318,7 +337,8 @@ class Gate:
         """The figures of this gate: budget, peak and mean requests in flight, per-benchmark traffic."""
         self._count(0)
         return {"upstream": self.upstream, "replicas": [asdict(r) for r in self.replicas],
-                "budget": self.budget, "opened": self.opened, "closed": time.time(), "held_requests": self.held,
+                "budget": self.budget, **({"judge_share": self.judge_share} if self.judged else {}),
+                "opened": self.opened, "closed": time.time(), "held_requests": self.held,
                 "peak_in_flight": self.peak, "mean_in_flight": round(self._area / self._busy, 2) if self._busy else 0.0,
                 "busy_seconds": round(self._busy, 2),
                 "benchmarks": {name: asdict(t) for name, t in self.traffic.items()}}
@@ -343,14 +363,18 @@ class Gate:
         t = self.traffic.setdefault(name, Traffic())
         if self.keep is not None:
             self._kept(name, path, body)
-        async with self._limit:  # type: ignore[union-attr]
+        judge = self._judge_limit is not None and name.endswith(JUDGE_ROUTE)
+        async with self._judge_limit if judge else self._limit:  # type: ignore[union-attr]
             t.requests += 1
             t.first_request = t.first_request or time.time()
+            t.in_flight += 1
+            t.peak_in_flight = max(t.peak_in_flight, t.in_flight)
             self._count(+1)
             try:
                 response = await self._spread(session, path, headers, body)
             finally:
                 self._count(-1)
+                t.in_flight -= 1
                 t.last_response = time.time()
         if response.status >= 500:
             t.failed += 1
@@ -466,13 +490,15 @@ class Gate:
 
 @contextlib.contextmanager
 def open_gate(upstreams: str | dict[str, str] | None, budget: int = 0,
-              headers: dict[str, str] | None = None, keep: Path | None = None) -> Iterator[Gate]:
+              headers: dict[str, str] | None = None, keep: Path | None = None, judged: bool = False,
+              judge_in_flight: int | None = None) -> Iterator[Gate]:
     """A gate in front of the server (or its replicas: name → URL) for the duration of the block, on its own event
     loop thread; `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold
     it). Without upstreams it holds what arrives until `Gate.open()` (the server is healthy) or `Gate.fail()`.
-    With `keep` (a folder), every request body goes to `<keep>/<benchmark>.jsonl`."""
+    With `keep` (a folder), every request body goes to `<keep>/<benchmark>.jsonl`. `judged`: the served model
+    judges some benchmark, whose judge routes get a share of the budget apart (`judge_split`)."""
     named = {"server": upstreams} if isinstance(upstreams, str) else upstreams or {}
-    gate = Gate([], budget, dict(headers or {}), keep=keep)
+    gate = Gate([], budget, dict(headers or {}), keep=keep, judged=judged, judge_in_flight=judge_in_flight)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
     secrets.remember(gate.token)
