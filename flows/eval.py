@@ -300,7 +300,8 @@ def evaluate(model: str | None, tasks: list[str] | None, config: str, profile: s
                     gate.open_gate(None, headers=served.headers(),
                                    keep=run_dir / "requests" if ev.keep_requests else None,
                                    judged=any(p.judge.get("served") for p in attempt.todo),
-                                   judge_in_flight=ev.judge.in_flight if ev.judge else None) as g:
+                                   judge_in_flight=ev.judge.in_flight if ev.judge else None,
+                                   judge_params=ev.judge.add_params if ev.judge else None) as g:
                 board.counting(g.answered)  # the board counts this launch's answers
                 fleet.wait_loading()  # while the job waits in the queue nothing starts; once it runs, harnesses do
                 fleet.open_when_ready(g, functools.partial(server_budget, todo=attempt.todo, configured=ev.in_flight,

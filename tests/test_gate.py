@@ -96,13 +96,14 @@ def test_benchmarks_share_one_budget(upstream, tmp_path):
         assert b["failed"] == 0 and b["first_request"] <= b["last_response"]
 
 
-def test_a_served_judge_has_its_share_of_the_budget_and_waits_behind_no_answer(upstream):
+def test_a_served_judge_has_its_share_of_the_budget_and_waits_behind_no_answer(upstream, tmp_path):
     """MT-Bench on the served model: its judge's requests (route `<benchmark>-judge`) would otherwise queue behind a
     whole suite's answers. With a budget of 8 the judge gets a quarter: 2 at once at most, the answers 6; judge
     requests sent while 30 answers wait are through before them."""
     assert gate.judge_split(8, None) == (6, 2) and gate.judge_split(8, 5) == (3, 5)
     assert gate.judge_split(8, 50) == (1, 7) and gate.judge_split(1, None) == (1, 1)
-    with gate.open_gate(upstream, budget=8, judged=True) as g:
+    fields = {"structured_outputs": {"regex": "[[][[][1-9][]][]]"}}
+    with gate.open_gate(upstream, budget=8, judged=True, judge_params=fields, keep=tmp_path / "requests") as g:
         answers = [f"{g.url}/mtbench/v1/completions"] * 30 + [f"{g.url}/gsm8k/v1/completions"] * 6
         with concurrent.futures.ThreadPoolExecutor(42) as pool:
             sent = [pool.submit(post, g, url) for url in answers]
@@ -116,6 +117,10 @@ def test_a_served_judge_has_its_share_of_the_budget_and_waits_behind_no_answer(u
     assert max(routes["mtbench"]["peak_in_flight"], routes["gsm8k"]["peak_in_flight"]) == 6  # 30 sent, 6 let through
     assert record["peak_in_flight"] <= 8
     assert routes["mtbench-judge"]["last_response"] < routes["mtbench"]["last_response"]  # not queued behind them
+    # the judge's requests are sent with the judge's fields (evaluation.judge.add_params), the answers as they came
+    sent = {route: [json.loads(line)["body"] for line in (tmp_path / "requests" / f"{route}.jsonl").open()]
+            for route in ("mtbench-judge", "mtbench")}
+    assert sent["mtbench-judge"] == [{"prompt": "2+2=", **fields}] * 6 and sent["mtbench"] == [{"prompt": "2+2="}] * 30
     with gate.open_gate(upstream, budget=8) as g:  # no judged benchmark: the answers have the whole budget
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             assert list(pool.map(functools.partial(post, g), [f"{g.url}/gsm8k/v1/completions"] * 16)) == [200] * 16

@@ -1,5 +1,6 @@
 """Issue 30: evaluation.judge, handed to every task whose harness takes a judge (its `extra.judge`)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,10 @@ def test_the_served_model_judges_itself_on_a_gate_route_of_its_own():
     assert p["mtbench"].key == plan("evaluation.judge.served=true")["mtbench"].key
     # its share of the budget is a capacity setting: the same results
     assert p["mtbench"].key == plan("evaluation.judge={served: true, in_flight: 3}")["mtbench"].key
+    # what its requests are sent with changes its judgments: another key
+    held = plan("evaluation.judge={served: true, add_params: {chat_template_kwargs: {enable_thinking: false}}}")
+    assert held["mtbench"].judge["add_params"] == {"chat_template_kwargs": {"enable_thinking": False}}
+    assert held["mtbench"].key != p["mtbench"].key and held["gsm8k"].key == p["gsm8k"].key
     assert p["gsm8k"].key == plan(tasks=("gsm8k",))["gsm8k"].key  # a task that takes no judge: as without one
 
 
@@ -64,7 +69,8 @@ def test_a_running_judge_is_named_in_the_params_and_the_key_and_its_key_is_a_sec
 
 @pytest.mark.parametrize("judge", ["{served: true, url: 'https://j/v1/chat/completions', model_id: j}", "{}",
                                    "{url: 'https://j/v1/chat/completions'}",
-                                   "{url: 'https://j/v1/chat/completions', model_id: j, in_flight: 4}"])
+                                   "{url: 'https://j/v1/chat/completions', model_id: j, in_flight: 4}",
+                                   "{url: 'https://j/v1/chat/completions', model_id: j, add_params: {a: 1}}"])
 def test_a_judge_is_served_or_running_not_both_or_neither(judge):
     with pytest.raises(ConfigError, match="evaluation.judge"):
         load_config("local", [f"evaluation.judge={judge}"])
@@ -77,12 +83,17 @@ def test_two_runs_judged_by_their_own_served_model_compare_like_for_like(tmp_pat
     from nemotron.records import compare
     from tests.test_compare import evaluation
 
-    def judged(name, url, key_name):
+    def judged(name, url, key_name, add_params=None):
         run = evaluation(tmp_path, name, {"strict-match": [1.0, 0.0, 1.0]}, limit=3)
         config = tmp_path / "benchmarks" / f"gsm8k-{name}" / "nemotron_run_config.yml"
         doc = yaml.safe_load(config.read_text())
         doc["config"]["params"]["extra"]["judge"] = {"url": url, "model_id": "smollm2", "api_key_name": key_name}
         config.write_text(yaml.safe_dump(doc))
+        if add_params:  # the served judge's request fields, as the run's config (manifest) names them
+            manifest = json.loads((run / "manifest.json").read_text())
+            manifest.setdefault("config", {}).setdefault("evaluation", {})["judge"] = {"served": True,
+                                                                                     "add_params": add_params}
+            (run / "manifest.json").write_text(json.dumps(manifest))
         return compare.load(run)
 
     a = judged("a", "http://127.0.0.1:5001/gsm8k-judge/v1/chat/completions", "NEMOTRON_GATE_TOKEN")
@@ -94,6 +105,11 @@ def test_two_runs_judged_by_their_own_served_model_compare_like_for_like(tmp_pat
     assert not apart.comparable and apart.differs == (
         "extra.judge.url 'the served model' → https://judge.example/v1/chat/completions",), \
         apart.differs
+    held = judged("d", "http://127.0.0.1:7003/gsm8k-judge/v1/chat/completions", "NEMOTRON_GATE_TOKEN",
+                  {"structured_outputs": {"regex": "[[][[][1-9][]][]]"}})
+    (apart,) = compare.compare(a, held)
+    assert not apart.comparable and apart.differs == (
+        "judge.add_params.structured_outputs.regex unset → [[][[][1-9][]][]]",), apart.differs
 
 
 def test_the_dry_run_names_each_benchmarks_judge_and_chat_controls():

@@ -170,7 +170,8 @@ def suite_versions(plans: list[BenchmarkPlan]) -> dict[str, str]:
 def result_key(model_identity: str, task_type: str, params: dict[str, Any],
                controls: dict[str, Any] | None = None, judge: dict[str, Any] | None = None) -> str:
     """What makes two runs of a benchmark give the same results (transport settings aside): the model, the
-    task, its params (a running judge's URL and model among them), its chat controls, a served judge, and the
+    task, its params (a running judge's URL and model among them), its chat controls, a served judge (and what its
+    requests are sent with), and the
     harness versions — an upgraded nemo-evaluator, lm-eval or harness package scores anew."""
     asked = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS}
     versions = versions_for(task_type.split(".", 1)[0])
@@ -178,7 +179,7 @@ def result_key(model_identity: str, task_type: str, params: dict[str, Any],
     if controls:  # absent when there are none: the keys of results made before controls existed still match
         doc["chat"] = controls
     if judge and judge.get("served"):  # the model judges itself: its identity is the key's already
-        doc["judge"] = "served"
+        doc["judge"] = {"served": True, "add_params": judge["add_params"]} if judge.get("add_params") else "served"
     doc = json.dumps(doc, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 

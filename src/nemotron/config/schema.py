@@ -221,6 +221,10 @@ class JudgeSection(Strict):
     in_flight: int | None = Field(None, ge=1, description="A served judge's share of the in-flight budget: its "
                                   "requests at once, held apart from the answering benchmarks' (who keep the rest), "
                                   "so neither waits behind the other. Default: a quarter of the budget.")
+    add_params: dict[str, Any] = Field(default_factory=dict, description="Request fields a served judge's requests "
+                                       "are sent with, over what its harness sends: chat_template_kwargs "
+                                       "{enable_thinking: false} for a reasoning model; structured_outputs {regex: "
+                                       "...} to hold a model to the harness's rating format. In the result key.")
 
     @model_validator(mode="after")
     def _one_judge(self) -> JudgeSection:
@@ -232,6 +236,9 @@ class JudgeSection(Strict):
         if self.url and self.in_flight is not None:
             raise ValueError("evaluation.judge.in_flight is a served judge's share of this run's budget; a running "
                              "judge's requests do not cross it: drop in_flight, or set served=true")
+        if self.url and self.add_params:
+            raise ValueError("evaluation.judge.add_params is added by this run's gate, which a running judge's "
+                             "requests do not cross: drop add_params, or set served=true")
         return self
 
 

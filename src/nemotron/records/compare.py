@@ -132,6 +132,8 @@ def load(run_dir: Path, label: str | None = None) -> Evaluation:
     engine, reported = harness.get("engine"), (manifest.get("server") or {}).get("engine_version")
     if engine and reported and not _is_version(harness.get(engine)):  # an image's or a PATH's engine, measured
         harness[engine] = reported
+    judge_params = ((((manifest.get("config") or {}).get("evaluation") or {}).get("judge") or {})
+                    .get("add_params") or {})
     benchmarks = {}
     for r in suite.results:
         if not r.ok:
@@ -145,9 +147,11 @@ def load(run_dir: Path, label: str | None = None) -> Evaluation:
                   if k not in TRANSPORT_PARAMS and k not in _PLACE_PARAMS and k != "extra.args"}
         # a system prompt changes scores: the chat controls are held side by side as the config names them
         params.update({**({"extra.args": args} if args else {}), **_flat({"chat": controls})})
-        # judged by the run's own served model, through its gate (a new port each run)
+        # judged by the run's own served model, through its gate (a new port each run), with what its requests
+        # were sent with
         if given.get("extra.judge.api_key_name") == TOKEN_VAR:
             params["extra.judge.url"] = "the served model"
+            params.update(_flat({"judge.add_params": judge_params}))
         benchmarks[r.benchmark] = Benchmark(r.benchmark, config.get("type", ""), params, harness, out,
                                             {s.metric: s.value for s in r.scores})
     model = (manifest.get("model") or {})

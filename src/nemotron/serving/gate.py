@@ -111,6 +111,16 @@ def judge_split(budget: int, configured: int | None) -> tuple[int, int]:
     return max(1, budget - judging), judging
 
 
+def _with_fields(body: bytes, fields: dict) -> bytes:
+    """A JSON request body with `fields` set over its own; a body that is no JSON object goes as it came (the server
+    answers it, as it would have)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps({**doc, **fields}).encode() if isinstance(doc, dict) else body
+
+
 class _Unreachable(Exception):
     """A replica gave no answer."""
 
@@ -173,6 +183,7 @@ class Gate:
     judge_in_flight: int | None = None  # a served judge's configured share (`judge_split`); None: the run has none
     judged: bool = False  # a benchmark of this run is judged by the served model: its judge gets a share apart
     judge_share: int = 0  # what `judge_split` gave it, once open
+    judge_params: dict = field(default_factory=dict)  # fields every judge request is sent with (evaluation.judge)
     _judge_limit: asyncio.Semaphore | None = None
 
     def _count(self, delta: int) -> None:
@@ -361,9 +372,11 @@ class Gate:
             except _Unreachable as e:
                 return web.Response(status=502, text=f"Bad Gateway: {e}")
         t = self.traffic.setdefault(name, Traffic())
+        judge = self._judge_limit is not None and name.endswith(JUDGE_ROUTE)
+        if judge and self.judge_params:
+            body = _with_fields(body, self.judge_params)
         if self.keep is not None:
             self._kept(name, path, body)
-        judge = self._judge_limit is not None and name.endswith(JUDGE_ROUTE)
         async with self._judge_limit if judge else self._limit:  # type: ignore[union-attr]
             t.requests += 1
             t.first_request = t.first_request or time.time()
@@ -491,14 +504,16 @@ class Gate:
 @contextlib.contextmanager
 def open_gate(upstreams: str | dict[str, str] | None, budget: int = 0,
               headers: dict[str, str] | None = None, keep: Path | None = None, judged: bool = False,
-              judge_in_flight: int | None = None) -> Iterator[Gate]:
+              judge_in_flight: int | None = None, judge_params: dict | None = None) -> Iterator[Gate]:
     """A gate in front of the server (or its replicas: name → URL) for the duration of the block, on its own event
     loop thread; `headers` go with every request it forwards (a running endpoint's key: the harnesses never hold
     it). Without upstreams it holds what arrives until `Gate.open()` (the server is healthy) or `Gate.fail()`.
     With `keep` (a folder), every request body goes to `<keep>/<benchmark>.jsonl`. `judged`: the served model
-    judges some benchmark, whose judge routes get a share of the budget apart (`judge_split`)."""
+    judges some benchmark, whose judge routes get a share of the budget apart (`judge_split`) and are sent with
+    `judge_params`."""
     named = {"server": upstreams} if isinstance(upstreams, str) else upstreams or {}
-    gate = Gate([], budget, dict(headers or {}), keep=keep, judged=judged, judge_in_flight=judge_in_flight)
+    gate = Gate([], budget, dict(headers or {}), keep=keep, judged=judged, judge_in_flight=judge_in_flight,
+                judge_params=dict(judge_params or {}))
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
     secrets.remember(gate.token)
