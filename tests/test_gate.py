@@ -364,3 +364,16 @@ def test_a_server_that_closes_a_kept_alive_connection_is_not_taken_out_and_the_r
     assert codes == [200] * 6
     assert dropped[0] >= 1 and replica.failed == dropped[0] and replica.redone == dropped[0]
     assert replica.alive and replica.refused_since is None  # answered since: not even suspect
+
+
+def test_a_replica_that_rejoined_takes_the_next_request_that_finds_it_no_busier():
+    """Of replicas with as many in flight, the one sent the fewest: a relaunched replica is not left idle behind one
+    that happens to be idle too (CI: it rejoined, and a tie kept sending to the other)."""
+    g = gate.Gate([], 4)
+    g.add("http://a", "server-replica-2")
+    g.replicas[0].requests = 285
+    g.add("http://b", "server-replica-1")
+    assert g._pick([]).url == "http://b"
+    g.replicas[1].in_flight = 1  # busier: the other
+    assert g._pick([]).url == "http://a"
+    assert g.replicas[1].joined >= g.replicas[0].joined

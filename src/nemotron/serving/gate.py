@@ -100,6 +100,7 @@ class Traffic:
     peak_in_flight: int = 0
     failed: int = 0  # no answer from the server, or a 5xx
     first_request: float | None = None
+    last_request: float | None = None
     last_response: float | None = None
 
 
@@ -142,6 +143,7 @@ class Replica:
     refused_since: float | None = None  # monotonic: the first request it failed since its last answer (suspect)
     answered_at: float = 0.0  # monotonic: its last answer, whatever the status
     busy_since: float = 0.0  # monotonic: when its requests in flight last went from none to some
+    joined: float = field(default_factory=time.time)  # epoch seconds: when it began to take requests
 
     def waiting_since(self) -> float | None:
         """Since when requests wait on it without an answer (None: nothing in flight)."""
@@ -319,9 +321,10 @@ class Gate:
         self._notify()
 
     def _pick(self, tried: list[Replica]) -> Replica | None:
-        """The live replica with the fewest in flight, one that answers before a suspect one."""
+        """The live replica with the fewest in flight, one that answers before a suspect one; of equals, the one sent
+        the fewest so far: a replica that (re)joined takes the next request that finds it no busier than the others."""
         live = [r for r in self.replicas if r.alive and r not in tried]
-        return min(live, key=lambda r: (r.refused_since is not None, r.in_flight)) if live else None
+        return min(live, key=lambda r: (r.refused_since is not None, r.in_flight, r.requests)) if live else None
 
     def route(self, endpoint: Endpoint, benchmark: str) -> Endpoint:
         """Where one benchmark sends: the gate, under its name (which the gate counts it by), with the gate's token
@@ -380,6 +383,7 @@ class Gate:
         async with self._judge_limit if judge else self._limit:  # type: ignore[union-attr]
             t.requests += 1
             t.first_request = t.first_request or time.time()
+            t.last_request = time.time()
             t.in_flight += 1
             t.peak_in_flight = max(t.peak_in_flight, t.in_flight)
             self._count(+1)
