@@ -139,3 +139,27 @@ def test_a_harness_that_needs_torch_gets_the_cpu_build_and_no_cuda_libraries():
     for name in with_torch:
         text = (environments.LOCKS / f"{name}.txt").read_text()
         assert f"\ntorch=={runtime.TORCH}\n" in text and "\nnvidia-cublas" not in text, name
+
+
+def test_mtbench_judged_by_another_model_than_gpt4_finds_its_summary(tmp_path):
+    """nvidia-mtbench-evaluator 26.3 writes `<judge>-result.json` for a judge other than gpt-4 and its parser reads
+    `result.json`: the output folder gets a link by that name to where the harness writes."""
+    def config(judge, limit):
+        return {"config": {"params": {"limit_samples": limit, "extra": {"judge": {"model_id": judge}}}},
+                "target": {"api_endpoint": {"model_id": "smollm2-135m-instruct"}}}
+
+    environments.prepare_output("mtbench", tmp_path, config("org/judge", 1))
+    link = tmp_path / "result.json"
+    assert link.is_symlink() and not link.exists()  # dangles until the harness writes its summary
+    written = tmp_path.resolve() / "mtbench" / "smollm2-135m-instruct" / "first_1" / "org--judge-result.json"
+    assert link.readlink() == written
+    written.parent.mkdir(parents=True)
+    written.write_text('{"total": 5.0}')
+    assert list(tmp_path.rglob("**/result.json")) == [link] and link.read_text() == '{"total": 5.0}'  # as parsed
+    environments.prepare_output("mtbench", tmp_path, config("smollm2", None))  # a retry, no limit: the link anew
+    assert link.readlink() == tmp_path.resolve() / "mtbench" / "smollm2-135m-instruct" / "smollm2-result.json"
+    for harness, judge in (("mtbench", "gpt-4"), ("bfcl", "x")):  # gpt-4's is result.json; other harnesses: none
+        other = tmp_path / harness / judge
+        other.mkdir(parents=True)
+        environments.prepare_output(harness, other, config(judge, 1))
+        assert not (other / "result.json").exists()

@@ -88,10 +88,10 @@ def test_mtbench_judged_by_the_served_model_sends_both_streams_through_the_gate(
     (result,) = json.loads(summary.read_text())["results"]
     assert result["benchmark"] == "mtbench" and result["status"] == "completed", result
     found = {s["metric"]: s["value"] for s in result["scores"]}
-    assert found and all(1.0 <= v <= 10.0 for v in found.values()), found  # MT-Bench's 1-10 scale
+    assert 1.0 <= found["average_score"] <= 10.0 and found["num_missing"] == 0, found  # MT-Bench's 1-10; all read
     (launch,) = json.loads((summary.parent / "in-flight.json").read_text())  # one server launch for both streams
     asked, judged = launch["benchmarks"]["mtbench"], launch["benchmarks"]["mtbench-judge"]
-    assert asked["answered"] == 2 and judged["answered"] == 2, launch  # two turns asked; each answer judged once
+    assert asked["answered"] == 2 and judged["answered"] >= 2, launch  # two turns asked; each answer judged
     assert asked["failed"] == judged["failed"] == 0 and 0 < launch["peak_in_flight"] <= launch["budget"], launch
     assert 1 <= judged["peak_in_flight"] <= launch["judge_share"] < launch["budget"], launch
     (judgments,) = (summary.parent / "mtbench").rglob("judgements/*_single.jsonl")

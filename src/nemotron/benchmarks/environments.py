@@ -40,6 +40,28 @@ RUNS_OFFLINE = frozenset({IN_PROJECT, "bfcl", "mtbench"})
 # .../v1, not .../v1/chat/completions (which they would send to .../chat/completions/chat/completions, a 404)
 BASE_URL = frozenset({"mtbench"})
 LOCKS = Path(__file__).with_name("locks")
+
+
+def prepare_output(harness: str, output_dir: Path, run_config: dict) -> None:
+    """What a harness's output folder needs before it runs, where a pinned package has a known defect.
+
+    nvidia-mtbench-evaluator 26.3 names its summary `<judge>-result.json` for every judge but gpt-4, and its own
+    parser (core_evals/mtbench/output.py) reads `result.json`: judged by any other model, a run scores and then fails
+    ("Failed to find `result.json`"). A link by the name the parser reads, to where the harness writes, which is
+    <output>/mtbench/<model>[/first_<limit>]/<judge>-result.json (mtbench_evaluator/entrypoint.py); the link
+    dangles, and the run fails as before, if the harness writes no summary."""
+    if harness != "mtbench":
+        return
+    params = run_config["config"]["params"]
+    judge = ((params.get("extra") or {}).get("judge") or {}).get("model_id") or "gpt-4"
+    if judge == "gpt-4":
+        return
+    where = output_dir.resolve() / "mtbench" / run_config["target"]["api_endpoint"]["model_id"].lstrip("/")
+    if params.get("limit_samples"):
+        where /= f"first_{params['limit_samples']}"
+    link = output_dir / "result.json"
+    link.unlink(missing_ok=True)
+    link.symlink_to(where / f"{judge.strip('/').replace('/', '--')}-result.json")
 COMPLETE = ".complete"  # written last: a folder without it is a build that did not finish
 
 

@@ -468,7 +468,9 @@ async def lines(stream: asyncio.StreamReader, longest: int = LONGEST_LINE) -> As
 async def _run(bench: BenchmarkPlan, endpoint: Endpoint, env: dict[str, str], on_line: Callable[[str], None],
                on_output: Callable[[str], None], out: Path) -> BenchmarkResult:
     (out / INTERRUPTED_MARKER).unlink(missing_ok=True)
-    cfg_text = yaml.safe_dump(bench.run_config(endpoint), sort_keys=False)
+    run_config = bench.run_config(endpoint)
+    environments.prepare_output(bench.harness, out, run_config)
+    cfg_text = yaml.safe_dump(run_config, sort_keys=False)
     results.write_atomic(out / "nemotron_run_config.yml", secrets.mask(cfg_text))
     with _config_for_the_harness(cfg_text, out) as cfg_path:
         return await _run_harness(bench, endpoint, env, on_line, on_output, out, cfg_path)
