@@ -9,7 +9,7 @@ temporary folders, `NEMOTRON_TEST_LANE` set to its name).
 The cluster lane runs the tests marked `cluster` (pytest.mark.cluster: a test that submits to the Slurm queue,
 reads it, or connects to the login node), and those marked `waits`, to balance the lanes. A test there stops sshd,
 and the job guard of tests/conftest.py reads the queue between tests, so no test of the other lane may touch
-either. The local lane cannot: its SLURM_CONF names no file (every Slurm command fails) and its `ssh` is a
+either. The local lane cannot: its SLURM_CONF is no Slurm config (every Slurm command stops at once) and its `ssh` is a
 stand-in that fails, so a test that needs the cluster and is not marked fails there every time, never by chance.
 Tests that look for servers left behind look only at their own lane's (tests/helpers.py: `in_this_lane`).
 
@@ -46,8 +46,10 @@ def lane_env(name: str, work: Path) -> dict[str, str]:
         ssh.write_text("#!/bin/sh\necho 'ssh: the local test lane has no login node: mark the test cluster' >&2\n"
                        "exit 255\n")
         ssh.chmod(0o755)
-        env.update(SLURM_CONF=str(work / "the-local-lane-has-no-slurm.conf"),
-                   PATH=f"{stand_ins}{os.pathsep}{env.get('PATH', '')}")
+        # a missing file would not do: Slurm's commands then look for a controller through DNS, and hang
+        no_slurm = work / "no-slurm.conf"
+        no_slurm.write_text("TheLocalTestLaneHasNoSlurm=mark_the_test_cluster\n")  # every Slurm command: fatal, at once
+        env.update(SLURM_CONF=str(no_slurm), PATH=f"{stand_ins}{os.pathsep}{env.get('PATH', '')}")
     return env
 
 

@@ -54,7 +54,7 @@ def scores(out: str) -> dict[tuple[str, str], float]:
 
 def squeue() -> list[str]:
     """This project's server jobs in the Slurm queue. None in the local lane of scripts/lanes.py: Slurm cannot be
-    reached from it (its SLURM_CONF names no file), so nothing of that lane can be queued."""
+    reached from it (its SLURM_CONF is no Slurm config), so nothing of that lane can be queued."""
     if os.environ.get("NEMOTRON_TEST_LANE") == "local":
         return []
     out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True).stdout
