@@ -169,11 +169,17 @@ def test_overrides_go_before_between_and_after_options(tmp_path):
 
 def test_a_task_whose_harness_fetches_its_data_is_refused_offline_in_one_line():
     """simple_evals downloads AIME at run time: offline (the local config's cache) it is refused before anything
-    starts; bfcl ships its data and plans offline, its harness and environment named."""
+    starts, in one line naming what it would fetch; bfcl ships its data and plans offline, its harness and environment
+    named."""
     r = nemotron("nano3", "eval", "-c", "local", "-t", "AIME_2025", "--dry-run")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "'AIME_2025' runs on the simple_evals harness, which fetches its data at run time, and this run is " \
-           "offline" in r.stderr and "evaluation.hf_offline=false" in r.stderr
+    assert "'AIME_2025' runs on the simple_evals harness, which fetches its data at run time (the Hugging Face " \
+           "dataset opencompass/AIME2025 (AIME2025-I, AIME2025-II)), and this run is offline" in r.stderr
+    assert "evaluation.hf_offline=false" in r.stderr
+    r = nemotron("nano3", "eval", "-c", "local", "-t", "healthbench_hard", "--dry-run")  # a file, not a dataset
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "(https://openaipublic.blob.core.windows.net/simple-evals/healthbench/hard_2025-05-08-21-00-10.jsonl)" \
+           in r.stderr
     r = nemotron("nano3", "eval", "-c", "local", "-t", "bfclv3_ast_prompting", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert re.search(r"harness: 'bfcl in \S+/harness-envs/bfcl-\w+ \(nemo-evaluator 0\.2\.8, nvidia-bfcl 26\.3\)",

@@ -163,3 +163,18 @@ def test_mtbench_judged_by_another_model_than_gpt4_finds_its_summary(tmp_path):
         other.mkdir(parents=True)
         environments.prepare_output(harness, other, config(judge, 1))
         assert not (other / "result.json").exists()
+
+
+def test_every_simple_evals_task_names_what_it_would_download():
+    """The offline refusal names the download of each of simple-evals' tasks in the registry (88 in 26.3)."""
+    from nemotron.benchmarks import registry
+
+    tasks = [t for t in registry.tasks().values() if t.harness == "simple_evals"]
+    assert len(tasks) >= 80
+    named = {t.name: environments.downloads("simple_evals", t.harness_task) for t in tasks}
+    assert all(named.values()), [n for n, what in named.items() if not what]
+    assert named["mmlu_pro_llama_4"] == "the Hugging Face dataset TIGER-Lab/MMLU-Pro"
+    assert named["mmlu_de-lite"] == "the Hugging Face dataset CohereLabs/Global-MMLU-Lite (de)"
+    assert named["mmlu_fr"] == "the Hugging Face dataset CohereLabs/Global-MMLU (fr)"
+    assert named["gpqa_diamond_nemo"] == "the Hugging Face dataset Idavidrein/gpqa (gpqa_diamond)"
+    assert environments.downloads("bfcl", "simple") is None

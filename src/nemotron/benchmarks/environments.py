@@ -101,9 +101,9 @@ def state(harness: str) -> str:
     return f"{where} ({versions}): " + ("ready" if ready(harness) else "built on first use (or `setup --harness`)")
 
 
-def check(harness: str, offline: bool = False, task: str | None = None) -> None:
+def check(harness: str, offline: bool = False, task: str | None = None, harness_task: str | None = None) -> None:
     """ConfigError at planning for a task whose harness cannot run here: no environment for it, or it fetches its
-    data at run time and this run is offline."""
+    data at run time and this run is offline (naming what it would fetch, where that is known)."""
     which = f"task {task!r} runs on the {harness} harness" if task else f"the {harness} harness"
     if harness != IN_PROJECT and lock_file(harness) is None:
         package = PACKAGES.get(harness)
@@ -111,9 +111,51 @@ def check(harness: str, offline: bool = False, task: str | None = None) -> None:
                else "it has no PyPI package: run it with nemo-evaluator-launcher in its NGC container")
         raise ConfigError(f"{which}, which has no environment here; {how}")
     if offline and harness not in RUNS_OFFLINE:
-        raise ConfigError(f"{which}, which fetches its data at run time, and this run is offline "
+        fetched = downloads(harness, harness_task or "")
+        raise ConfigError(f"{which}, which fetches its data at run time"
+                          + (f" ({fetched})" if fetched else "") + ", and this run is offline "
                           "(evaluation.hf_offline, on when evaluation.hf_home is set); run it where the internet is "
                           f"reachable with evaluation.hf_offline=false (offline: {', '.join(sorted(RUNS_OFFLINE))})")
+
+
+_HEALTHBENCH = "https://openaipublic.blob.core.windows.net/simple-evals/healthbench/"
+# simple-evals' evaluations (its `task` parameter, by prefix, most specific first) → what each loads at run time
+# (nvidia-simple-evals 26.3, simple_evals/evals/*.py)
+_SIMPLE_EVALS = (
+    ("AIME_2025", "the Hugging Face dataset opencompass/AIME2025 (AIME2025-I, AIME2025-II)"),
+    ("aime_2025", "the Hugging Face dataset opencompass/AIME2025 (AIME2025-I, AIME2025-II)"),
+    ("AIME_2024", "the Hugging Face dataset AI-MO/aimo-validation-aime"),
+    ("AA_AIME_2024", "the Hugging Face dataset AI-MO/aimo-validation-aime"),
+    ("aime_2024", "the Hugging Face dataset AI-MO/aimo-validation-aime"),
+    ("math_test_500", "the Hugging Face dataset HuggingFaceH4/MATH-500"),
+    ("AA_math_test_500", "the Hugging Face dataset HuggingFaceH4/MATH-500"),
+    ("gpqa_diamond", "the Hugging Face dataset Idavidrein/gpqa (gpqa_diamond)"),
+    ("gpqa_main", "the Hugging Face dataset Idavidrein/gpqa (gpqa_main)"),
+    ("gpqa_extended", "the Hugging Face dataset Idavidrein/gpqa (gpqa_extended)"),
+    ("mmlu_pro", "the Hugging Face dataset TIGER-Lab/MMLU-Pro"),
+    ("mgsm", "the Hugging Face dataset juletxara/mgsm"),
+    ("humanevalplus", "the Hugging Face dataset evalplus/humanevalplus"),
+    ("humaneval", "the Hugging Face dataset openai/openai_humaneval"),
+    ("simpleqa", "the Hugging Face dataset basicv8vc/SimpleQA"),
+    ("healthbench_hard", f"{_HEALTHBENCH}hard_2025-05-08-21-00-10.jsonl"),
+    ("healthbench_consensus", f"{_HEALTHBENCH}consensus_2025-05-09-20-00-46.jsonl"),
+    ("healthbench", f"{_HEALTHBENCH}2025-05-07-06-14-12_oss_eval.jsonl"),
+    ("browsecomp", "https://openaipublic.blob.core.windows.net/simple-evals/browse_comp_test_set.csv"),
+)
+
+
+def downloads(harness: str, harness_task: str) -> str | None:
+    """What a harness task fetches when it runs, for the line that refuses it offline; None where not known."""
+    if harness != "simple_evals":
+        return None
+    if harness_task in ("mmlu", "mmlu_en", "mmlu_llama_4"):
+        return "the Hugging Face dataset cais/mmlu (its 57 subjects)"
+    if harness_task.startswith("mmlu_") and not harness_task.startswith("mmlu_pro"):
+        language = harness_task.removeprefix("mmlu_")
+        lite = language.endswith("-lite")
+        return (f"the Hugging Face dataset CohereLabs/Global-MMLU{'-Lite' if lite else ''} "
+                f"({language.removesuffix('-lite')})")
+    return next((what for prefix, what in _SIMPLE_EVALS if harness_task.startswith(prefix)), None)
 
 
 def bin_dir(harness: str) -> Path | None:

@@ -199,7 +199,7 @@ def plan(
     plans = []
     for spec in specs:
         info = registry.lookup(spec.name)
-        environments.check(info.harness, cfg.offline, spec.name)
+        environments.check(info.harness, cfg.offline, spec.name, info.harness_task)
         if cfg.offline and hf_home is not None:
             missing = registry.missing_offline(info.harness_task, hf_home)
             if missing:
