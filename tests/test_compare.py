@@ -269,3 +269,17 @@ def test_an_engine_version_nobody_read_is_comparable_with_nothing_and_a_reported
     manifest = json.loads((c / "manifest.json").read_text())
     (c / "manifest.json").write_text(json.dumps({**manifest, "server": {"engine_version": "0.32.0+cpu"}}))
     assert compare.load(c).benchmarks["gsm8k"].harness["vllm"] == "0.32.0"
+
+
+def test_a_harness_that_writes_no_per_sample_records_is_compared_but_not_tested(tmp_path):
+    """bfcl and MT-Bench write a score per run, not per document: two runs of one are comparable (same settings) and
+    shown side by side, and the row says why no test was made instead of passing for 'no significant change'."""
+    a = evaluation(tmp_path, "a", {"strict-match": [1.0, 0.0, 1.0]}, limit=3)
+    b = evaluation(tmp_path, "b", {"strict-match": [1.0, 1.0, 1.0]}, limit=3)
+    for run in (a, b):  # as a harness without per-sample records leaves its folder
+        for path in (tmp_path / "benchmarks").glob(f"gsm8k-{run.name}/model/samples_*.jsonl"):
+            path.unlink()
+    (change,) = compare.compare(compare.load(a), compare.load(b))
+    assert change.comparable and change.untestable == "no per-sample records" and change.p is None
+    assert change.before == pytest.approx(2 / 3) and change.after == 1.0
+    assert change.describe() == "not testable: no per-sample records"

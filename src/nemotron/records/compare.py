@@ -88,11 +88,14 @@ class Change:
             if self.paired else None
 
     def describe(self) -> str:
-        """`+0.1000 [+0.0200, +0.1800] p=0.004 significant`, or `not comparable: limit_samples 3 → 10`."""
+        """`+0.1000 [+0.0200, +0.1800] p=0.004 significant`, `not comparable: limit_samples 3 → 10`, or `not
+        testable: no per-sample records`."""
         if self.differs:
             return "not comparable: " + "; ".join(self.differs)
         if self.difference is None:
-            return self.untestable or ("new" if self.before is None else "no paired samples")
+            if self.untestable:
+                return f"not testable: {self.untestable}"
+            return "new" if self.before is None else "no paired samples"
         mark = " significant" if self.significant else ""
         return f"{self.difference:+.4f} [{self.low:+.4f}, {self.high:+.4f}] p={_p(self.p)}{mark}"
 
@@ -262,7 +265,9 @@ def compare(before: Evaluation, after: Evaluation) -> list[Change]:
                 continue
             first, then = samples(a, metric), samples(b, metric)
             keys = sorted(set(first) & set(then), key=repr)
-            tested = stats.paired([first[k] for k in keys], [then[k] for k in keys])
+            # a harness that writes no per-sample records (bfcl, mtbench: a score per run) cannot be paired
+            tested = ("no per-sample records" if not first or not then
+                      else stats.paired([first[k] for k in keys], [then[k] for k in keys]))
             direction = higher_is_better(b, metric)
             if isinstance(tested, str):
                 changes.append(Change(name, metric, a.scores[metric], value, paired=len(keys), untestable=tested,
