@@ -283,3 +283,5 @@ def test_a_harness_that_writes_no_per_sample_records_is_compared_but_not_tested(
     assert change.comparable and change.untestable == "no per-sample records" and change.p is None
     assert change.before == pytest.approx(2 / 3) and change.after == 1.0
     assert change.describe() == "not testable: no per-sample records"
+    outcome = compare.gate([change], [compare.Rule("exact_match", 0.05)], "a", "regression")
+    assert outcome.failed and "not testable: no per-sample records" in outcome.cannot[0]  # the gate cannot look
